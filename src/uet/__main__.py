@@ -1,0 +1,5 @@
+"""`python -m uet` runs the `uet` command line."""
+
+from uet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Every error type uet raises, in one place.
+
+Each error carries the facts a person needs to act (entity, id, states, field); nothing above
+the storage backend ever sees a raw driver exception.
+"""
+
+from __future__ import annotations
+
+
+class UetError(Exception):
+    """Base class of every error raised by uet."""
+
+
+class NotFoundError(UetError, LookupError):
+    """The named run, step attempt or other record does not exist."""
+
+    def __init__(self, entity: str, entity_id: object) -> None:
+        self.entity = entity
+        self.entity_id = entity_id
+        super().__init__(f"{entity} {entity_id!r} not found")
+
+
+class ValidationError(UetError, ValueError):
+    """Input the ledger refuses: unknown or missing field, wrong type, unknown state,
+    non-JSON metadata, dangling reference. Nothing was written."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class AlreadyExistsError(ValidationError):
+    """A record with this id is already in the ledger."""
+
+    def __init__(self, entity: str, entity_id: object) -> None:
+        self.entity = entity
+        self.entity_id = entity_id
+        super().__init__(f"{entity} {entity_id!r} already exists", field=None)
+
+
+class ConstraintViolation(ValidationError):
+    """A database-level constraint refused the write (`kind`: unique, foreign_key, check,
+    not_null). The public calls turn it into a message about the caller's input."""
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+class InvalidTransitionError(UetError, ValueError):
+    """The state machine does not allow this change (including 'to the same state')."""
+
+    def __init__(self, entity: str, entity_id: object, current: str, requested: str,
+                 allowed: tuple[str, ...] = ()) -> None:
+        self.entity = entity
+        self.entity_id = entity_id
+        self.current = current
+        self.requested = requested
+        self.allowed = allowed
+        if current == requested:
+            why = f"it is already {current}"
+        elif allowed:
+            why = f"from {current} it may only go to {', '.join(allowed)}"
+        else:
+            why = f"{current} is terminal"
+        super().__init__(
+            f"{entity} {entity_id!r} cannot go from {current} to {requested}: {why}")
+
+
+class ConcurrentUpdateError(UetError):
+    """A compare-and-set failed: the row was no longer in the expected state."""
+
+    def __init__(self, entity: str, entity_id: object, expected: str, actual: str) -> None:
+        self.entity = entity
+        self.entity_id = entity_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{entity} {entity_id!r} was expected to be {expected} but is {actual}: "
+            "another writer changed it first")
+
+
+class SchemaVersionError(UetError):
+    """The ledger's schema is newer than this code knows; nothing was changed."""
+
+
+class NotALedgerError(UetError):
+    """The file is not SQLite, or is SQLite but not a uet ledger; nothing was changed."""
+
+
+class MigrationError(UetError):
+    """A schema upgrade could not be applied; the ledger was left at its previous version."""
+
+
+class DatabaseBusyError(UetError):
+    """Another writer held the ledger's write lock for longer than the busy timeout."""
+
+
+class StorageError(UetError):
+    """The storage under the ledger failed: disk full, read-only file, I/O error, closed."""
+
+
+__all__ = [
+    "UetError", "NotFoundError", "ValidationError", "AlreadyExistsError", "ConstraintViolation",
+    "InvalidTransitionError", "ConcurrentUpdateError", "SchemaVersionError",
+    "NotALedgerError", "MigrationError", "DatabaseBusyError", "StorageError",
+]

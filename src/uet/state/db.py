@@ -1,0 +1,450 @@
+"""The `Database` facade: the seed API (dict in, dict out), typed transitions, the event trail.
+
+Every write goes through one transaction helper of the backend; the audit event of a state
+change is written inside the same transaction as the change.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Mapping
+
+from uet.errors import (AlreadyExistsError, ConcurrentUpdateError, ConstraintViolation,
+                        NotFoundError, ValidationError)
+from uet.state import records
+from uet.state.ids import new_ulid, utc_now
+from uet.state.records import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
+from uet.state.sqlite_backend import (DEFAULT_BUSY_TIMEOUT, DURABILITY, MEMORY, QUERIES,
+                                      SQLiteBackend, rows_of)
+from uet.state.sqlite_migrations import LATEST_VERSION, migrate
+
+DEFAULT_PATH = os.path.join(".ledger", "framework.db")
+ENV_VAR = "UET_DATABASE"
+
+# The events the ledger writes itself, one per state change (and creation) of a run or a step
+# attempt: "<entity>.<what happened>". Callers may not forge them through create_event.
+RUN_CREATED = "run.created"
+RUN_STATE_CHANGED = "run.state_changed"
+STEP_ATTEMPT_CREATED = "step_attempt.created"
+STEP_ATTEMPT_STATE_CHANGED = "step_attempt.state_changed"
+RESERVED_EVENT_TYPES = frozenset({RUN_CREATED, RUN_STATE_CHANGED, STEP_ATTEMPT_CREATED,
+                                  STEP_ATTEMPT_STATE_CHANGED})
+
+
+def resolve_path(db_path: object) -> str:
+    """The database a call means: the argument, else $UET_DATABASE, else the default file."""
+    if db_path is None:
+        db_path = os.environ.get(ENV_VAR) or DEFAULT_PATH
+    if isinstance(db_path, os.PathLike):
+        db_path = os.fspath(db_path)
+    if not isinstance(db_path, str) or not db_path:
+        raise ValidationError(f"a database must be named by a non-empty path, got {db_path!r}")
+    if db_path.startswith(("postgresql://", "postgres://")):
+        raise ValidationError("the PostgreSQL backend is not available in this version of uet; "
+                              "use a SQLite file path or ':memory:'")
+    return db_path
+
+
+def _check_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{what} must be a non-empty string, got {value!r}", field=what)
+    return value
+
+
+def _check_int(value: object, what: str, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValidationError(f"{what} must be an integer >= {minimum}, got {value!r}",
+                              field=what)
+    return value
+
+
+class Database:
+    """One uet ledger (SQLite file or ':memory:'), safe to share between threads.
+
+    Args:
+        db_path: file path (its folder is created), ':memory:', or None for $UET_DATABASE
+            or `.ledger/framework.db`.
+        durability: "normal" (WAL + synchronous NORMAL: no committed write is lost when the
+            process dies) or "full" (synchronous FULL: also survives power loss, slower).
+        busy_timeout: seconds a write waits for another process's write lock before
+            raising DatabaseBusyError.
+
+    Opening brings the ledger's schema up to date (adopting a seed ledger in place); a newer
+    schema raises SchemaVersionError and a file that is not a ledger NotALedgerError, both
+    without changing the file.
+    """
+
+    def __init__(self, db_path: str | os.PathLike | None = None, *,
+                 durability: str = "normal",
+                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+        if durability not in DURABILITY:
+            raise ValidationError(f"durability must be one of {', '.join(DURABILITY)}, "
+                                  f"got {durability!r}", field="durability")
+        if (not isinstance(busy_timeout, (int, float)) or isinstance(busy_timeout, bool)
+                or not busy_timeout >= 0):
+            raise ValidationError(f"busy_timeout must be a number of seconds >= 0, "
+                                  f"got {busy_timeout!r}", field="busy_timeout")
+        self.db_path = resolve_path(db_path)
+        self.durability = durability
+        self.busy_timeout = float(busy_timeout)
+        self._backend = self._open()
+
+    def _open(self) -> SQLiteBackend:
+        backend = SQLiteBackend(self.db_path, durability=self.durability,
+                                busy_timeout=self.busy_timeout)
+        try:
+            self._migrated_from, _ = migrate(backend)
+        except BaseException:
+            backend.close()
+            raise
+        return backend
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def connect(self) -> "Database":
+        """Reopen a closed instance (the seed's API); a no-op on an open one."""
+        if self._backend.closed:
+            self._backend = self._open()
+        return self
+
+    def close(self) -> None:
+        """Close the connection. Later calls raise StorageError until `connect()`."""
+        self._backend.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._backend.closed
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Database({self.db_path!r})"
+
+    def schema_version(self) -> int:
+        """The schema version recorded in the ledger."""
+        return self._backend.query_value("SELECT max(version) FROM schema_migrations")
+
+    def migrate(self) -> tuple[int | None, int]:
+        """Apply pending migrations; (version before, version after). Opening already does."""
+        before = self.schema_version()
+        _, after = migrate(self._backend)
+        return before, after
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def create_run(self, run_data: Mapping[str, Any]) -> str:
+        """Record a new run; returns its run_id.
+
+        Required: project_id, phase_id. Optional: run_id (a ULID is generated), created_at
+        (now), workstream_id, execution_request_id, state ('pending', or 'running' for work
+        that starts at once), metadata (a JSON-serialisable dict), and the other run columns.
+        Writes a `run.created` event in the same transaction.
+        """
+        row = records.prepare_insert(RUNS, run_data)
+        state = row["state"]
+        if state not in RUNS.machine.initial:
+            raise ValidationError(
+                f"a run is created {' or '.join(RUNS.machine.initial)}, not {state}; create "
+                "it pending and move it on with transition_run", field="state")
+        self._stamp(RUNS, state, row, row)
+        try:
+            with self._backend.transaction() as tx:
+                tx.execute(QUERIES["insert_run"], row)
+                self._record_event(tx, row["run_id"], RUN_CREATED, {"state": state})
+        except ConstraintViolation as exc:
+            raise self._explain(exc, RUNS, row) from None
+        return row["run_id"]
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run as a dict (metadata decoded), or None."""
+        rows = self._backend.query(QUERIES["get_run"], (_check_id(run_id, "run_id"),))
+        return rows[0] if rows else None
+
+    def list_runs(self, filters: Mapping[str, Any] | None = None,
+                  limit: int | None = 100) -> list[dict[str, Any]]:
+        """Runs matching every equality filter (a None value matches NULL), newest first.
+
+        Filters accept run columns only (anything else raises ValidationError naming it);
+        `limit` None returns every match.
+        """
+        conditions = records.prepare_filters(RUNS, filters)
+        if limit is not None:
+            _check_int(limit, "limit", 1)
+        sql = _list_runs_sql(tuple((name, value is None) for name, value in conditions))
+        params = [value for _, value in conditions if value is not None]
+        params.append(-1 if limit is None else limit)
+        return self._backend.query(sql, params)
+
+    def update_run(self, run_id: str, updates: Mapping[str, Any]) -> dict[str, Any]:
+        """Change run columns; returns the updated run.
+
+        Known columns only; run_id never changes. A `state` change must be a legal transition
+        and writes its `run.state_changed` event in the same transaction.
+        """
+        run_id = _check_id(run_id, "run_id")
+        changes = records.prepare_update(RUNS, run_id, updates)
+        return self._change(RUNS, run_id, changes, expected=None)
+
+    def transition_run(self, run_id: str, to_state: str, *, expected: str | None = None,
+                       exit_code: int | None = None,
+                       error_message: str | None = None) -> dict[str, Any]:
+        """Move a run to `to_state` under its state machine; returns the updated run.
+
+        `expected` is compare-and-set: if the run is no longer in that state the call raises
+        ConcurrentUpdateError and changes nothing. started_at/ended_at are stamped on entering
+        running/terminal states (unless already set); the event is written atomically.
+        """
+        run_id = _check_id(run_id, "run_id")
+        changes = records.prepare_update(RUNS, run_id, {"state": to_state, **_given(
+            exit_code=exit_code, error_message=error_message)})
+        return self._change(RUNS, run_id, changes, expected=expected)
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove the run with its step attempts and events, in one transaction."""
+        run_id = _check_id(run_id, "run_id")
+        with self._backend.transaction() as tx:
+            # keep the trail's seq from ever being handed out again (followers' cursors)
+            tx.execute(QUERIES["delete_run_floor"], (run_id,))
+            if tx.execute(QUERIES["delete_run"], (run_id,)).rowcount == 0:
+                raise NotFoundError("run", run_id)
+
+    # -- step attempts -------------------------------------------------------------------
+
+    def create_step_attempt(self, step_data: Mapping[str, Any]) -> str:
+        """Record a step attempt (state running); returns its step_attempt_id.
+
+        Required: run_id (an existing run), sequence, tool_id. Optional: step_attempt_id
+        (generated), started_at (now), attempt (numbered 1, 2, ... per sequence when
+        omitted), and the other step columns. Writes `step_attempt.created`.
+        """
+        row = records.prepare_insert(STEP_ATTEMPTS, step_data)
+        if row["state"] not in STEP_ATTEMPTS.machine.initial:
+            raise ValidationError(
+                f"a step attempt is created running, not {row['state']}; move it on with "
+                "transition_step_attempt", field="state")
+        if row["attempt"] is not None:
+            _check_int(row["attempt"], "attempt", 1)
+        try:
+            with self._backend.transaction() as tx:
+                attempt = tx.execute(QUERIES["insert_step_attempt"], row).fetchone()[0]
+                self._record_event(tx, row["run_id"], STEP_ATTEMPT_CREATED, {
+                    "step_attempt_id": row["step_attempt_id"], "sequence": row["sequence"],
+                    "attempt": attempt, "tool_id": row["tool_id"], "state": row["state"]})
+        except ConstraintViolation as exc:
+            raise self._explain(exc, STEP_ATTEMPTS, row) from None
+        return row["step_attempt_id"]
+
+    def get_step_attempt(self, step_attempt_id: str) -> dict[str, Any] | None:
+        """The step attempt as a dict, or None."""
+        rows = self._backend.query(QUERIES["get_step_attempt"],
+                                   (_check_id(step_attempt_id, "step_attempt_id"),))
+        return rows[0] if rows else None
+
+    def list_step_attempts(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's step attempts by sequence, then attempt number."""
+        return self._backend.query(QUERIES["list_step_attempts"],
+                                   (_check_id(run_id, "run_id"),))
+
+    def update_step_attempt(self, step_attempt_id: str,
+                            updates: Mapping[str, Any]) -> dict[str, Any]:
+        """Change step attempt columns (state, ended_at, exit_code, output_patch_id,
+        error_log, ...); a state change must be legal and writes its event atomically."""
+        step_attempt_id = _check_id(step_attempt_id, "step_attempt_id")
+        changes = records.prepare_update(STEP_ATTEMPTS, step_attempt_id, updates)
+        return self._change(STEP_ATTEMPTS, step_attempt_id, changes, expected=None)
+
+    def transition_step_attempt(self, step_attempt_id: str, to_state: str, *,
+                                expected: str | None = None, exit_code: int | None = None,
+                                error_log: str | None = None,
+                                output_patch_id: str | None = None) -> dict[str, Any]:
+        """Move a step attempt to `to_state`; returns it. `expected` is compare-and-set."""
+        step_attempt_id = _check_id(step_attempt_id, "step_attempt_id")
+        changes = records.prepare_update(STEP_ATTEMPTS, step_attempt_id, {
+            "state": to_state, **_given(exit_code=exit_code, error_log=error_log,
+                                        output_patch_id=output_patch_id)})
+        return self._change(STEP_ATTEMPTS, step_attempt_id, changes, expected=expected)
+
+    # -- events --------------------------------------------------------------------------
+
+    def create_event(self, event_data: Mapping[str, Any]) -> str:
+        """Append an event to a run's trail; returns its event_id.
+
+        Required: run_id (an existing run), event_type. Optional: event_id, timestamp (now),
+        data (a JSON-serialisable dict). The trail's order is the `seq` the ledger assigns.
+        """
+        row = records.prepare_insert(RUN_EVENTS, event_data)
+        if row["event_type"] in RESERVED_EVENT_TYPES:
+            raise ValidationError(
+                f"event type {row['event_type']!r} is written by the ledger itself on state "
+                "changes; use transition_run / transition_step_attempt", field="event_type")
+        try:
+            with self._backend.transaction() as tx:
+                tx.execute(QUERIES["insert_event"], row)
+        except ConstraintViolation as exc:
+            raise self._explain(exc, RUN_EVENTS, row) from None
+        return row["event_id"]
+
+    def list_events(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's events in the order they were recorded (by `seq`)."""
+        return self._backend.query(QUERIES["list_events"], (_check_id(run_id, "run_id"),))
+
+    def events_since(self, cursor: int = 0, *, run_id: str | None = None,
+                     limit: int = 1000) -> list[dict[str, Any]]:
+        """Events with `seq` greater than `cursor`, in order: pass the last `seq` you saw to
+        follow the trail (from any process)."""
+        _check_int(cursor, "cursor", 0)
+        _check_int(limit, "limit", 1)
+        if run_id is None:
+            return self._backend.query(QUERIES["events_since"], (cursor, limit))
+        return self._backend.query(QUERIES["events_since_run"],
+                                   (_check_id(run_id, "run_id"), cursor, limit))
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _change(self, table: Table, entity_id: str, changes: dict[str, object], *,
+                expected: object) -> dict[str, Any]:
+        machine = table.machine
+        if expected is not None:
+            machine.check_state(expected, "expected")
+        with self._backend.transaction() as tx:
+            found = rows_of(tx.execute(QUERIES[f"get_{table.entity}"], (entity_id,)))
+            if not found:
+                raise NotFoundError(table.entity, entity_id)
+            current = found[0]
+            old_state = current["state"]
+            if expected is not None and old_state != expected:
+                raise ConcurrentUpdateError(table.entity, entity_id, expected, old_state)
+            new_state = changes.get("state")
+            if new_state is not None:
+                machine.check_transition(entity_id, old_state, new_state)
+                self._stamp(table, new_state, changes, current)
+            if not changes:
+                return current
+            columns = tuple(name for name in table.names if name in changes)
+            cursor = tx.execute(_update_sql(table, columns),
+                                [changes[name] for name in columns] + [entity_id])
+            row = rows_of(cursor)[0]
+            if new_state is not None:
+                data: dict[str, Any] = {"from": old_state, "to": new_state}
+                if table is STEP_ATTEMPTS:
+                    data = {"step_attempt_id": entity_id, **data}
+                if row["exit_code"] is not None:
+                    data["exit_code"] = row["exit_code"]
+                event_type = RUN_STATE_CHANGED if table is RUNS else STEP_ATTEMPT_STATE_CHANGED
+                self._record_event(tx, row["run_id"], event_type, data)
+            return row
+
+    @staticmethod
+    def _stamp(table: Table, state: str, changes: dict[str, object],
+               current: Mapping[str, Any]) -> None:
+        # Stamp the column of the state entered, unless the caller gave it or it is set.
+        column = table.machine.stamps.get(state)
+        if column and changes.get(column) is None and current.get(column) is None:
+            changes[column] = utc_now()
+
+    @staticmethod
+    def _record_event(tx, run_id: str, event_type: str, data: dict[str, Any]) -> None:
+        tx.execute(QUERIES["insert_event"], {
+            "event_id": new_ulid(), "run_id": run_id, "timestamp": utc_now(),
+            "event_type": event_type, "data": records.encode_value(
+                RUN_EVENTS, RUN_EVENTS.by_name["data"], data)})
+
+    @staticmethod
+    def _explain(exc: ConstraintViolation, table: Table, row: Mapping[str, Any]) -> Exception:
+        """Turn a database constraint failure into a message about the caller's input."""
+        key_id = row[table.key]
+        if exc.kind == "unique" and str(exc).endswith(f"{table.name}.{table.key}"):
+            return AlreadyExistsError(table.entity, key_id)
+        if exc.kind == "unique" and table is STEP_ATTEMPTS:
+            return ValidationError(
+                f"run {row['run_id']!r} already has attempt {row['attempt']} of step sequence "
+                f"{row['sequence']}; omit attempt to number it automatically", field="attempt")
+        if exc.kind == "foreign_key":
+            return ValidationError(
+                f"{table.entity} {key_id!r} refers to run {row['run_id']!r}, which does not "
+                "exist", field="run_id")
+        return ValidationError(f"{table.entity} {key_id!r} was refused by the ledger: {exc}")
+
+
+def _given(**values: object) -> dict[str, object]:
+    return {name: value for name, value in values.items() if value is not None}
+
+
+_sql_cache: dict[tuple, str] = {}
+
+
+def _update_sql(table: Table, columns: tuple[str, ...]) -> str:
+    """UPDATE for a set of whitelisted columns (names come from `Table`, never a caller)."""
+    key = ("update", table.name, columns)
+    sql = _sql_cache.get(key)
+    if sql is None:
+        assignments = ", ".join(f"{table.by_name[name].name} = ?" for name in columns)
+        sql = f"UPDATE {table.name} SET {assignments} WHERE {table.key} = ? RETURNING *"
+        _sql_cache[key] = sql
+    return sql
+
+
+def _list_runs_sql(conditions: tuple[tuple[str, bool], ...]) -> str:
+    key = ("list_runs", conditions)
+    sql = _sql_cache.get(key)
+    if sql is None:
+        where = " AND ".join(
+            f"{RUNS.by_name[name].name} IS NULL" if is_null else f"{RUNS.by_name[name].name} = ?"
+            for name, is_null in conditions)
+        sql = ("SELECT * FROM runs" + (f" WHERE {where}" if where else "")
+               + " ORDER BY created_at DESC, run_id DESC LIMIT ?")
+        _sql_cache[key] = sql
+    return sql
+
+
+# -- process-wide instances ----------------------------------------------------------------
+
+_instances: dict[str, Database] = {}
+_instances_lock = threading.Lock()
+
+
+def _reset_lock_in_child() -> None:
+    global _instances_lock
+    _instances_lock = threading.Lock()  # another thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_reset_lock_in_child)
+
+
+def _instance_key(path: str) -> str:
+    return path if path == MEMORY else os.path.realpath(path)
+
+
+def get_db(db_path: str | os.PathLike | None = None, **options: Any) -> Database:
+    """The process-wide Database for `db_path` (default: $UET_DATABASE, else
+    `.ledger/framework.db`), created on first use; safe to call from many threads.
+
+    Each database has its own instance: a different path never returns another's. Options
+    (durability, busy_timeout) apply on creation; asking for different ones later raises.
+    """
+    path = resolve_path(db_path)
+    key = _instance_key(path)
+    with _instances_lock:
+        db = _instances.get(key)
+        if db is None or db.closed:
+            db = Database(path, **options)
+            _instances[key] = db
+        else:
+            differing = [name for name, value in options.items()
+                         if getattr(db, name, object()) != value]
+            if differing:
+                raise ValidationError(
+                    f"get_db({path!r}) already returned an instance with other "
+                    f"{', '.join(differing)}; use init_db for a separate instance")
+        return db
+
+
+def init_db(db_path: str | os.PathLike | None = None, **options: Any) -> Database:
+    """A new Database instance (schema created or upgraded) on every call."""
+    return Database(db_path, **options)
+

@@ -1,0 +1,106 @@
+"""The ledger's state machines as data: allowed transitions, initial and terminal states.
+
+Every write path that changes a `state` column consults these tables; nothing else decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from uet.errors import InvalidTransitionError, ValidationError
+
+
+@dataclass(frozen=True)
+class Machine:
+    """One state machine.
+
+    `transitions` maps each state to the states it may move to; a state with no entry is
+    terminal. `stamps` maps a target state to the timestamp column set on entering it
+    (when that column is still empty).
+    """
+
+    entity: str
+    states: tuple[str, ...]
+    initial: tuple[str, ...]
+    transitions: Mapping[str, frozenset[str]]
+    stamps: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        known = set(self.states)
+        for src, targets in self.transitions.items():
+            assert src in known and targets <= known, (self.entity, src, targets)
+        assert set(self.initial) <= known and set(self.stamps) <= known
+
+    @property
+    def terminal(self) -> frozenset[str]:
+        """States that accept no transition at all."""
+        return frozenset(s for s in self.states if not self.transitions.get(s))
+
+    def allowed_from(self, state: str) -> tuple[str, ...]:
+        """The states `state` may move to, in declaration order."""
+        targets = self.transitions.get(state, frozenset())
+        return tuple(s for s in self.states if s in targets)
+
+    def can(self, current: str, requested: str) -> bool:
+        return requested in self.transitions.get(current, ())
+
+    def check_state(self, state: object, field_name: str = "state") -> str:
+        """Raise ValidationError unless `state` is one of this machine's states."""
+        if not isinstance(state, str) or state not in self.states:
+            raise ValidationError(
+                f"unknown {self.entity} {field_name} {state!r}; "
+                f"known states: {', '.join(self.states)}", field=field_name)
+        return state
+
+    def check_transition(self, entity_id: object, current: str, requested: str) -> None:
+        """Raise InvalidTransitionError unless current -> requested is allowed.
+
+        A 'transition' to the state the row is already in is refused: it is how two workers
+        doing the same work show themselves.
+        """
+        if not self.can(current, requested):
+            raise InvalidTransitionError(self.entity, entity_id, current, requested,
+                                         self.allowed_from(current))
+
+
+def _machine(entity: str, states: tuple[str, ...], initial: tuple[str, ...],
+             transitions: dict[str, tuple[str, ...]], stamps: dict[str, str]) -> Machine:
+    return Machine(
+        entity=entity,
+        states=states,
+        initial=initial,
+        transitions=MappingProxyType({k: frozenset(v) for k, v in transitions.items()}),
+        stamps=MappingProxyType(dict(stamps)),
+    )
+
+
+RUN = _machine(
+    "run",
+    states=("pending", "running", "succeeded", "failed", "quarantined", "canceled"),
+    # A run is created pending; one whose work starts at once may be created running.
+    initial=("pending", "running"),
+    transitions={
+        "pending": ("running", "canceled"),
+        "running": ("succeeded", "failed", "quarantined", "canceled"),
+        "failed": ("quarantined",),
+    },
+    stamps={
+        "running": "started_at",
+        "succeeded": "ended_at",
+        "failed": "ended_at",
+        "quarantined": "ended_at",
+        "canceled": "ended_at",
+    },
+)
+
+STEP_ATTEMPT = _machine(
+    "step_attempt",
+    states=("running", "succeeded", "failed", "canceled"),
+    initial=("running",),
+    transitions={"running": ("succeeded", "failed", "canceled")},
+    stamps={"succeeded": "ended_at", "failed": "ended_at", "canceled": "ended_at"},
+)
+
+MACHINES: Mapping[str, Machine] = MappingProxyType({m.entity: m for m in (RUN, STEP_ATTEMPT)})

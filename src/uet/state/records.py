@@ -1,0 +1,230 @@
+"""The seed tables' columns as data, and the one place where caller dicts become rows.
+
+Validation and the whitelists that keep caller-supplied names out of SQL live here; the
+conversion of stored rows back to plain dicts (JSON columns decoded) too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from uet.errors import ValidationError
+from uet.state.ids import new_ulid, normalize_timestamp, utc_now
+from uet.state.machines import RUN, STEP_ATTEMPT, Machine
+
+TEXT, INT, JSON, TIMESTAMP, STATE = "text", "integer", "json", "timestamp", "state"
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str
+    required: bool = False   # must be given (and not None) on create
+    generate: str | None = None  # "ulid" or "now": filled in when omitted on create
+    updatable: bool = True
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    entity: str
+    key: str
+    columns: tuple[Column, ...]
+    machine: Machine | None = None
+    by_name: Mapping[str, Column] = field(init=False, repr=False)
+    names: tuple[str, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", {c.name: c for c in self.columns})
+        object.__setattr__(self, "names", tuple(c.name for c in self.columns))
+
+
+RUNS = Table("runs", "run", "run_id", (
+    Column("run_id", TEXT, generate="ulid", updatable=False),
+    Column("project_id", TEXT, required=True),
+    Column("phase_id", TEXT, required=True),
+    Column("workstream_id", TEXT),
+    Column("execution_request_id", TEXT),
+    Column("created_at", TIMESTAMP, generate="now"),
+    Column("started_at", TIMESTAMP),
+    Column("ended_at", TIMESTAMP),
+    Column("state", STATE),
+    Column("exit_code", INT),
+    Column("error_message", TEXT),
+    Column("metadata", JSON),
+), machine=RUN)
+
+STEP_ATTEMPTS = Table("step_attempts", "step_attempt", "step_attempt_id", (
+    Column("step_attempt_id", TEXT, generate="ulid", updatable=False),
+    Column("run_id", TEXT, required=True, updatable=False),
+    Column("sequence", INT, required=True),
+    Column("tool_id", TEXT, required=True),
+    Column("tool_run_id", TEXT),
+    Column("execution_request_id", TEXT),
+    Column("prompt_id", TEXT),
+    Column("started_at", TIMESTAMP, generate="now"),
+    Column("ended_at", TIMESTAMP),
+    Column("state", STATE),
+    Column("exit_code", INT),
+    Column("input_prompt", TEXT),
+    Column("output_patch_id", TEXT),
+    Column("error_log", TEXT),
+    Column("metadata", JSON),
+    # Beyond the seed: which try of this sequence number (1, 2, ...); numbered by the store
+    # when omitted.
+    Column("attempt", INT),
+), machine=STEP_ATTEMPT)
+
+RUN_EVENTS = Table("run_events", "event", "event_id", (
+    Column("event_id", TEXT, generate="ulid", updatable=False),
+    Column("run_id", TEXT, required=True, updatable=False),
+    Column("timestamp", TIMESTAMP, generate="now", updatable=False),
+    Column("event_type", TEXT, required=True, updatable=False),
+    Column("data", JSON, updatable=False),
+))
+
+JSON_COLUMNS = frozenset({"metadata", "data"})
+
+
+def _check_mapping(value: object, what: str, field: str | None = None) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"{what} must be a dict, got {type(value).__name__}",
+                              field=field)
+    return value
+
+
+def _unknown(table: Table, keys: Iterable[object], what: str) -> None:
+    unknown = [k for k in keys if not isinstance(k, str) or k not in table.by_name]
+    if unknown:
+        raise ValidationError(
+            f"unknown {table.entity} field{'s' if len(unknown) > 1 else ''} in {what}: "
+            f"{', '.join(repr(k) for k in unknown)}; known fields: {', '.join(table.names)}",
+            field=str(unknown[0]))
+
+
+def encode_value(table: Table, column: Column, value: object, *,
+                 filtering: bool = False) -> object:
+    """Check one caller value against its column and return what the database stores
+    (or, with `filtering`, what a stored value is compared with)."""
+    if value is None:
+        if column.required or column.kind == STATE:
+            raise ValidationError(f"{table.entity} field {column.name!r} cannot be empty",
+                                  field=column.name)
+        return None
+    kind = column.kind
+    if kind == TEXT:
+        if not isinstance(value, str):
+            raise ValidationError(
+                f"{table.entity} field {column.name!r} must be a string, got "
+                f"{type(value).__name__}", field=column.name)
+        if (column.required or column.generate) and not value and not filtering:
+            raise ValidationError(f"{table.entity} field {column.name!r} cannot be empty",
+                                  field=column.name)
+        _check_encodable(table, column, value)
+        return value
+    if kind == INT:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValidationError(
+                f"{table.entity} field {column.name!r} must be an integer, got "
+                f"{type(value).__name__}", field=column.name)
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise ValidationError(
+                f"{table.entity} field {column.name!r} is out of the 64-bit integer range",
+                field=column.name)
+        return value
+    if kind == JSON:
+        _check_mapping(value, f"{table.entity} field {column.name!r}", column.name)
+        try:
+            return json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ValidationError(
+                f"{table.entity} field {column.name!r} must be JSON-serialisable: {exc}",
+                field=column.name) from None
+    if kind == TIMESTAMP:
+        try:
+            return normalize_timestamp(value, column.name)
+        except ValueError as exc:
+            raise ValidationError(f"{table.entity} field {exc}", field=column.name) from None
+    if kind == STATE:
+        assert table.machine is not None
+        return table.machine.check_state(value)
+    raise AssertionError(kind)  # pragma: no cover - the tables above use the kinds above
+
+
+def _check_encodable(table: Table, column: Column, value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(
+            f"{table.entity} field {column.name!r} is not valid Unicode text "
+            "(it contains a lone surrogate)", field=column.name) from None
+
+
+def prepare_insert(table: Table, data: object) -> dict[str, object]:
+    """Validate a create call's dict and return a full row (every column) to insert."""
+    data = _check_mapping(data, f"{table.entity} data")
+    _unknown(table, data, f"create_{table.entity}")
+    row: dict[str, object] = {}
+    for column in table.columns:
+        value = data.get(column.name)
+        if value is not None:
+            row[column.name] = encode_value(table, column, value)
+        elif column.generate == "ulid":
+            row[column.name] = new_ulid()
+        elif column.generate == "now":
+            row[column.name] = utc_now()
+        elif column.required:
+            raise ValidationError(f"missing required {table.entity} field {column.name!r}",
+                                  field=column.name)
+        elif column.kind == STATE:
+            row[column.name] = table.machine.initial[0]
+        else:
+            row[column.name] = None
+    return row
+
+
+def prepare_update(table: Table, entity_id: str, updates: object) -> dict[str, object]:
+    """Validate an update call's dict; return {column: stored value} (state unchecked here)."""
+    updates = _check_mapping(updates, f"{table.entity} updates")
+    _unknown(table, updates.keys(), f"update_{table.entity}")
+    changes: dict[str, object] = {}
+    for name, value in updates.items():
+        column = table.by_name[name]
+        if not column.updatable:
+            if name == table.key and value == entity_id:
+                continue  # the seed passed whole rows back; an unchanged key is harmless
+            raise ValidationError(
+                f"{table.entity} field {name!r} can never change", field=name)
+        changes[name] = encode_value(table, column, value)
+    return changes
+
+
+def prepare_filters(table: Table, filters: object) -> list[tuple[str, object]]:
+    """Validate equality filters; return (whitelisted column name, stored value) pairs."""
+    if filters is None:
+        return []
+    filters = _check_mapping(filters, "filters")
+    _unknown(table, filters.keys(), "filters")
+    result = []
+    for name, value in filters.items():
+        column = table.by_name[name]
+        if value is None:
+            result.append((column.name, None))
+        elif column.kind == JSON:
+            raise ValidationError(f"cannot filter on JSON field {name!r}", field=name)
+        else:
+            result.append((column.name, encode_value(table, column, value, filtering=True)))
+    return result
+
+
+def decode_row(names: tuple[str, ...], values: tuple) -> dict[str, Any]:
+    """A stored row as a plain dict, JSON columns decoded (a missing value as {})."""
+    row = dict(zip(names, values))
+    for name in JSON_COLUMNS.intersection(row):
+        text = row[name]
+        value = json.loads(text) if text else None
+        row[name] = {} if value is None else value
+    return row

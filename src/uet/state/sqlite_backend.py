@@ -1,0 +1,221 @@
+"""The SQLite engine under the ledger: connections, pragmas, transactions, error translation.
+
+The only module that imports sqlite3 for the ledger's data; nothing above it sees a driver
+exception.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import weakref
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+from uet.errors import (ConstraintViolation, DatabaseBusyError, NotALedgerError,
+                        StorageError, UetError)
+from uet.state.records import decode_row
+from uet.state.sqlfiles import load_queries
+
+QUERIES = load_queries("sqlite")
+
+MEMORY = ":memory:"
+DURABILITY = {
+    # WAL + NORMAL: a commit survives the process being killed at any instant; only a power
+    # loss or OS crash may drop the last commits (never corrupting the file).
+    "normal": "PRAGMA synchronous=NORMAL",
+    # WAL + FULL: every commit is fsynced before the call returns; survives power loss too.
+    "full": "PRAGMA synchronous=FULL",
+}
+DEFAULT_BUSY_TIMEOUT = 10.0
+
+_live_backends: "weakref.WeakSet[SQLiteBackend]" = weakref.WeakSet()
+# Connections inherited across fork(): kept referenced and never closed in the child, since
+# closing them there could release locks that belong to the parent's connection.
+_inherited_connections: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_live_backends):
+        backend._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+_CONSTRAINT_KINDS = {
+    sqlite3.SQLITE_CONSTRAINT_UNIQUE: "unique",
+    sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY: "unique",
+    sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY: "foreign_key",
+    sqlite3.SQLITE_CONSTRAINT_CHECK: "check",
+    sqlite3.SQLITE_CONSTRAINT_NOTNULL: "not_null",
+}
+
+
+def translate_error(exc: sqlite3.Error, path: str, busy_timeout: float) -> UetError:
+    """The typed uet error for a driver exception, with a message a person can act on."""
+    code = getattr(exc, "sqlite_errorcode", None) or 0
+    primary = code & 0xFF
+    text = str(exc)
+    if primary == sqlite3.SQLITE_CONSTRAINT:
+        return ConstraintViolation(text, kind=_CONSTRAINT_KINDS.get(code, "other"))
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return DatabaseBusyError(
+            f"ledger {path} stayed locked by another writer for more than {busy_timeout:g} s "
+            f"({text}); find the process holding it or raise busy_timeout")
+    if primary == sqlite3.SQLITE_NOTADB:
+        return NotALedgerError(f"{path} is not a SQLite database, so not a uet ledger")
+    if primary == sqlite3.SQLITE_FULL:
+        return StorageError(f"ledger {path}: the disk is full ({text}); free space and retry")
+    if primary == sqlite3.SQLITE_READONLY:
+        return StorageError(
+            f"ledger {path} cannot be written ({text}); check the file's and its folder's "
+            "permissions and the file system")
+    if primary == sqlite3.SQLITE_CANTOPEN:
+        return StorageError(f"cannot open ledger {path} ({text}); check that the path is a "
+                            "file in a folder you may write to")
+    if primary == sqlite3.SQLITE_CORRUPT:
+        return StorageError(f"ledger {path} is corrupt ({text}); restore it from a backup")
+    return StorageError(f"ledger {path}: {text}")
+
+
+class SQLiteBackend:
+    """One ledger file (or private in-memory database) with one connection, shared by the
+    threads of a process.
+
+    One connection guarded by a lock: writes are serialised by SQLite anyway, and queueing
+    threads on a Python lock is fairer and faster than SQLite's sleeping busy handler. A
+    forked child opens its own connection on first use.
+    """
+
+    engine = "sqlite"
+
+    def __init__(self, path: str, *, durability: str = "normal",
+                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+        self.path = path
+        self.durability = durability
+        self.busy_timeout = busy_timeout
+        self.is_memory = path == MEMORY
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        _live_backends.add(self)
+
+    # -- connections ---------------------------------------------------------------------
+
+    def connect(self) -> sqlite3.Connection:
+        """The open connection (opening it if needed), configured for the ledger."""
+        conn = self._conn
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise StorageError(f"ledger {self.path} is closed")
+        if not self.is_memory:
+            parent = os.path.dirname(self.path)
+            if parent:
+                try:
+                    os.makedirs(parent, exist_ok=True)
+                except OSError as exc:
+                    raise StorageError(f"cannot create the folder of ledger {self.path}: "
+                                       f"{exc.strerror}") from None
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout,
+                                   isolation_level=None, check_same_thread=False,
+                                   cached_statements=256)
+        except sqlite3.Error as exc:
+            raise translate_error(exc, self.path, self.busy_timeout) from None
+        try:
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(DURABILITY[self.durability])
+        except sqlite3.Error as exc:
+            conn.close()
+            raise translate_error(exc, self.path, self.busy_timeout) from None
+        self._conn = conn
+        return conn
+
+    def enable_wal(self) -> str:
+        """Switch the file to WAL (persistent in the file); returns the journal mode in force.
+
+        Called only once the file is known to be a uet ledger (or empty): it writes the file.
+        """
+        if self.is_memory:
+            return "memory"
+        with self._lock:
+            return self._run(lambda c: c.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _after_fork(self) -> None:
+        self._lock = threading.RLock()
+        # A private in-memory database is the child's own copy: keep using it. A file's
+        # connection must not cross the fork (SQLite's locks are per process).
+        if not self.is_memory and self._conn is not None:
+            _inherited_connections.append(self._conn)
+            self._conn = None
+
+    # -- statements ----------------------------------------------------------------------
+
+    def _run(self, action):
+        try:
+            return action(self.connect())
+        except sqlite3.Error as exc:
+            raise translate_error(exc, self.path, self.busy_timeout) from None
+
+    def query(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+        """Run one read statement; rows as dicts with JSON columns decoded."""
+        with self._lock:
+            return self._run(lambda c: rows_of(c.execute(sql, params)))
+
+    def query_value(self, sql: str, params: Sequence[Any] | dict = ()) -> Any:
+        """Run one read statement and return the first column of its first row (or None)."""
+        with self._lock:
+            row = self._run(lambda c: c.execute(sql, params).fetchone())
+        return None if row is None else row[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: all of the block's statements commit together or not at all.
+
+        BEGIN IMMEDIATE takes the write lock before the first read, so a read-then-write
+        never needs to upgrade its lock (the upgrade is what fails with "database is
+        locked" under concurrency); waiting for the lock is bounded by the busy timeout.
+        """
+        with self._lock:
+            conn = self.connect()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise translate_error(exc, self.path, self.busy_timeout) from None
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback(conn)
+                if isinstance(exc, sqlite3.Error):
+                    raise translate_error(exc, self.path, self.busy_timeout) from None
+                raise
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                # SQLite already rolled back (e.g. after SQLITE_FULL); nothing is left open.
+                pass
+
+
+def rows_of(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    """A cursor's rows as plain dicts (JSON columns decoded)."""
+    names = tuple(d[0] for d in cursor.description)
+    return [decode_row(names, values) for values in cursor.fetchall()]

@@ -1,0 +1,161 @@
+"""Programs the tests run as separate processes (races, kills, concurrent openers), and the
+seed's original schema for building legacy ledgers.
+
+Run as `python tests/helpers.py COMMAND ARGS...`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import time
+
+# The seed's original implementation created exactly this (no version table).
+SEED_DDL = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    phase_id TEXT NOT NULL,
+    workstream_id TEXT,
+    execution_request_id TEXT,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    ended_at TEXT,
+    state TEXT NOT NULL CHECK(state IN (
+        'pending', 'running', 'succeeded', 'failed',
+        'quarantined', 'canceled'
+    )),
+    exit_code INTEGER,
+    error_message TEXT,
+    metadata TEXT
+);
+CREATE TABLE IF NOT EXISTS step_attempts (
+    step_attempt_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    tool_id TEXT NOT NULL,
+    tool_run_id TEXT,
+    execution_request_id TEXT,
+    prompt_id TEXT,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    state TEXT NOT NULL CHECK(state IN (
+        'running', 'succeeded', 'failed', 'canceled'
+    )),
+    exit_code INTEGER,
+    input_prompt TEXT,
+    output_patch_id TEXT,
+    error_log TEXT,
+    metadata TEXT,
+    FOREIGN KEY(run_id) REFERENCES runs(run_id)
+);
+CREATE TABLE IF NOT EXISTS run_events (
+    event_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    data TEXT,
+    FOREIGN KEY(run_id) REFERENCES runs(run_id)
+);
+CREATE INDEX IF NOT EXISTS idx_runs_project ON runs(project_id);
+CREATE INDEX IF NOT EXISTS idx_runs_state ON runs(state);
+CREATE INDEX IF NOT EXISTS idx_steps_run ON step_attempts(run_id);
+CREATE INDEX IF NOT EXISTS idx_events_run ON run_events(run_id);
+"""
+
+
+def make_seed_ledger(path: str) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript(SEED_DDL)
+    conn.commit()
+    conn.close()
+
+
+def wait_for(path: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"start signal {path} never came")
+        time.sleep(0.001)
+
+
+def ack(log, line: str) -> None:
+    """Record that a call returned: written and fsynced before the next call starts."""
+    log.write(line + "\n")
+    log.flush()
+    os.fsync(log.fileno())
+
+
+def race(db_path: str, go: str, out: str) -> None:
+    """Try to move every pending run to running with compare-and-set; log each outcome."""
+    from uet.errors import ConcurrentUpdateError
+    from uet.state import Database
+    db = Database(db_path)
+    run_ids = [r["run_id"] for r in db.list_runs(limit=None)]
+    wait_for(go)
+    lines = []
+    for run_id in run_ids:
+        try:
+            db.transition_run(run_id, "running", expected="pending")
+            lines.append(f"won {run_id}")
+        except ConcurrentUpdateError:
+            lines.append(f"lost {run_id}")
+        except Exception as exc:  # the test counts these: any is a failure
+            lines.append(f"error {run_id} {type(exc).__name__}: {exc}")
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def append(db_path: str, run_id: str, count: str, go: str) -> None:
+    """Append `count` events to a run as fast as possible."""
+    from uet.state import Database
+    db = Database(db_path)
+    wait_for(go)
+    for i in range(int(count)):
+        db.create_event({"run_id": run_id, "event_type": "append", "data": {"pid": os.getpid(),
+                                                                              "i": i}})
+
+
+def writer(db_path: str, acklog: str) -> None:
+    """Write runs, transitions, steps and events until killed; ack each returned call."""
+    from uet.state import Database
+    db = Database(db_path)
+    with open(acklog, "a") as log:
+        while True:
+            run_id = db.create_run({"project_id": "crash", "phase_id": "ph",
+                                    "metadata": {"pad": "x" * 200}})
+            ack(log, f"run {run_id} pending")
+            db.transition_run(run_id, "running", expected="pending")
+            ack(log, f"run {run_id} running")
+            step_id = db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "t"})
+            ack(log, f"step {step_id} running")
+            event_id = db.create_event({"run_id": run_id, "event_type": "note"})
+            ack(log, f"event {event_id}")
+            db.transition_step_attempt(step_id, "succeeded", exit_code=0)
+            ack(log, f"step {step_id} succeeded")
+            db.transition_run(run_id, "succeeded", exit_code=0)
+            ack(log, f"run {run_id} succeeded")
+
+
+def open_ledger(db_path: str, go: str) -> None:
+    """Open (and so create or migrate) a ledger; print its schema version."""
+    from uet.state import Database
+    wait_for(go)
+    with Database(db_path) as db:
+        print(db.schema_version())
+
+
+def hold_lock(db_path: str, seconds: str, ready: str) -> None:
+    """Hold the ledger's write lock for a while, as a slow writer in another process would."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    open(ready, "w").close()
+    time.sleep(float(seconds))
+    conn.execute("COMMIT")
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:]
+    {"race": race, "append": append, "writer": writer, "open": open_ledger,
+     "hold_lock": hold_lock}[command](*args)

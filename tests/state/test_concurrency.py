@@ -1,0 +1,229 @@
+"""Many threads and many processes on one ledger: no lost write, no double transition."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from uet.errors import DatabaseBusyError, ValidationError
+from uet.state import Database, get_db, init_db
+
+HELPERS = str(Path(__file__).parent.parent / "helpers.py")
+
+
+def test_get_db_under_16_threads_creates_one_instance(tmp_path):
+    path = str(tmp_path / "single.db")
+    barrier = threading.Barrier(16)
+    results, errors = [], []
+
+    def call():
+        try:
+            barrier.wait()
+            results.append(get_db(path))
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(results) == 16 and len({id(r) for r in results}) == 1
+    results[0].close()
+
+
+def test_get_db_is_keyed_by_database(tmp_path, monkeypatch):
+    a, b = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    db_a, db_b = get_db(a), get_db(b)
+    assert db_a is not db_b
+    assert get_db(a) is db_a and get_db(b) is db_b
+    monkeypatch.chdir(tmp_path)
+    assert get_db("a.db") is db_a  # the same file by another name
+    db_a.create_run({"run_id": "only-in-a", "project_id": "p", "phase_id": "ph"})
+    assert db_b.get_run("only-in-a") is None
+    assert get_db(":memory:") is get_db(":memory:")
+    assert get_db(":memory:") is not init_db(":memory:")
+    with pytest.raises(ValidationError, match="durability"):
+        get_db(a, durability="full")
+    db_a.close()
+    assert get_db(a) is not db_a and not get_db(a).closed  # a closed instance is replaced
+    get_db(a).close()
+    db_b.close()
+
+
+def test_get_db_default_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("UET_DATABASE", raising=False)
+    default = get_db()
+    assert Path(default.db_path) == Path(".ledger/framework.db")
+    assert (tmp_path / ".ledger" / "framework.db").exists()
+    monkeypatch.setenv("UET_DATABASE", str(tmp_path / "env.db"))
+    from_env = get_db()
+    assert from_env is not default and from_env.db_path == str(tmp_path / "env.db")
+    explicit = get_db(str(tmp_path / "explicit.db"))
+    assert explicit not in (default, from_env)
+    for db in (default, from_env, explicit):
+        db.close()
+
+
+def test_in_memory_ledger_is_shared_by_every_thread(in_memory_db):
+    db = in_memory_db
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+
+    def work(n):
+        for i in range(50):
+            db.create_event({"run_id": run_id, "event_type": "t", "data": {"n": n, "i": i}})
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seqs = [e["seq"] for e in db.events_since(0, limit=10_000)]
+    assert seqs == list(range(1, 402))
+
+
+def test_threads_racing_on_one_instance_get_one_winner_each(file_db):
+    db = file_db
+    run_ids = [db.create_run({"project_id": "p", "phase_id": "ph"}) for _ in range(100)]
+    wins: Counter = Counter()
+    barrier = threading.Barrier(8)
+
+    def race():
+        from uet.errors import ConcurrentUpdateError
+        barrier.wait()
+        for run_id in run_ids:
+            try:
+                db.transition_run(run_id, "running", expected="pending")
+                wins[run_id] += 1
+            except ConcurrentUpdateError:
+                pass
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(wins.values()) == {1} and len(wins) == 100
+
+
+def test_processes_racing_for_the_same_runs_get_exactly_one_winner(file_db, tmp_path):
+    db = file_db
+    run_ids = {db.create_run({"project_id": "race", "phase_id": "ph"}) for _ in range(200)}
+    go = str(tmp_path / "go")
+    outs = [str(tmp_path / f"out{i}") for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, HELPERS, "race", db.db_path, go, out])
+             for out in outs]
+    time.sleep(0.5)
+    Path(go).touch()
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    outcomes = [line.split(" ", 2) for out in outs for line in Path(out).read_text().splitlines()]
+    assert [o for o in outcomes if o[0] == "error"] == []
+    won = Counter(o[1] for o in outcomes if o[0] == "won")
+    assert set(won) == run_ids and set(won.values()) == {1}
+    assert len(outcomes) == 4 * 200
+    for run_id in run_ids:
+        changes = [e for e in db.list_events(run_id) if e["event_type"] == "run.state_changed"]
+        assert len(changes) == 1 and db.get_run(run_id)["state"] == "running"
+
+
+def test_processes_appending_at_once_lose_nothing(file_db, tmp_path):
+    db = file_db
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    go = str(tmp_path / "go")
+    procs = [subprocess.Popen([sys.executable, HELPERS, "append", db.db_path, run_id, "300", go])
+             for _ in range(4)]
+    time.sleep(0.5)
+    Path(go).touch()
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    events = db.events_since(0, limit=10_000)
+    assert [e["seq"] for e in events] == list(range(1, 1202))
+    per_pid = Counter(e["data"]["pid"] for e in events if e["event_type"] == "append")
+    assert sorted(per_pid.values()) == [300] * 4
+    for pid in per_pid:  # each process's own events keep its order
+        mine = [e["data"]["i"] for e in events if e["data"].get("pid") == pid]
+        assert mine == list(range(300))
+
+
+def test_forked_child_gets_its_own_connection(file_db):
+    db = file_db
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    parent_conn = db._backend.connect()
+    pid = os.fork()
+    if pid == 0:  # child: must not touch the parent's connection
+        code = 1
+        try:
+            for i in range(50):
+                db.create_event({"run_id": run_id, "event_type": "child", "data": {"i": i}})
+            code = 0 if db._backend.connect() is not parent_conn else 3
+        finally:
+            os._exit(code)
+    for i in range(50):
+        db.create_event({"run_id": run_id, "event_type": "parent", "data": {"i": i}})
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    kinds = Counter(e["event_type"] for e in db.list_events(run_id))
+    assert kinds["child"] == 50 and kinds["parent"] == 50
+    assert db._backend.connect() is parent_conn
+    assert parent_conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_writer_waits_for_a_lock_held_shorter_than_the_busy_timeout(file_db, tmp_path):
+    db = file_db
+    ready = str(tmp_path / "ready")
+    holder = subprocess.Popen([sys.executable, HELPERS, "hold_lock", db.db_path, "0.5", ready])
+    while not os.path.exists(ready):
+        time.sleep(0.005)
+    started = time.monotonic()
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    waited = time.monotonic() - started
+    assert holder.wait(timeout=30) == 0
+    assert db.get_run(run_id) is not None
+    assert waited > 0.2  # it really waited for the other process instead of failing
+
+
+def test_writer_past_the_busy_timeout_gets_a_typed_error_and_writes_nothing(db_path, tmp_path):
+    init_db(db_path).close()
+    db = Database(db_path, busy_timeout=0.2)
+    ready = str(tmp_path / "ready")
+    holder = subprocess.Popen([sys.executable, HELPERS, "hold_lock", db_path, "3", ready])
+    try:
+        while not os.path.exists(ready):
+            time.sleep(0.005)
+        with pytest.raises(DatabaseBusyError, match="locked by another writer"):
+            db.create_run({"run_id": "late", "project_id": "p", "phase_id": "ph"})
+    finally:
+        holder.wait(timeout=30)
+    assert db.get_run("late") is None
+    db.create_run({"run_id": "late", "project_id": "p", "phase_id": "ph"})  # usable again
+    db.close()
+
+
+def test_reads_are_not_blocked_by_another_process_writing(db_path, tmp_path):
+    with init_db(db_path) as db:
+        db.create_run({"run_id": "r", "project_id": "p", "phase_id": "ph"})
+        ready = str(tmp_path / "ready")
+        holder = subprocess.Popen([sys.executable, HELPERS, "hold_lock", db_path, "2", ready])
+        while not os.path.exists(ready):
+            time.sleep(0.005)
+        started = time.monotonic()
+        assert db.get_run("r")["run_id"] == "r"
+        assert time.monotonic() - started < 1.5  # WAL: readers do not wait for the writer
+        holder.wait(timeout=30)
+
+
+def test_raw_connection_sees_committed_writes_at_once(file_db):
+    run_id = file_db.create_run({"project_id": "p", "phase_id": "ph"})
+    conn = sqlite3.connect(file_db.db_path)
+    assert conn.execute("SELECT state FROM runs WHERE run_id = ?", (run_id,)).fetchone() == (
+        "pending",)
+    conn.close()

@@ -1,0 +1,238 @@
+"""Schema versions: fresh creation, adoption of the seed's ledger, refusal of what is not ours."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import SEED_DDL, make_seed_ledger
+from uet.errors import MigrationError, NotALedgerError, SchemaVersionError
+from uet.state import LATEST_VERSION, Database, init_db
+from uet.state.sqlfiles import load_migrations, load_queries, split_statements
+
+HELPERS = str(Path(__file__).parent.parent / "helpers.py")
+
+
+def schema_of(path: str) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master "
+                        "ORDER BY type, name").fetchall()
+    conn.close()
+    return rows
+
+
+def digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def fill_seed_ledger(path: str) -> dict:
+    """Rows as the seed's original code wrote them (naive timestamps, JSON text)."""
+    conn = sqlite3.connect(path)
+    runs = [("run-a", "P1", "PH1", "WS1", "ER1", "2025-11-23T11:38:49.896000", None, None,
+             "pending", None, None, json.dumps({"k": 1})),
+            ("run-b", "P1", "PH2", None, None, "2025-11-23T11:40:00", "2025-11-23T11:40:01",
+             "2025-11-23T11:41:00", "failed", 2, "boom", json.dumps({})),
+            ("run-c", "P2", "PH1", None, None, "2025-11-23T12:00:00", None, None, "running",
+             None, None, None)]
+    conn.executemany("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", runs)
+    steps = [("s1", "run-b", 1, "aider", "TR1", "ER1", "P1", "2025-11-23T11:40:02",
+              "2025-11-23T11:40:30", "failed", 1, "prompt", None, "log", json.dumps({"a": 1})),
+             ("s2", "run-b", 1, "aider", None, None, None, "2025-11-23T11:40:31", None,
+              "succeeded", 0, None, "patch-1", None, json.dumps({})),
+             ("s3", "run-c", 1, "pytest", None, None, None, "2025-11-23T12:00:01", None,
+              "running", None, None, None, None, None)]
+    conn.executemany("INSERT INTO step_attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", steps)
+    events = [("e3", "run-b", "2025-11-23T11:40:05", "later", json.dumps({"n": 3})),
+              ("e1", "run-b", "2025-11-23T11:40:01", "started", json.dumps({"n": 1})),
+              ("e2", "run-b", "2025-11-23T11:40:01", "same-time", json.dumps({"n": 2})),
+              ("e4", "run-a", "2025-11-23T11:38:50", "created", None)]
+    conn.executemany("INSERT INTO run_events VALUES (?,?,?,?,?)", events)
+    conn.commit()
+    conn.close()
+    return {"runs": runs, "steps": steps, "events": events}
+
+
+def test_fresh_ledger_is_at_the_latest_version(file_db, in_memory_db):
+    assert file_db.schema_version() == LATEST_VERSION == in_memory_db.schema_version()
+    conn = sqlite3.connect(file_db.db_path)
+    rows = conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+    conn.close()
+    assert rows == [(m.version, m.name) for m in load_migrations("sqlite")]
+
+
+def test_reopening_applies_nothing_twice(db_path):
+    init_db(db_path).close()
+    before = schema_of(db_path)
+    with init_db(db_path) as db:
+        assert db.migrate() == (LATEST_VERSION, LATEST_VERSION)
+    assert schema_of(db_path) == before
+
+
+def test_seed_ledger_is_adopted_with_every_row(db_path):
+    Path(db_path).parent.mkdir(parents=True)
+    make_seed_ledger(db_path)
+    rows = fill_seed_ledger(db_path)
+    with Database(db_path) as db:
+        assert db.schema_version() == LATEST_VERSION
+        a = db.get_run("run-a")
+        assert a["metadata"] == {"k": 1} and a["created_at"] == "2025-11-23T11:38:49.896000"
+        b = db.get_run("run-b")
+        assert (b["state"], b["exit_code"], b["error_message"], b["ended_at"]) == (
+            "failed", 2, "boom", "2025-11-23T11:41:00")
+        assert db.get_run("run-c")["metadata"] == {}
+        assert len(db.list_runs(limit=None)) == len(rows["runs"])
+        steps = db.list_step_attempts("run-b")
+        assert [(s["step_attempt_id"], s["attempt"]) for s in steps] == [("s1", 1), ("s2", 2)]
+        assert steps[0]["input_prompt"] == "prompt" and steps[1]["output_patch_id"] == "patch-1"
+        assert [e["event_id"] for e in db.list_events("run-b")] == ["e1", "e2", "e3"]
+        assert [e["seq"] for e in db.events_since(0)] == [1, 2, 3, 4]
+        # the adopted ledger works like any other, machine included
+        assert db.transition_run("run-b", "quarantined")["state"] == "quarantined"
+        new = db.create_event({"run_id": "run-a", "event_type": "after"})
+        assert db.list_events("run-a")[-1]["event_id"] == new
+        db.delete_run("run-b")
+        assert db.get_step_attempt("s1") is None
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    conn.close()
+
+
+def test_adopted_seed_ledger_has_the_schema_of_a_fresh_one(tmp_path):
+    fresh, adopted = str(tmp_path / "fresh.db"), str(tmp_path / "adopted.db")
+    init_db(fresh).close()
+    make_seed_ledger(adopted)
+    fill_seed_ledger(adopted)
+    init_db(adopted).close()
+    assert schema_of(adopted) == schema_of(fresh)
+    assert not [r for r in schema_of(adopted) if "_uet_seed" in (r[1] + (r[3] or ""))]
+
+
+def test_empty_seed_ledger_is_adopted_too(db_path):
+    Path(db_path).parent.mkdir(parents=True)
+    make_seed_ledger(db_path)
+    with Database(db_path) as db:
+        assert db.schema_version() == LATEST_VERSION and db.list_runs() == []
+
+
+def test_seed_ledger_with_dangling_rows_is_refused_unchanged(db_path):
+    Path(db_path).parent.mkdir(parents=True)
+    make_seed_ledger(db_path)
+    fill_seed_ledger(db_path)
+    conn = sqlite3.connect(db_path)
+    conn.execute("INSERT INTO run_events VALUES ('orphan', 'no-such-run', 't', 'x', NULL)")
+    conn.commit()
+    conn.close()
+    before = schema_of(db_path)
+    with pytest.raises(MigrationError, match="1 run_events rows point at runs that do not exist"):
+        Database(db_path)
+    assert schema_of(db_path) == before
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT count(*) FROM run_events").fetchone()[0] == 5
+    conn.close()
+
+
+def test_newer_schema_is_refused_and_left_untouched(db_path):
+    init_db(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute("INSERT INTO schema_migrations VALUES (?, 'from_the_future', 'now')",
+                 (LATEST_VERSION + 1,))
+    conn.commit()
+    conn.close()
+    before = digest(db_path)
+    with pytest.raises(SchemaVersionError, match=f"version {LATEST_VERSION + 1}.*upgrade uet"):
+        Database(db_path)
+    assert digest(db_path) == before
+
+
+def test_file_that_is_not_sqlite_is_refused_untouched(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("this is not a database\n" * 100)
+    before = digest(str(path))
+    with pytest.raises(NotALedgerError, match="not a SQLite database"):
+        Database(str(path))
+    assert digest(str(path)) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_sqlite_file_of_another_application_is_refused_untouched(tmp_path):
+    path = str(tmp_path / "other.db")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.commit()
+    conn.close()
+    before = digest(path)
+    with pytest.raises(NotALedgerError, match="not a uet ledger.*customers"):
+        Database(path)
+    assert digest(path) == before
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn.close()
+
+
+def test_table_named_like_ours_with_other_columns_is_refused(tmp_path):
+    path = str(tmp_path / "odd.db")
+    conn = sqlite3.connect(path)
+    conn.executescript(SEED_DDL.replace("error_message TEXT,", "error_text TEXT,"))
+    conn.close()
+    with pytest.raises(NotALedgerError, match="runs table"):
+        Database(path)
+
+
+def test_concurrent_openers_of_a_new_file_migrate_once(db_path, tmp_path):
+    go = str(tmp_path / "go")
+    procs = [subprocess.Popen([sys.executable, HELPERS, "open", db_path, go],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(6)]
+    Path(go).touch()
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, outputs
+    assert [out.strip() for out, _ in outputs] == [str(LATEST_VERSION)] * 6
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == LATEST_VERSION
+    conn.close()
+
+
+def test_concurrent_openers_of_a_seed_ledger_adopt_it_once(db_path, tmp_path):
+    Path(db_path).parent.mkdir(parents=True)
+    make_seed_ledger(db_path)
+    fill_seed_ledger(db_path)
+    go = str(tmp_path / "go")
+    procs = [subprocess.Popen([sys.executable, HELPERS, "open", db_path, go],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    Path(go).touch()
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outputs
+    with Database(db_path) as db:
+        assert len(db.list_runs(limit=None)) == 3 and len(db.events_since(0)) == 4
+
+
+def test_split_statements_keeps_semicolons_inside_literals_and_triggers():
+    script = """
+    -- a comment; with a semicolon
+    CREATE TABLE t (x TEXT DEFAULT ';');
+    CREATE TRIGGER tr AFTER INSERT ON t BEGIN
+        UPDATE t SET x = 'a;b';
+    END;
+    INSERT INTO t VALUES ('--not a comment');
+    """
+    statements = split_statements(script)
+    assert len(statements) == 3
+    assert statements[1].rstrip().endswith("END;")
+    with pytest.raises(RuntimeError, match="incomplete"):
+        split_statements("CREATE TABLE t (x")
+
+
+def test_migrations_and_queries_load():
+    migrations = load_migrations("sqlite")
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    queries = load_queries("sqlite")
+    assert {"insert_run", "insert_event", "events_since"} <= set(queries)
+    assert all(q.strip() and not q.strip().startswith("--") for q in queries.values())

@@ -1,0 +1,122 @@
+"""The schema itself: seed tables and columns, CHECK constraints, foreign keys, indices, pragmas."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from uet.state import init_db
+from uet.state.sqlite_migrations import SEED_COLUMNS
+
+
+@pytest.fixture
+def raw(file_db):
+    """A plain sqlite3 connection to a fresh ledger file, foreign keys on."""
+    conn = sqlite3.connect(file_db.db_path)
+    conn.execute("PRAGMA foreign_keys=ON")
+    yield conn
+    conn.close()
+
+
+def columns(conn, table):
+    return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def test_seed_tables_keep_every_seed_column_in_order(raw):
+    for table, seed in SEED_COLUMNS.items():
+        assert columns(raw, table)[:len(seed)] == list(seed)
+    assert len(SEED_COLUMNS["runs"]) == 12 and len(SEED_COLUMNS["step_attempts"]) == 15
+    assert len(SEED_COLUMNS["run_events"]) == 5
+    assert columns(raw, "step_attempts")[15:] == ["attempt"]
+    assert columns(raw, "run_events")[5:] == ["seq"]
+
+
+def test_named_indices_exist(raw):
+    names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"idx_runs_project", "idx_runs_state", "idx_steps_run", "idx_events_run"} <= names
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO runs (run_id, project_id, phase_id, created_at, state) "
+    "VALUES ('r', 'p', 'ph', 't', 'finished')",
+    "INSERT INTO runs (run_id, project_id, phase_id, created_at, state, metadata) "
+    "VALUES ('r', 'p', 'ph', 't', 'pending', 'not json')",
+    "INSERT INTO runs (run_id, project_id, phase_id, created_at) VALUES ('r', NULL, 'ph', 't')",
+    "INSERT INTO step_attempts (step_attempt_id, run_id, sequence, tool_id, started_at, state) "
+    "VALUES ('s', 'r0', 1, 't', 'x', 'paused')",
+    "INSERT INTO step_attempts (step_attempt_id, run_id, sequence, tool_id, started_at, "
+    "attempt) VALUES ('s', 'r0', 1, 't', 'x', 0)",
+    "INSERT INTO step_attempts (step_attempt_id, run_id, sequence, tool_id, started_at) "
+    "VALUES ('s', 'ghost', 1, 't', 'x')",
+    "INSERT INTO run_events (event_id, run_id, timestamp, event_type, seq) "
+    "VALUES ('e', 'ghost', 't', 'x', 99)",
+    "INSERT INTO run_events (event_id, run_id, timestamp, event_type, data, seq) "
+    "VALUES ('e', 'r0', 't', 'x', '{', 99)",
+    "UPDATE runs SET state = 'done' WHERE run_id = 'r0'",
+])
+def test_constraints_hold_at_the_sql_level(raw, sql):
+    raw.execute("INSERT INTO runs (run_id, project_id, phase_id, created_at) "
+                "VALUES ('r0', 'p', 'ph', 't')")
+    with pytest.raises(sqlite3.IntegrityError):
+        raw.execute(sql)
+
+
+def test_foreign_keys_cascade_on_delete(raw):
+    raw.execute("INSERT INTO runs (run_id, project_id, phase_id, created_at) "
+                "VALUES ('r0', 'p', 'ph', 't')")
+    raw.execute("INSERT INTO step_attempts (step_attempt_id, run_id, sequence, tool_id, "
+                "started_at) VALUES ('s', 'r0', 1, 't', 'x')")
+    raw.execute("INSERT INTO run_events (event_id, run_id, timestamp, event_type, seq) "
+                "VALUES ('e', 'r0', 't', 'x', 1)")
+    raw.execute("DELETE FROM runs WHERE run_id = 'r0'")
+    assert raw.execute("SELECT count(*) FROM step_attempts").fetchone()[0] == 0
+    assert raw.execute("SELECT count(*) FROM run_events").fetchone()[0] == 0
+
+
+def test_every_connection_has_wal_foreign_keys_and_busy_timeout(file_db):
+    conn = file_db._backend.connect()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
+
+
+def test_full_durability_sets_synchronous_full(db_path):
+    with init_db(db_path, durability="full", busy_timeout=2.5) as db:
+        conn = db._backend.connect()
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2500
+        db.create_run({"project_id": "p", "phase_id": "ph"})
+
+
+def test_in_memory_ledger_enforces_foreign_keys(in_memory_db):
+    conn = in_memory_db._backend.connect()
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("sql, params, index", [
+    ("SELECT * FROM runs WHERE project_id = ? AND state = ? "
+     "ORDER BY created_at DESC, run_id DESC LIMIT 100", ("p", "pending"), "idx_runs_project_state"),
+    ("SELECT * FROM runs WHERE project_id = ? ORDER BY created_at DESC, run_id DESC LIMIT 100",
+     ("p",), "idx_runs_project"),
+    ("SELECT * FROM runs WHERE state = ? ORDER BY created_at DESC, run_id DESC LIMIT 100",
+     ("running",), "idx_runs_state"),
+    ("SELECT * FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 100", (),
+     "idx_runs_created"),
+    ("SELECT * FROM run_events WHERE run_id = ? ORDER BY seq", ("r",), "idx_events_run"),
+    ("SELECT * FROM run_events WHERE seq > ? ORDER BY seq LIMIT 10", (0,), "idx_events_seq"),
+    ("SELECT * FROM step_attempts WHERE run_id = ? ORDER BY sequence, attempt", ("r",),
+     "idx_steps_run"),
+])
+def test_api_queries_use_an_index_and_never_sort_or_scan(raw, sql, params, index):
+    plan = " | ".join(r[3] for r in raw.execute("EXPLAIN QUERY PLAN " + sql, params))
+    assert index in plan, plan
+    assert "TEMP B-TREE" not in plan and not plan.startswith("SCAN runs |"), plan
+
+
+def test_list_runs_queries_are_the_ones_checked_above(file_db):
+    from uet.state.db import _list_runs_sql
+    assert _list_runs_sql((("project_id", False), ("state", False))) == (
+        "SELECT * FROM runs WHERE project_id = ? AND state = ? "
+        "ORDER BY created_at DESC, run_id DESC LIMIT ?")

@@ -1,0 +1,208 @@
+"""Bad input gets a typed error naming the problem, and the ledger is left exactly as it was."""
+
+from __future__ import annotations
+
+import pytest
+
+from uet.errors import ValidationError
+
+INJECTIONS = [
+    "state = 'running'; DROP TABLE runs; --",
+    "run_id) VALUES ('x'); --",
+    "1=1 OR state",
+    "metadata\" = 1 --",
+    "",
+    "RUN_ID",
+]
+
+
+def snapshot(db) -> tuple:
+    runs = db.list_runs(limit=None)
+    steps = [db.list_step_attempts(r["run_id"]) for r in runs]
+    return runs, steps, db.events_since(0, limit=10**6)
+
+
+@pytest.fixture
+def seeded(db, sample_run_data, sample_step_data, sample_event_data):
+    db.create_run(sample_run_data)
+    db.create_step_attempt(sample_step_data)
+    db.create_event(sample_event_data)
+    return db
+
+
+@pytest.mark.parametrize("key", INJECTIONS + [1, None, ("run_id",)])
+def test_unknown_update_keys_are_refused(seeded, key):
+    before = snapshot(seeded)
+    with pytest.raises(ValidationError, match="unknown run field"):
+        seeded.update_run("run-0001", {"exit_code": 1, key: "x"})
+    with pytest.raises(ValidationError, match="unknown step_attempt field"):
+        seeded.update_step_attempt("step-0001", {key: "x"})
+    assert snapshot(seeded) == before
+
+
+@pytest.mark.parametrize("key", INJECTIONS + [3])
+def test_unknown_filter_keys_are_refused(seeded, key):
+    with pytest.raises(ValidationError) as info:
+        seeded.list_runs({key: "x"})
+    assert info.value.field == str(key)
+    assert "known fields: run_id" in str(info.value)
+
+
+@pytest.mark.parametrize("value", INJECTIONS)
+def test_injection_strings_as_values_are_just_data(seeded, value):
+    seeded.update_run("run-0001", {"error_message": value})
+    assert seeded.get_run("run-0001")["error_message"] == value
+    assert seeded.list_runs({"error_message": value})[0]["run_id"] == "run-0001"
+    assert seeded.list_runs({"project_id": value}) == []
+    run_id = seeded.create_run({"project_id": value or "p", "phase_id": "ph"})
+    assert seeded.get_run(run_id)["project_id"] == (value or "p")
+    assert len(seeded.list_runs(limit=None)) == 2
+
+
+@pytest.mark.parametrize("call, data, field", [
+    ("create_run", {"project_id": "p"}, "phase_id"),
+    ("create_run", {"phase_id": "ph"}, "project_id"),
+    ("create_run", {"project_id": None, "phase_id": "ph"}, "project_id"),
+    ("create_step_attempt", {"run_id": "run-0001", "sequence": 1}, "tool_id"),
+    ("create_step_attempt", {"run_id": "run-0001", "tool_id": "t"}, "sequence"),
+    ("create_step_attempt", {"sequence": 1, "tool_id": "t"}, "run_id"),
+    ("create_event", {"run_id": "run-0001"}, "event_type"),
+    ("create_event", {"event_type": "x"}, "run_id"),
+])
+def test_missing_required_fields(seeded, call, data, field):
+    before = snapshot(seeded)
+    with pytest.raises(ValidationError) as info:
+        getattr(seeded, call)(data)
+    assert info.value.field == field and field in str(info.value)
+    assert snapshot(seeded) == before
+
+
+@pytest.mark.parametrize("call, data, field", [
+    ("create_run", {"project_id": 1, "phase_id": "ph"}, "project_id"),
+    ("create_run", {"project_id": "p", "phase_id": "ph", "exit_code": "0"}, "exit_code"),
+    ("create_run", {"project_id": "p", "phase_id": "ph", "exit_code": True}, "exit_code"),
+    ("create_run", {"project_id": "p", "phase_id": "ph", "exit_code": 2**63}, "exit_code"),
+    ("create_run", {"project_id": "p", "phase_id": "ph", "created_at": "yesterday"},
+     "created_at"),
+    ("create_run", {"project_id": "p", "phase_id": "ph", "created_at": 1700000000},
+     "created_at"),
+    ("create_run", {"project_id": "p", "phase_id": "ph", "metadata": "{}"}, "metadata"),
+    ("create_run", {"project_id": "p", "phase_id": "ph", "metadata": {"x": object()}},
+     "metadata"),
+    ("create_run", {"project_id": "p", "phase_id": "ph", "metadata": {"x": float("nan")}},
+     "metadata"),
+    ("create_run", {"project_id": "p", "phase_id": "ph", "metadata": {(1, 2): "tuple key"}},
+     "metadata"),
+    ("create_run", {"project_id": "p", "phase_id": "ph", "state": "done"}, "state"),
+    ("create_run", {"project_id": "\ud800", "phase_id": "ph"}, "project_id"),
+    ("create_run", {"run_id": "", "project_id": "p", "phase_id": "ph"}, "run_id"),
+    ("create_step_attempt", {"run_id": "run-0001", "sequence": "1", "tool_id": "t"},
+     "sequence"),
+    ("create_step_attempt", {"run_id": "run-0001", "sequence": 1, "tool_id": "t",
+                             "attempt": 0}, "attempt"),
+    ("create_event", {"run_id": "run-0001", "event_type": "x", "data": [1, 2]}, "data"),
+    ("create_event", {"run_id": "run-0001", "event_type": 5}, "event_type"),
+])
+def test_wrong_types_are_refused(seeded, call, data, field):
+    before = snapshot(seeded)
+    with pytest.raises(ValidationError) as info:
+        getattr(seeded, call)(data)
+    assert info.value.field == field
+    assert snapshot(seeded) == before
+
+
+def test_non_json_metadata_in_update_writes_nothing(seeded):
+    before = snapshot(seeded)
+    circular: dict = {}
+    circular["self"] = circular
+    for bad in ({"x": {1, 2}}, circular, {"x": b"bytes"}):
+        with pytest.raises(ValidationError, match="JSON"):
+            seeded.update_run("run-0001", {"error_message": "changed", "metadata": bad})
+    assert snapshot(seeded) == before
+
+
+def test_deeply_nested_metadata_is_a_validation_error(seeded):
+    deep: dict = {}
+    node = deep
+    for _ in range(100_000):
+        node["x"] = {}
+        node = node["x"]
+    with pytest.raises(ValidationError, match="JSON"):
+        seeded.create_run({"project_id": "p", "phase_id": "ph", "metadata": deep})
+
+
+@pytest.mark.parametrize("data", [None, [("project_id", "p")], "run", 42])
+def test_create_needs_a_dict(db, data):
+    with pytest.raises(ValidationError, match="must be a dict"):
+        db.create_run(data)
+    with pytest.raises(ValidationError, match="must be a dict"):
+        db.create_event(data)
+
+
+def test_unknown_create_fields_name_the_field(db):
+    with pytest.raises(ValidationError, match="'colour'") as info:
+        db.create_run({"project_id": "p", "phase_id": "ph", "colour": "red"})
+    assert info.value.field == "colour"
+    with pytest.raises(ValidationError, match="'seq'"):
+        db.create_event({"run_id": "x", "event_type": "t", "seq": 1})
+    assert db.list_runs() == []
+
+
+@pytest.mark.parametrize("bad_id", [None, 1, "", b"run"])
+def test_ids_must_be_non_empty_strings(seeded, bad_id):
+    for call in (seeded.get_run, seeded.get_step_attempt, seeded.list_events,
+                 seeded.list_step_attempts, seeded.delete_run):
+        with pytest.raises(ValidationError):
+            call(bad_id)
+
+
+def test_required_fields_cannot_be_emptied_by_update(seeded):
+    before = snapshot(seeded)
+    with pytest.raises(ValidationError, match="project_id"):
+        seeded.update_run("run-0001", {"project_id": None})
+    with pytest.raises(ValidationError, match="can never change"):
+        seeded.update_step_attempt("step-0001", {"run_id": "other"})
+    assert snapshot(seeded) == before
+
+
+@pytest.mark.parametrize("event_type", ["run.state_changed", "run.created",
+                                        "step_attempt.state_changed",
+                                        "step_attempt.created"])
+def test_ledger_event_types_cannot_be_forged(seeded, event_type):
+    with pytest.raises(ValidationError, match="written by the ledger"):
+        seeded.create_event({"run_id": "run-0001", "event_type": event_type})
+
+
+def test_json_filters_are_refused(seeded):
+    with pytest.raises(ValidationError, match="JSON"):
+        seeded.list_runs({"metadata": {"tool": "aider"}})
+
+
+def test_filter_values_are_type_checked(seeded):
+    with pytest.raises(ValidationError, match="state"):
+        seeded.list_runs({"state": "finished"})
+    with pytest.raises(ValidationError, match="exit_code"):
+        seeded.list_runs({"exit_code": "0"})
+    with pytest.raises(ValidationError, match="filters must be a dict"):
+        seeded.list_runs([("state", "pending")])
+
+
+@pytest.mark.parametrize("cursor, limit", [(-1, 10), ("0", 10), (0, 0), (0, None), (None, 5)])
+def test_events_since_arguments(seeded, cursor, limit):
+    with pytest.raises(ValidationError):
+        seeded.events_since(cursor, limit=limit)
+
+
+def test_database_options_are_checked(tmp_path):
+    from uet.state import Database
+    with pytest.raises(ValidationError, match="durability"):
+        Database(str(tmp_path / "a.db"), durability="paranoid")
+    with pytest.raises(ValidationError, match="busy_timeout"):
+        Database(str(tmp_path / "a.db"), busy_timeout=-1)
+    with pytest.raises(ValidationError, match="busy_timeout"):
+        Database(str(tmp_path / "a.db"), busy_timeout="10")
+    with pytest.raises(ValidationError, match="path"):
+        Database("")
+    with pytest.raises(ValidationError, match="PostgreSQL"):
+        Database("postgresql://localhost/uet")
+    assert not (tmp_path / "a.db").exists()
