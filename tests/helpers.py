@@ -155,7 +155,50 @@ def hold_lock(db_path: str, seconds: str, ready: str) -> None:
     conn.execute("COMMIT")
 
 
+def fill_disk(db_path: str, out: str) -> None:
+    """Write until the file-size limit stops SQLite; report what the caller saw, then show
+    that the ledger is usable again once the limit is lifted."""
+    import resource
+    import signal
+    from uet.errors import StorageError
+    from uet.state import Database
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write() returns EFBIG instead
+    db = Database(db_path)
+    run_id = db.create_run({"project_id": "disk", "phase_id": "ph"})
+    acked = []
+    size = max(os.path.getsize(db_path), os.path.getsize(db_path + "-wal"))
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 256 * 1024, hard))
+    error = None
+    for i in range(100_000):
+        try:
+            acked.append(db.create_event({"run_id": run_id, "event_type": "fill",
+                                          "data": {"pad": "x" * 4000, "i": i}}))
+        except StorageError as exc:
+            error = exc
+            break
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    after = db.create_event({"run_id": run_id, "event_type": "after"})
+    stored = {e["event_id"] for e in db.list_events(run_id)}
+    with open(out, "w") as f:
+        f.write(f"{type(error).__name__}\n{error}\n{len(acked)}\n"
+                f"{int(set(acked) <= stored)}\n{int(after in stored)}\n")
+
+
+def try_write(db_path: str) -> None:
+    """Open a ledger and try to write to it; print the error type and message, if any."""
+    from uet.errors import UetError
+    from uet.state import Database
+    try:
+        with Database(db_path) as db:
+            db.create_run({"project_id": "p", "phase_id": "ph"})
+        print("ok")
+    except UetError as exc:
+        print(f"{type(exc).__name__}: {exc}")
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     {"race": race, "append": append, "writer": writer, "open": open_ledger,
-     "hold_lock": hold_lock}[command](*args)
+     "hold_lock": hold_lock, "fill_disk": fill_disk,
+     "try_write": try_write}[command](*args)

@@ -75,6 +75,10 @@ def translate_error(exc: sqlite3.Error, path: str, busy_timeout: float) -> UetEr
     if primary == sqlite3.SQLITE_CANTOPEN:
         return StorageError(f"cannot open ledger {path} ({text}); check that the path is a "
                             "file in a folder you may write to")
+    if primary == sqlite3.SQLITE_IOERR:
+        return StorageError(
+            f"ledger {path}: the file system refused a read or write ({text}); check free "
+            "space, file-size limits and the device. The call changed nothing")
     if primary == sqlite3.SQLITE_CORRUPT:
         return StorageError(f"ledger {path} is corrupt ({text}); restore it from a backup")
     return StorageError(f"ledger {path}: {text}")

@@ -72,7 +72,8 @@ def migrate(backend: SQLiteBackend) -> tuple[int | None, int]:
     """Bring the ledger up to LATEST_VERSION; returns (version before, version after).
 
     A newer ledger, or a file that is not a ledger, is refused before anything is written
-    (switching the file to WAL is itself a write, so it waits for the verdict).
+    (switching the file to WAL is itself a write, so it waits for the verdict). A ledger
+    someone switched out of WAL is switched back.
     """
     with backend._lock:
         conn = backend.connect()
@@ -81,9 +82,10 @@ def migrate(backend: SQLiteBackend) -> tuple[int | None, int]:
         except sqlite3.Error as exc:
             raise translate_error(exc, backend.path, backend.busy_timeout) from None
         check_version(before, backend.path)
+        # Only now that the file is known to be ours (or empty) may it be written.
+        backend.enable_wal()
         if before == LATEST_VERSION:
             return before, before
-        backend.enable_wal()
         version = before
         for migration in MIGRATIONS:
             if version is None or migration.version > version:
