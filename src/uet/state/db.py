@@ -49,13 +49,18 @@ def resolve_path(db_path: object) -> str:
 def _check_id(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValidationError(f"{what} must be a non-empty string, got {value!r}", field=what)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{what} is not valid Unicode text", field=what) from None
     return value
 
 
 def _check_int(value: object, what: str, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValidationError(f"{what} must be an integer >= {minimum}, got {value!r}",
-                              field=what)
+    if (not isinstance(value, int) or isinstance(value, bool)
+            or not minimum <= value <= records.INT_MAX):
+        raise ValidationError(f"{what} must be an integer from {minimum} to "
+                              f"{records.INT_MAX}, got {value!r}", field=what)
     return value
 
 
@@ -94,7 +99,7 @@ class Database:
         backend = SQLiteBackend(self.db_path, durability=self.durability,
                                 busy_timeout=self.busy_timeout)
         try:
-            self._migrated_from, _ = migrate(backend)
+            migrate(backend)
         except BaseException:
             backend.close()
             raise

@@ -15,7 +15,7 @@ from uet.state.ids import new_ulid, normalize_timestamp, utc_now
 from uet.state.machines import RUN, STEP_ATTEMPT, Machine
 
 TEXT, INT, JSON, TIMESTAMP, STATE = "text", "integer", "json", "timestamp", "state"
-_INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def encode_value(table: Table, column: Column, value: object, *,
             raise ValidationError(
                 f"{table.entity} field {column.name!r} must be an integer, got "
                 f"{type(value).__name__}", field=column.name)
-        if not _INT_MIN <= value <= _INT_MAX:
+        if not INT_MIN <= value <= INT_MAX:
             raise ValidationError(
                 f"{table.entity} field {column.name!r} is out of the 64-bit integer range",
                 field=column.name)

@@ -1,0 +1,119 @@
+"""Property-based: whatever a caller passes, a public call either succeeds or raises a
+UetError, and a call that raised has changed nothing."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from uet.errors import UetError
+from uet.state import init_db
+from uet.state.records import RUNS, STEP_ATTEMPTS
+
+NAMES = st.sampled_from(list(RUNS.names) + list(STEP_ATTEMPTS.names) + [
+    "seq", "1; DROP TABLE runs", "state = 'x' --", "", "RUN_ID", "metadata)"])
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(
+        st.text(max_size=5), children, max_size=3), max_leaves=8)
+VALUES = (st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
+          | st.floats(allow_nan=True) | st.text(max_size=30)
+          | st.sampled_from(["pending", "running", "succeeded", "failed", "canceled",
+                             "quarantined", "2026-01-01T00:00:00Z", "run-1", "\ud800", "x" * 5000])
+          | st.binary(max_size=5) | JSONISH | st.builds(object))
+DICTS = st.dictionaries(NAMES, VALUES, max_size=6)
+
+SETTINGS = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def _fresh():
+    db = init_db(":memory:")
+    db.create_run({"run_id": "run-1", "project_id": "p", "phase_id": "ph"})
+    db.create_step_attempt({"step_attempt_id": "step-1", "run_id": "run-1", "sequence": 1,
+                            "tool_id": "t"})
+    return db
+
+
+def _snapshot(db) -> str:
+    runs = db.list_runs(limit=None)
+    steps = [db.list_step_attempts(r["run_id"]) for r in runs]
+    return json.dumps([runs, steps, db.events_since(0, limit=10**6)], sort_keys=True)
+
+
+def _check(call, *args):
+    db = _fresh()
+    before = _snapshot(db)
+    try:
+        getattr(db, call)(*args)
+    except UetError:
+        assert _snapshot(db) == before
+    finally:
+        db.close()
+
+
+@SETTINGS
+@given(DICTS)
+def test_create_run(data):
+    _check("create_run", data)
+
+
+@SETTINGS
+@given(DICTS)
+def test_create_step_attempt(data):
+    _check("create_step_attempt", data)
+
+
+@SETTINGS
+@given(DICTS)
+def test_create_event(data):
+    _check("create_event", data)
+
+
+@SETTINGS
+@given(VALUES, DICTS)
+def test_update_run(run_id, data):
+    _check("update_run", run_id, data)
+    _check("update_run", "run-1", data)
+
+
+@SETTINGS
+@given(DICTS)
+def test_update_step_attempt(data):
+    _check("update_step_attempt", "step-1", data)
+
+
+@SETTINGS
+@given(DICTS, VALUES)
+def test_list_runs(filters, limit):
+    _check("list_runs", filters, limit)
+
+
+@SETTINGS
+@given(VALUES, VALUES, VALUES, VALUES)
+def test_transitions(entity_id, state, expected, exit_code):
+    _check("transition_run", entity_id, state)
+    _check("transition_run", "run-1", state)
+    db = _fresh()
+    try:
+        db.transition_run("run-1", "running", expected=expected, exit_code=exit_code)
+    except UetError:
+        pass
+    db.close()
+    _check("transition_step_attempt", "step-1", state)
+
+
+@SETTINGS
+@given(VALUES, VALUES, VALUES)
+def test_reads(value, cursor, limit):
+    for call in ("get_run", "get_step_attempt", "list_step_attempts", "list_events",
+                 "delete_run"):
+        _check(call, value)
+    db = _fresh()
+    try:
+        db.events_since(cursor, run_id=None, limit=limit)
+    except UetError:
+        pass
+    db.close()
