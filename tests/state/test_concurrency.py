@@ -154,27 +154,84 @@ def test_processes_appending_at_once_lose_nothing(file_db, tmp_path):
         assert mine == list(range(300))
 
 
-def test_forked_child_gets_its_own_connection(file_db):
+def test_forked_child_writes_survive_the_parent_closing_the_ledger(file_db):
+    """A child must not inherit the parent's connection: SQLite would think the parent's
+    locks were the child's, and the parent's close would delete the WAL under it."""
     db = file_db
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
-    parent_conn = db._backend.connect()
+    read_fd, write_fd = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: must not touch the parent's connection
+    if pid == 0:  # child: keeps writing after the parent has closed its connection
         code = 1
         try:
-            for i in range(50):
+            os.close(read_fd)
+            for i in range(100):
                 db.create_event({"run_id": run_id, "event_type": "child", "data": {"i": i}})
-            code = 0 if db._backend.connect() is not parent_conn else 3
+                if i == 10:
+                    os.write(write_fd, b"x")
+                time.sleep(0.002)
+            code = 0
         finally:
             os._exit(code)
-    for i in range(50):
-        db.create_event({"run_id": run_id, "event_type": "parent", "data": {"i": i}})
+    os.close(write_fd)
+    assert os.read(read_fd, 1) == b"x"
+    db.create_event({"run_id": run_id, "event_type": "parent"})
+    db.close()  # the parent is done while the child still writes
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+    os.close(read_fd)
+    with init_db(db.db_path) as fresh:
+        kinds = Counter(e["event_type"] for e in fresh.list_events(run_id))
+        assert kinds["child"] == 100 and kinds["parent"] == 1
+
+
+def test_forked_children_and_parent_write_at_once(file_db):
+    db = file_db
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    pids = []
+    for n in range(3):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for i in range(50):
+                    db.create_event({"run_id": run_id, "event_type": f"child{n}"})
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    for i in range(50):
+        db.create_event({"run_id": run_id, "event_type": "parent"})
+    assert [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids] == [0, 0, 0]
     kinds = Counter(e["event_type"] for e in db.list_events(run_id))
-    assert kinds["child"] == 50 and kinds["parent"] == 50
-    assert db._backend.connect() is parent_conn
-    assert parent_conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert [kinds[k] for k in ("child0", "child1", "child2", "parent")] == [50] * 4
+    assert db.events_since(0, limit=1000)[-1]["seq"] == 201
+
+
+def test_in_memory_ledger_is_the_childs_own_copy_after_fork(in_memory_db):
+    db = in_memory_db
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    pid = os.fork()
+    if pid == 0:
+        ok = db.get_run(run_id) is not None
+        db.create_event({"run_id": run_id, "event_type": "child-only"})
+        os._exit(0 if ok else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert [e["event_type"] for e in db.list_events(run_id)] == ["run.created"]
+
+
+def test_a_relative_path_keeps_naming_the_same_file_after_chdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    db = init_db("here.db")
+    db.create_run({"run_id": "r", "project_id": "p", "phase_id": "ph"})
+    db.close()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    db.connect()
+    assert db.get_run("r") is not None
+    db.close()
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_writer_waits_for_a_lock_held_shorter_than_the_busy_timeout(file_db, tmp_path):

@@ -38,7 +38,7 @@ def resolve_path(db_path: object) -> str:
         db_path = os.environ.get(ENV_VAR) or DEFAULT_PATH
     if isinstance(db_path, os.PathLike):
         db_path = os.fspath(db_path)
-    if not isinstance(db_path, str) or not db_path:
+    if not isinstance(db_path, str) or not db_path or "\x00" in db_path:
         raise ValidationError(f"a database must be named by a non-empty path, got {db_path!r}")
     if db_path.startswith(("postgresql://", "postgres://")):
         raise ValidationError("the PostgreSQL backend is not available in this version of uet; "
@@ -83,7 +83,7 @@ class Database:
     def __init__(self, db_path: str | os.PathLike | None = None, *,
                  durability: str = "normal",
                  busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
-        if durability not in DURABILITY:
+        if not isinstance(durability, str) or durability not in DURABILITY:
             raise ValidationError(f"durability must be one of {', '.join(DURABILITY)}, "
                                   f"got {durability!r}", field="durability")
         if (not isinstance(busy_timeout, (int, float)) or isinstance(busy_timeout, bool)
@@ -91,12 +91,14 @@ class Database:
             raise ValidationError(f"busy_timeout must be a number of seconds >= 0, "
                                   f"got {busy_timeout!r}", field="busy_timeout")
         self.db_path = resolve_path(db_path)
+        # The absolute path, so that a later chdir (or a forked child's) reopens this file.
+        self._file = self.db_path if self.db_path == MEMORY else os.path.abspath(self.db_path)
         self.durability = durability
         self.busy_timeout = float(busy_timeout)
         self._backend = self._open()
 
     def _open(self) -> SQLiteBackend:
-        backend = SQLiteBackend(self.db_path, durability=self.durability,
+        backend = SQLiteBackend(self._file, durability=self.durability,
                                 busy_timeout=self.busy_timeout)
         try:
             migrate(backend)
@@ -232,8 +234,6 @@ class Database:
             raise ValidationError(
                 f"a step attempt is created running, not {row['state']}; move it on with "
                 "transition_step_attempt", field="state")
-        if row["attempt"] is not None:
-            _check_int(row["attempt"], "attempt", 1)
         try:
             with self._backend.transaction() as tx:
                 attempt = tx.execute(QUERIES["insert_step_attempt"], row).fetchone()[0]
@@ -425,7 +425,8 @@ def _instance_key(path: str) -> str:
     return path if path == MEMORY else os.path.realpath(path)
 
 
-def get_db(db_path: str | os.PathLike | None = None, **options: Any) -> Database:
+def get_db(db_path: str | os.PathLike | None = None, *, durability: str | None = None,
+           busy_timeout: float | None = None) -> Database:
     """The process-wide Database for `db_path` (default: $UET_DATABASE, else
     `.ledger/framework.db`), created on first use; safe to call from many threads.
 
@@ -434,6 +435,7 @@ def get_db(db_path: str | os.PathLike | None = None, **options: Any) -> Database
     """
     path = resolve_path(db_path)
     key = _instance_key(path)
+    options = _given(durability=durability, busy_timeout=busy_timeout)
     with _instances_lock:
         db = _instances.get(key)
         if db is None or db.closed:
@@ -449,7 +451,8 @@ def get_db(db_path: str | os.PathLike | None = None, **options: Any) -> Database
         return db
 
 
-def init_db(db_path: str | os.PathLike | None = None, **options: Any) -> Database:
+def init_db(db_path: str | os.PathLike | None = None, *, durability: str = "normal",
+            busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Database:
     """A new Database instance (schema created or upgraded) on every call."""
-    return Database(db_path, **options)
+    return Database(db_path, durability=durability, busy_timeout=busy_timeout)
 

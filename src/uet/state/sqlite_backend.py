@@ -31,17 +31,36 @@ DURABILITY = {
 DEFAULT_BUSY_TIMEOUT = 10.0
 
 _live_backends: "weakref.WeakSet[SQLiteBackend]" = weakref.WeakSet()
-# Connections inherited across fork(): kept referenced and never closed in the child, since
-# closing them there could release locks that belong to the parent's connection.
+_held_for_fork: list["SQLiteBackend"] = []
+# Connections that were inside a transaction of the forking thread when it forked: kept
+# referenced and never used or closed in the child.
 _inherited_connections: list[sqlite3.Connection] = []
 
 
-def _after_fork_in_child() -> None:
+def _before_fork() -> None:
+    # SQLite keeps per-file lock bookkeeping in process memory. A child that inherits an
+    # open connection believes it already holds the parent's file locks (POSIX locks are
+    # not inherited), so the parent could checkpoint and delete the WAL under the child's
+    # writes. Close file connections before fork, with no thread using them; both sides
+    # reopen on next use.
     for backend in list(_live_backends):
-        backend._after_fork()
+        backend._lock.acquire()
+        _held_for_fork.append(backend)
+        backend._close_for_fork()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+def _after_fork_in_parent() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop()._lock.release()
+
+
+def _after_fork_in_child() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop()._after_fork()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
 
 
 _CONSTRAINT_KINDS = {
@@ -159,10 +178,15 @@ class SQLiteBackend:
     def closed(self) -> bool:
         return self._closed
 
+    def _close_for_fork(self) -> None:
+        conn = self._conn
+        if self.is_memory or conn is None or conn.in_transaction:
+            return  # memory: the child's own copy; a transaction: the forking thread's own
+        self._conn = None
+        conn.close()
+
     def _after_fork(self) -> None:
-        self._lock = threading.RLock()
-        # A private in-memory database is the child's own copy: keep using it. A file's
-        # connection must not cross the fork (SQLite's locks are per process).
+        self._lock = threading.RLock()  # the forking thread held it; the child starts free
         if not self.is_memory and self._conn is not None:
             _inherited_connections.append(self._conn)
             self._conn = None
