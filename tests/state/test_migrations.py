@@ -81,10 +81,11 @@ def test_seed_ledger_is_adopted_with_every_row(db_path):
     with Database(db_path) as db:
         assert db.schema_version() == LATEST_VERSION
         a = db.get_run("run-a")
-        assert a["metadata"] == {"k": 1} and a["created_at"] == "2025-11-23T11:38:49.896000"
+        # timestamps move to the ledger's one format (the seed wrote naive local ISO text)
+        assert a["metadata"] == {"k": 1} and a["created_at"] == "2025-11-23T11:38:49.896000Z"
         b = db.get_run("run-b")
         assert (b["state"], b["exit_code"], b["error_message"], b["ended_at"]) == (
-            "failed", 2, "boom", "2025-11-23T11:41:00")
+            "failed", 2, "boom", "2025-11-23T11:41:00.000000Z")
         assert db.get_run("run-c")["metadata"] == {}
         assert len(db.list_runs(limit=None)) == len(rows["runs"])
         steps = db.list_step_attempts("run-b")
@@ -121,21 +122,57 @@ def test_empty_seed_ledger_is_adopted_too(db_path):
         assert db.schema_version() == LATEST_VERSION and db.list_runs() == []
 
 
-def test_seed_ledger_with_dangling_rows_is_refused_unchanged(db_path):
+def test_seed_rows_of_missing_runs_are_kept_beside_the_ledger(db_path):
+    """The seed never enforced foreign keys; such rows are kept, outside the checked tables."""
     Path(db_path).parent.mkdir(parents=True)
     make_seed_ledger(db_path)
     fill_seed_ledger(db_path)
     conn = sqlite3.connect(db_path)
     conn.execute("INSERT INTO run_events VALUES ('orphan', 'no-such-run', 't', 'x', NULL)")
+    conn.execute("INSERT INTO step_attempts (step_attempt_id, run_id, sequence, tool_id, "
+                 "started_at, state) VALUES ('lost', 'gone', 1, 't', 'x', 'running')")
     conn.commit()
     conn.close()
-    before = schema_of(db_path)
-    with pytest.raises(MigrationError, match="1 run_events rows point at runs that do not exist"):
-        Database(db_path)
-    assert schema_of(db_path) == before
+    with Database(db_path) as db:
+        assert len(db.events_since(0)) == 4 and db.get_step_attempt("lost") is None
     conn = sqlite3.connect(db_path)
-    assert conn.execute("SELECT count(*) FROM run_events").fetchone()[0] == 5
+    assert conn.execute("SELECT event_id, run_id FROM seed_orphan_run_events").fetchall() == [
+        ("orphan", "no-such-run")]
+    assert conn.execute("SELECT step_attempt_id FROM seed_orphan_step_attempts").fetchall() == [
+        ("lost",)]
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     conn.close()
+
+
+def test_seed_text_that_is_not_json_is_kept_inside_json(db_path):
+    Path(db_path).parent.mkdir(parents=True)
+    make_seed_ledger(db_path)
+    conn = sqlite3.connect(db_path)
+    conn.execute("INSERT INTO runs (run_id, project_id, phase_id, created_at, state, metadata) "
+                 "VALUES ('r', 'p', 'ph', 'not a time', 'pending', 'plain words')")
+    conn.commit()
+    conn.close()
+    with Database(db_path) as db:
+        run = db.get_run("r")
+        assert run["metadata"] == {"seed_text": "plain words"}
+        assert run["created_at"] == "not a time"  # kept as it was when it is no timestamp
+
+
+def test_failed_adoption_leaves_the_file_exactly_as_it_was(db_path):
+    Path(db_path).parent.mkdir(parents=True)
+    make_seed_ledger(db_path)
+    fill_seed_ledger(db_path)
+    conn = sqlite3.connect(db_path)
+    # SQLite lets a TEXT PRIMARY KEY be NULL; the ledger does not
+    conn.execute("INSERT INTO runs (run_id, project_id, phase_id, created_at, state) "
+                 "VALUES (NULL, 'p', 'ph', 't', 'pending')")
+    conn.commit()
+    conn.close()
+    before = digest(db_path)
+    with pytest.raises(MigrationError, match="left as it was"):
+        Database(db_path)
+    assert digest(db_path) == before
+    assert sorted(p.name for p in Path(db_path).parent.iterdir()) == ["framework.db"]
 
 
 def test_newer_schema_is_refused_and_left_untouched(db_path):
@@ -174,6 +211,32 @@ def test_sqlite_file_of_another_application_is_refused_untouched(tmp_path):
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     conn.close()
+
+
+def test_another_applications_migration_table_is_not_taken_for_ours(tmp_path):
+    path = str(tmp_path / "other.db")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, dirty BOOL)")
+    conn.execute("INSERT INTO schema_migrations VALUES (1, 0)")
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    before = digest(path)
+    with pytest.raises(NotALedgerError, match="schema_migrations table but is not a uet"):
+        Database(path)
+    assert digest(path) == before
+
+
+def test_database_of_views_only_is_not_empty(tmp_path):
+    path = str(tmp_path / "views.db")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE VIEW answer AS SELECT 42")
+    conn.commit()
+    conn.close()
+    before = digest(path)
+    with pytest.raises(NotALedgerError, match="view answer"):
+        Database(path)
+    assert digest(path) == before
 
 
 def test_table_named_like_ours_with_other_columns_is_refused(tmp_path):

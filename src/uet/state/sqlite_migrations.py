@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 
 from uet.errors import MigrationError, NotALedgerError, SchemaVersionError
-from uet.state.ids import utc_now
+from uet.state.ids import normalize_timestamp, utc_now
 from uet.state.sqlfiles import Migration, load_migrations
 from uet.state.sqlite_backend import SQLiteBackend, translate_error
 
@@ -35,30 +35,46 @@ SEED_INDEXES = ("idx_runs_project", "idx_runs_state", "idx_steps_run", "idx_even
 def ledger_version(conn: sqlite3.Connection, path: str) -> int | None:
     """The ledger's schema version: None for an empty database, 0 for a seed ledger.
 
-    Reads only. Raises NotALedgerError for a database that holds something else.
+    Reads only; call it inside a transaction so that all its reads see one snapshot (another
+    process may be migrating). Raises NotALedgerError for a database that holds anything
+    else.
     """
-    tables = {name for (name,) in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+    objects = conn.execute(
+        "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall()
+    if not objects:
+        return None
+    tables = {name for kind, name in objects if kind == "table"}
     if "schema_migrations" in tables:
-        version = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+        # table names come from constants, never from a caller
+        recorded = {r[1] for r in conn.execute("PRAGMA table_info(schema_migrations)")}
+        version = None
+        if recorded == {"version", "name", "applied_at"} and set(SEED_COLUMNS) <= tables:
+            version = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
         if isinstance(version, int) and version >= 1:
             return version
-        raise NotALedgerError(f"{path} has an empty or damaged schema_migrations table; "
-                              "it is not a uet ledger this code can open")
-    if not tables:
-        return None
+        raise NotALedgerError(
+            f"{path} has a schema_migrations table but is not a uet ledger (its tables: "
+            f"{', '.join(sorted(tables))}); refusing to change it")
     if set(SEED_COLUMNS) <= tables:
         for table, expected in SEED_COLUMNS.items():
-            # table names come from the constant above, never from a caller
             found = tuple(r[1] for r in conn.execute(f"PRAGMA table_info({table})"))
             if set(found) != set(expected):
                 raise NotALedgerError(
                     f"{path} has a {table} table whose columns ({', '.join(found)}) are not "
                     "those of a uet ledger; refusing to change it")
         return 0
+    listed = ", ".join(sorted(f"{kind} {name}" for kind, name in objects))
     raise NotALedgerError(
-        f"{path} is a SQLite database but not a uet ledger (its tables: "
-        f"{', '.join(sorted(tables))}); point uet at a new or existing ledger file")
+        f"{path} is a SQLite database but not a uet ledger (it holds: {listed}); point uet "
+        "at a new or existing ledger file")
+
+
+def _read_version(conn: sqlite3.Connection, path: str) -> int | None:
+    conn.execute("BEGIN")
+    try:
+        return ledger_version(conn, path)
+    finally:
+        SQLiteBackend._rollback(conn)  # a read-only transaction: nothing to keep
 
 
 def check_version(version: int | None, path: str) -> None:
@@ -71,25 +87,23 @@ def check_version(version: int | None, path: str) -> None:
 def migrate(backend: SQLiteBackend) -> tuple[int | None, int]:
     """Bring the ledger up to LATEST_VERSION; returns (version before, version after).
 
-    A newer ledger, or a file that is not a ledger, is refused before anything is written
-    (switching the file to WAL is itself a write, so it waits for the verdict). A ledger
-    someone switched out of WAL is switched back.
+    A newer ledger, or a file that is not a ledger, is refused before anything is written;
+    a migration that fails leaves the file as it was.
     """
     with backend._lock:
         conn = backend.connect()
         try:
-            before = ledger_version(conn, backend.path)
+            before = _read_version(conn, backend.path)
         except sqlite3.Error as exc:
             raise translate_error(exc, backend.path, backend.busy_timeout) from None
         check_version(before, backend.path)
-        # Only now that the file is known to be ours (or empty) may it be written.
-        backend.enable_wal()
-        if before == LATEST_VERSION:
-            return before, before
         version = before
         for migration in MIGRATIONS:
             if version is None or migration.version > version:
                 version = _apply(backend, conn, migration, adopt_seed=version == 0)
+        # Only now that the file is known to be a ledger may its journal mode be changed
+        # (a persistent write); a ledger someone switched out of WAL is switched back.
+        backend.enable_wal()
         return before, version
 
 
@@ -133,38 +147,68 @@ def _apply(backend: SQLiteBackend, conn: sqlite3.Connection, migration: Migratio
             f"{backend.path}: {error}; the ledger was left as it was") from None
 
 
+def _seed_timestamp(value: object) -> object:
+    """A seed timestamp in the ledger's format; a value that is no timestamp stays as it was."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return normalize_timestamp(value, "timestamp")
+    except ValueError:
+        return value
+
+
+def _seed_select(table: str) -> str:
+    """The SELECT list that copies a seed table's columns: timestamps in the ledger's format,
+    text that is not JSON kept inside a JSON object (the new tables check JSON columns)."""
+    parts = []
+    for column in SEED_COLUMNS[table]:
+        if column in ("created_at", "started_at", "ended_at", "timestamp"):
+            parts.append(f"uet_seed_timestamp({column})")
+        elif column in ("metadata", "data"):
+            parts.append(f"CASE WHEN {column} IS NULL OR json_valid({column}) THEN {column} "
+                         f"ELSE json_object('seed_text', {column}) END")
+        else:
+            parts.append(column)
+    return ", ".join(parts)
+
+
+_ORPHAN = "(run_id IS NULL OR run_id NOT IN (SELECT run_id FROM _uet_seed_runs))"
+
+
 def _adopt_seed(conn: sqlite3.Connection, initial: Migration, path: str) -> None:
     """Turn a seed ledger into version 1 in place, keeping every row.
 
     SQLite's documented way to change a table's definition: move the old tables aside, create
     the new ones from the same 0001 script a fresh ledger runs (so both end with identical
-    schemas), copy the rows, drop the old tables, then check the foreign keys.
+    schemas), copy the rows, drop the old tables, then check the foreign keys. The seed
+    never enforced foreign keys: step attempts and events of runs that do not exist are kept
+    in `seed_orphan_step_attempts` / `seed_orphan_run_events`, outside the ledger proper.
     """
+    conn.create_function("uet_seed_timestamp", 1, _seed_timestamp, deterministic=True)
     for index in SEED_INDEXES:
         conn.execute(f"DROP INDEX IF EXISTS {index}")  # names from the constant above
     for table in SEED_COLUMNS:
         conn.execute(f"ALTER TABLE {table} RENAME TO _uet_seed_{table}")
+    for table in ("step_attempts", "run_events"):
+        if conn.execute(f"SELECT 1 FROM _uet_seed_{table} WHERE {_ORPHAN} LIMIT 1").fetchone():
+            conn.execute(f"CREATE TABLE seed_orphan_{table} AS "
+                         f"SELECT * FROM _uet_seed_{table} WHERE {_ORPHAN}")
     for statement in initial.statements():
         conn.execute(statement)
-    run_cols = ", ".join(SEED_COLUMNS["runs"])
-    conn.execute(f"INSERT INTO runs ({run_cols}) SELECT {run_cols} FROM _uet_seed_runs")
-    step_cols = ", ".join(SEED_COLUMNS["step_attempts"])
+    conn.execute(f"INSERT INTO runs ({', '.join(SEED_COLUMNS['runs'])}) "
+                 f"SELECT {_seed_select('runs')} FROM _uet_seed_runs")
     conn.execute(
-        f"INSERT INTO step_attempts ({step_cols}, attempt) SELECT {step_cols}, "
-        "row_number() OVER (PARTITION BY run_id, sequence ORDER BY started_at, rowid) "
-        "FROM _uet_seed_step_attempts")
-    event_cols = ", ".join(SEED_COLUMNS["run_events"])
+        f"INSERT INTO step_attempts ({', '.join(SEED_COLUMNS['step_attempts'])}, attempt) "
+        f"SELECT {_seed_select('step_attempts')}, row_number() OVER (PARTITION BY run_id, "
+        "sequence ORDER BY uet_seed_timestamp(started_at), rowid) "
+        f"FROM _uet_seed_step_attempts WHERE NOT {_ORPHAN}")
     conn.execute(
-        f"INSERT INTO run_events ({event_cols}, seq) SELECT {event_cols}, "
-        "row_number() OVER (ORDER BY timestamp, rowid) FROM _uet_seed_run_events")
+        f"INSERT INTO run_events ({', '.join(SEED_COLUMNS['run_events'])}, seq) "
+        f"SELECT {_seed_select('run_events')}, row_number() OVER "
+        "(ORDER BY uet_seed_timestamp(timestamp), rowid) "
+        f"FROM _uet_seed_run_events WHERE NOT {_ORPHAN}")
     for table in reversed(tuple(SEED_COLUMNS)):
         conn.execute(f"DROP TABLE _uet_seed_{table}")
-    dangling: dict[str, int] = {}
-    for table, *_ in conn.execute("PRAGMA foreign_key_check"):
-        dangling[table] = dangling.get(table, 0) + 1
-    if dangling:
-        counts = ", ".join(f"{n} {table} rows" for table, n in sorted(dangling.items()))
-        raise MigrationError(
-            f"cannot adopt the seed ledger {path}: {counts} point at runs that do not exist. "
-            "Delete or repair those rows (e.g. with the sqlite3 shell) and open it again; "
-            "nothing was changed")
+    if conn.execute("PRAGMA foreign_key_check").fetchone() is not None:
+        raise MigrationError(f"cannot adopt the seed ledger {path}: rows still point at runs "
+                             "that do not exist after the copy; nothing was changed")
