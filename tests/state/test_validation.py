@@ -121,14 +121,41 @@ def test_non_json_metadata_in_update_writes_nothing(seeded):
     assert snapshot(seeded) == before
 
 
-def test_deeply_nested_metadata_is_a_validation_error(seeded):
+def _nested(depth: int) -> dict:
     deep: dict = {}
     node = deep
-    for _ in range(100_000):
+    for _ in range(depth - 1):
         node["x"] = {}
         node = node["x"]
-    with pytest.raises(ValidationError, match="JSON"):
-        seeded.create_run({"project_id": "p", "phase_id": "ph", "metadata": deep})
+    return deep
+
+
+@pytest.mark.parametrize("depth", [201, 990, 100_000])
+def test_deeply_nested_json_is_a_validation_error(seeded, depth):
+    before = snapshot(seeded)
+    with pytest.raises(ValidationError, match="JSON|nested deeper"):
+        seeded.create_run({"project_id": "p", "phase_id": "ph", "metadata": _nested(depth)})
+    with pytest.raises(ValidationError, match="JSON|nested deeper"):
+        seeded.create_event({"run_id": "run-0001", "event_type": "e", "data": _nested(depth)})
+    assert snapshot(seeded) == before
+
+
+def test_json_nested_to_the_limit_is_stored_and_read_back(seeded):
+    deep = _nested(200)
+    seeded.create_event({"run_id": "run-0001", "event_type": "deep", "data": deep})
+    assert seeded.list_events("run-0001")[-1]["data"] == deep
+    assert seeded.events_since(0)[-1]["data"] == deep
+    wide_and_deep = {"l": [[[[[[1]]]]]] * 100, "s": "y" * 1000}
+    run_id = seeded.create_run({"project_id": "p", "phase_id": "ph", "metadata": wide_and_deep})
+    assert seeded.transition_run(run_id, "running")["metadata"] == wide_and_deep
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_timestamps_outside_the_utc_calendar_are_refused(seeded, stamp):
+    with pytest.raises(ValidationError, match="outside the years"):
+        seeded.create_run({"project_id": "p", "phase_id": "ph", "created_at": stamp})
+    with pytest.raises(ValidationError, match="outside the years"):
+        seeded.list_runs({"created_at": stamp})
 
 
 @pytest.mark.parametrize("data", [None, [("project_id", "p")], "run", 42])
@@ -158,6 +185,9 @@ def test_ids_must_be_non_empty_strings(seeded, bad_id):
 
 def test_required_fields_cannot_be_emptied_by_update(seeded):
     before = snapshot(seeded)
+    for bad in (None, 0, -1):
+        with pytest.raises(ValidationError, match="attempt"):
+            seeded.update_step_attempt("step-0001", {"attempt": bad})
     with pytest.raises(ValidationError, match="project_id"):
         seeded.update_run("run-0001", {"project_id": None})
     with pytest.raises(ValidationError, match="can never change"):
@@ -197,6 +227,10 @@ def test_database_options_are_checked(tmp_path):
     from uet.state import Database
     with pytest.raises(ValidationError, match="durability"):
         Database(str(tmp_path / "a.db"), durability="paranoid")
+    with pytest.raises(ValidationError, match="durability"):
+        Database(str(tmp_path / "a.db"), durability=["full"])
+    with pytest.raises(ValidationError, match="path"):
+        Database(str(tmp_path / "a\x00.db"))
     with pytest.raises(ValidationError, match="busy_timeout"):
         Database(str(tmp_path / "a.db"), busy_timeout=-1)
     with pytest.raises(ValidationError, match="busy_timeout"):

@@ -106,5 +106,8 @@ def normalize_timestamp(value: object, field: str) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     else:
-        moment = moment.astimezone(timezone.utc)
+        try:
+            moment = moment.astimezone(timezone.utc)
+        except OverflowError:
+            raise ValueError(f"{field} {value!r} is outside the years 1 to 9999 in UTC") from None
     return _format(moment)

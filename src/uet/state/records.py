@@ -16,6 +16,11 @@ from uet.state.machines import RUN, STEP_ATTEMPT, Machine
 
 TEXT, INT, JSON, TIMESTAMP, STATE = "text", "integer", "json", "timestamp", "state"
 INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
+# SQLite's default limit on one value is 1e9 bytes; refuse above it with a clear message.
+MAX_VALUE_BYTES = 1_000_000_000
+# JSON nested deeper than this is refused on write: Python's decoder has a recursion limit,
+# and a value that could be written but not read back would poison every later read.
+MAX_JSON_DEPTH = 200
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,8 @@ class Column:
     required: bool = False   # must be given (and not None) on create
     generate: str | None = None  # "ulid" or "now": filled in when omitted on create
     updatable: bool = True
+    nullable: bool = True   # may be set to None by an update
+    minimum: int | None = None  # for integers
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,7 @@ STEP_ATTEMPTS = Table("step_attempts", "step_attempt", "step_attempt_id", (
     Column("metadata", JSON),
     # Beyond the seed: which try of this sequence number (1, 2, ...); numbered by the store
     # when omitted.
-    Column("attempt", INT),
+    Column("attempt", INT, nullable=False, minimum=1),
 ), machine=STEP_ATTEMPT)
 
 RUN_EVENTS = Table("run_events", "event", "event_id", (
@@ -110,7 +117,7 @@ def encode_value(table: Table, column: Column, value: object, *,
     """Check one caller value against its column and return what the database stores
     (or, with `filtering`, what a stored value is compared with)."""
     if value is None:
-        if column.required or column.kind == STATE:
+        if column.required or column.kind == STATE or not column.nullable:
             raise ValidationError(f"{table.entity} field {column.name!r} cannot be empty",
                                   field=column.name)
         return None
@@ -123,7 +130,7 @@ def encode_value(table: Table, column: Column, value: object, *,
         if (column.required or column.generate) and not value and not filtering:
             raise ValidationError(f"{table.entity} field {column.name!r} cannot be empty",
                                   field=column.name)
-        _check_encodable(table, column, value)
+        _check_text(table, column, value)
         return value
     if kind == INT:
         if not isinstance(value, int) or isinstance(value, bool):
@@ -134,15 +141,28 @@ def encode_value(table: Table, column: Column, value: object, *,
             raise ValidationError(
                 f"{table.entity} field {column.name!r} is out of the 64-bit integer range",
                 field=column.name)
+        if column.minimum is not None and value < column.minimum:
+            raise ValidationError(
+                f"{table.entity} field {column.name!r} must be at least {column.minimum}, "
+                f"got {value}", field=column.name)
         return value
     if kind == JSON:
         _check_mapping(value, f"{table.entity} field {column.name!r}", column.name)
         try:
-            return json.dumps(value, allow_nan=False)
+            text = json.dumps(value, allow_nan=False)
         except (TypeError, ValueError, RecursionError) as exc:
             raise ValidationError(
                 f"{table.entity} field {column.name!r} must be JSON-serialisable: {exc}",
                 field=column.name) from None
+        # nesting needs two characters a level, so short texts cannot be too deep
+        if len(text) > 2 * MAX_JSON_DEPTH and _too_deep(value):
+            raise ValidationError(
+                f"{table.entity} field {column.name!r} is nested deeper than "
+                f"{MAX_JSON_DEPTH} levels", field=column.name)
+        if len(text) > MAX_VALUE_BYTES:
+            raise ValidationError(f"{table.entity} field {column.name!r} is larger than "
+                                  f"{MAX_VALUE_BYTES:,} bytes", field=column.name)
+        return text
     if kind == TIMESTAMP:
         try:
             return normalize_timestamp(value, column.name)
@@ -154,13 +174,33 @@ def encode_value(table: Table, column: Column, value: object, *,
     raise AssertionError(kind)  # pragma: no cover - the tables above use the kinds above
 
 
-def _check_encodable(table: Table, column: Column, value: str) -> None:
+def _check_text(table: Table, column: Column, value: str) -> None:
     try:
-        value.encode("utf-8")
+        size = len(value.encode("utf-8"))
     except UnicodeEncodeError:
         raise ValidationError(
             f"{table.entity} field {column.name!r} is not valid Unicode text "
             "(it contains a lone surrogate)", field=column.name) from None
+    if size > MAX_VALUE_BYTES:
+        raise ValidationError(f"{table.entity} field {column.name!r} is larger than "
+                              f"{MAX_VALUE_BYTES:,} bytes", field=column.name)
+
+
+def _too_deep(value: object) -> bool:
+    """Whether a JSON-serialisable value nests lists/dicts deeper than MAX_JSON_DEPTH."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, Mapping):
+            children = node.values()
+        elif isinstance(node, (list, tuple)):
+            children = node
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def prepare_insert(table: Table, data: object) -> dict[str, object]:
