@@ -185,6 +185,27 @@ def fill_disk(db_path: str, out: str) -> None:
                 f"{int(set(acked) <= stored)}\n{int(after in stored)}\n")
 
 
+def patch_race(db_path: str, ids_file: str, go: str, out: str) -> None:
+    """Try to move each listed patch entry to validated; log each outcome."""
+    from uet.errors import ConcurrentUpdateError
+    from uet.state import Database, PatchLedger
+    ledger = PatchLedger(Database(db_path))
+    with open(ids_file) as f:
+        ids = f.read().split()
+    wait_for(go)
+    lines = []
+    for ledger_id in ids:
+        try:
+            ledger.transition_state(ledger_id, "validated", f"pid {os.getpid()}")
+            lines.append(f"won {ledger_id}")
+        except ConcurrentUpdateError:
+            lines.append(f"lost {ledger_id}")
+        except Exception as exc:  # the test counts these: any is a failure
+            lines.append(f"error {ledger_id} {type(exc).__name__}: {exc}")
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def try_write(db_path: str) -> None:
     """Open a ledger and try to write to it; print the error type and message, if any."""
     from uet.errors import UetError
@@ -200,5 +221,5 @@ def try_write(db_path: str) -> None:
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     {"race": race, "append": append, "writer": writer, "open": open_ledger,
-     "hold_lock": hold_lock, "fill_disk": fill_disk,
+     "hold_lock": hold_lock, "fill_disk": fill_disk, "patch_race": patch_race,
      "try_write": try_write}[command](*args)

@@ -63,8 +63,9 @@ class InvalidTransitionError(UetError, ValueError):
             why = f"from {current} it may only go to {', '.join(allowed)}"
         else:
             why = f"{current} is terminal"
-        super().__init__(
-            f"{entity} {entity_id!r} cannot go from {current} to {requested}: {why}")
+        # not super(): DuplicateTransitionError puts ConcurrentUpdateError next in the MRO
+        UetError.__init__(
+            self, f"{entity} {entity_id!r} cannot go from {current} to {requested}: {why}")
 
 
 class ConcurrentUpdateError(UetError):
@@ -75,9 +76,19 @@ class ConcurrentUpdateError(UetError):
         self.entity_id = entity_id
         self.expected = expected
         self.actual = actual
-        super().__init__(
-            f"{entity} {entity_id!r} was expected to be {expected} but is {actual}: "
+        UetError.__init__(
+            self, f"{entity} {entity_id!r} was expected to be {expected} but is {actual}: "
             "another writer changed it first")
+
+
+class DuplicateTransitionError(InvalidTransitionError, ConcurrentUpdateError):
+    """A transition to the state the row is already in: the sign of two writers doing the
+    same work. Both an InvalidTransitionError (a ValueError) and a ConcurrentUpdateError."""
+
+    def __init__(self, entity: str, entity_id: object, state: str) -> None:
+        InvalidTransitionError.__init__(self, entity, entity_id, state, state)
+        self.expected = state
+        self.actual = state
 
 
 class SchemaVersionError(UetError):
@@ -102,6 +113,7 @@ class StorageError(UetError):
 
 __all__ = [
     "UetError", "NotFoundError", "ValidationError", "AlreadyExistsError", "ConstraintViolation",
-    "InvalidTransitionError", "ConcurrentUpdateError", "SchemaVersionError",
+    "InvalidTransitionError", "ConcurrentUpdateError", "DuplicateTransitionError",
+    "SchemaVersionError",
     "NotALedgerError", "MigrationError", "DatabaseBusyError", "StorageError",
 ]

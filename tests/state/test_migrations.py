@@ -299,3 +299,37 @@ def test_migrations_and_queries_load():
     queries = load_queries("sqlite")
     assert {"insert_run", "insert_event", "events_since"} <= set(queries)
     assert all(q.strip() and not q.strip().startswith("--") for q in queries.values())
+
+
+def make_v1_ledger(path: str) -> None:
+    """A ledger exactly as version 1 left it (the core tables only), with rows."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    for statement in load_migrations("sqlite")[0].statements():
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_migrations VALUES (1, 'initial', '2026-01-01T00:00:00Z')")
+    conn.execute("INSERT INTO runs (run_id, project_id, phase_id, created_at, state, metadata) "
+                 "VALUES ('r1', 'P', 'PH', '2026-01-01T00:00:00.000000Z', 'running', '{\"a\":1}')")
+    conn.execute("INSERT INTO step_attempts (step_attempt_id, run_id, sequence, tool_id, "
+                 "started_at) VALUES ('s1', 'r1', 1, 'aider', '2026-01-01T00:00:01.000000Z')")
+    conn.execute("INSERT INTO run_events (event_id, run_id, timestamp, event_type, data, seq) "
+                 "VALUES ('e1', 'r1', '2026-01-01T00:00:02.000000Z', 'note', '{}', 1)")
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+
+
+def test_version_1_ledger_is_upgraded_with_its_rows(db_path):
+    Path(db_path).parent.mkdir(parents=True)
+    make_v1_ledger(db_path)
+    with Database(db_path) as db:
+        assert db.schema_version() == LATEST_VERSION == 2
+        run = db.get_run("r1")
+        assert (run["state"], run["metadata"], run["worker_id"]) == ("running", {"a": 1}, None)
+        assert db.get_step_attempt("s1")["worker_id"] is None
+        assert [e["event_id"] for e in db.events_since(0)] == ["e1"]
+        assert db.create_event({"run_id": "r1", "event_type": "after"})
+        assert db.events_since(0)[-1]["seq"] == 2
+    fresh = str(Path(db_path).parent / "fresh.db")
+    init_db(fresh).close()
+    assert schema_of(db_path) == schema_of(fresh)

@@ -158,11 +158,11 @@ class Database:
             raise ValidationError(
                 f"a run is created {' or '.join(RUNS.machine.initial)}, not {state}; create "
                 "it pending and move it on with transition_run", field="state")
-        self._stamp(RUNS, state, row, row)
+        _stamp(RUNS, state, row, row)
         try:
             with self._backend.transaction() as tx:
                 tx.execute(QUERIES["insert_run"], row)
-                self._record_event(tx, row["run_id"], RUN_CREATED, {"state": state})
+                record_event(tx, row["run_id"], RUN_CREATED, {"state": state})
         except ConstraintViolation as exc:
             raise self._explain(exc, RUNS, row) from None
         return row["run_id"]
@@ -237,7 +237,7 @@ class Database:
         try:
             with self._backend.transaction() as tx:
                 attempt = tx.execute(QUERIES["insert_step_attempt"], row).fetchone()[0]
-                self._record_event(tx, row["run_id"], STEP_ATTEMPT_CREATED, {
+                record_event(tx, row["run_id"], STEP_ATTEMPT_CREATED, {
                     "step_attempt_id": row["step_attempt_id"], "sequence": row["sequence"],
                     "attempt": attempt, "tool_id": row["tool_id"], "state": row["state"]})
         except ConstraintViolation as exc:
@@ -313,51 +313,10 @@ class Database:
 
     def _change(self, table: Table, entity_id: str, changes: dict[str, object], *,
                 expected: object) -> dict[str, Any]:
-        machine = table.machine
-        if expected is not None:
-            machine.check_state(expected, "expected")
         with self._backend.transaction() as tx:
-            found = rows_of(tx.execute(QUERIES[f"get_{table.entity}"], (entity_id,)))
-            if not found:
-                raise NotFoundError(table.entity, entity_id)
-            current = found[0]
-            old_state = current["state"]
-            if expected is not None and old_state != expected:
-                raise ConcurrentUpdateError(table.entity, entity_id, expected, old_state)
-            new_state = changes.get("state")
-            if new_state is not None:
-                machine.check_transition(entity_id, old_state, new_state)
-                self._stamp(table, new_state, changes, current)
-            if not changes:
-                return current
-            columns = tuple(name for name in table.names if name in changes)
-            cursor = tx.execute(_update_sql(table, columns),
-                                [changes[name] for name in columns] + [entity_id])
-            row = rows_of(cursor)[0]
-            if new_state is not None:
-                data: dict[str, Any] = {"from": old_state, "to": new_state}
-                if table is STEP_ATTEMPTS:
-                    data = {"step_attempt_id": entity_id, **data}
-                if row["exit_code"] is not None:
-                    data["exit_code"] = row["exit_code"]
-                event_type = RUN_STATE_CHANGED if table is RUNS else STEP_ATTEMPT_STATE_CHANGED
-                self._record_event(tx, row["run_id"], event_type, data)
-            return row
+            return change_row(tx, table, entity_id, changes, expected=expected)
 
-    @staticmethod
-    def _stamp(table: Table, state: str, changes: dict[str, object],
-               current: Mapping[str, Any]) -> None:
-        # Stamp the column of the state entered, unless the caller gave it or it is set.
-        column = table.machine.stamps.get(state)
-        if column and changes.get(column) is None and current.get(column) is None:
-            changes[column] = utc_now()
 
-    @staticmethod
-    def _record_event(tx, run_id: str, event_type: str, data: dict[str, Any]) -> None:
-        tx.execute(QUERIES["insert_event"], {
-            "event_id": new_ulid(), "run_id": run_id, "timestamp": utc_now(),
-            "event_type": event_type, "data": records.encode_value(
-                RUN_EVENTS, RUN_EVENTS.by_name["data"], data)})
 
     @staticmethod
     def _explain(exc: ConstraintViolation, table: Table, row: Mapping[str, Any]) -> Exception:
@@ -374,6 +333,66 @@ class Database:
                 f"{table.entity} {key_id!r} refers to run {row['run_id']!r}, which does not "
                 "exist", field="run_id")
         return ValidationError(f"{table.entity} {key_id!r} was refused by the ledger: {exc}")
+
+
+def _stamp(table: Table, state: str, changes: dict[str, object],
+           current: Mapping[str, Any]) -> None:
+    # Stamp the column of the state entered, unless the caller gave it or it is set.
+    column = table.machine.stamps.get(state)
+    if column and changes.get(column) is None and current.get(column) is None:
+        changes[column] = utc_now()
+
+
+def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
+               expected: object = None,
+               event_data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Change a run or step attempt inside the caller's transaction; returns the new row.
+
+    Checks the state machine (and `expected`, compare-and-set), stamps timestamps and writes
+    the state-change event (with `event_data` added) in the same transaction.
+    """
+    machine = table.machine
+    if expected is not None:
+        machine.check_state(expected, "expected")
+    found = rows_of(tx.execute(QUERIES[f"get_{table.entity}"], (entity_id,)))
+    if not found:
+        raise NotFoundError(table.entity, entity_id)
+    current = found[0]
+    old_state = current["state"]
+    if expected is not None and old_state != expected:
+        raise ConcurrentUpdateError(table.entity, entity_id, expected, old_state)
+    new_state = changes.get("state")
+    if new_state is not None:
+        machine.check_transition(entity_id, old_state, new_state)
+        _stamp(table, new_state, changes, current)
+    if not changes:
+        return current
+    columns = tuple(name for name in table.names if name in changes)
+    cursor = tx.execute(_update_sql(table, columns),
+                        [changes[name] for name in columns] + [entity_id])
+    row = rows_of(cursor)[0]
+    if new_state is not None:
+        data: dict[str, Any] = {"from": old_state, "to": new_state}
+        if table is STEP_ATTEMPTS:
+            data = {"step_attempt_id": entity_id, **data}
+        if row["exit_code"] is not None:
+            data["exit_code"] = row["exit_code"]
+        data.update(event_data or {})
+        event_type = RUN_STATE_CHANGED if table is RUNS else STEP_ATTEMPT_STATE_CHANGED
+        record_event(tx, row["run_id"], event_type, data)
+    return row
+
+
+def record_event(tx, run_id: str | None, event_type: str, data: dict[str, Any]) -> None:
+    """Append one of the ledger's own events inside the caller's transaction.
+
+    Records that belong to no run (workers, most patches and gates) write run_id None: their
+    events are in the same ordered trail, found by `events_since`.
+    """
+    tx.execute(QUERIES["insert_event"], {
+        "event_id": new_ulid(), "run_id": run_id, "timestamp": utc_now(),
+        "event_type": event_type,
+        "data": records.encode_value(RUN_EVENTS, RUN_EVENTS.by_name["data"], data)})
 
 
 def _given(**values: object) -> dict[str, object]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from uet.errors import InvalidTransitionError, ValidationError
+from uet.errors import DuplicateTransitionError, InvalidTransitionError, ValidationError
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,8 @@ class Machine:
         A 'transition' to the state the row is already in is refused: it is how two workers
         doing the same work show themselves.
         """
+        if current == requested:
+            raise DuplicateTransitionError(self.entity, entity_id, current)
         if not self.can(current, requested):
             raise InvalidTransitionError(self.entity, entity_id, current, requested,
                                          self.allowed_from(current))
@@ -103,4 +105,48 @@ STEP_ATTEMPT = _machine(
     stamps={"succeeded": "ended_at", "failed": "ended_at", "canceled": "ended_at"},
 )
 
-MACHINES: Mapping[str, Machine] = MappingProxyType({m.entity: m for m in (RUN, STEP_ATTEMPT)})
+WORKER = _machine(
+    "worker",
+    states=("SPAWNING", "IDLE", "BUSY", "DRAINING", "TERMINATED"),
+    initial=("SPAWNING",),
+    transitions={
+        "SPAWNING": ("IDLE", "TERMINATED"),
+        "IDLE": ("BUSY", "TERMINATED"),
+        "BUSY": ("IDLE", "DRAINING", "TERMINATED"),
+        "DRAINING": ("TERMINATED",),
+    },
+    stamps={"TERMINATED": "terminated_at"},
+)
+
+PATCH = _machine(
+    "patch_entry",
+    states=("created", "validated", "queued", "applied", "apply_failed", "verified",
+            "committed", "rolled_back", "quarantined", "dropped"),
+    initial=("created",),
+    transitions={
+        "created": ("validated", "quarantined"),
+        "validated": ("queued", "quarantined"),
+        "queued": ("applied", "apply_failed"),
+        "applied": ("verified", "quarantined"),
+        "apply_failed": ("quarantined", "dropped"),
+        "verified": ("committed",),
+        "committed": ("rolled_back",),
+        "quarantined": ("dropped",),
+    },
+    stamps={},
+)
+
+GATE = _machine(
+    "gate",
+    states=("PENDING", "RUNNING", "PASSED", "FAILED", "BLOCKED"),
+    initial=("PENDING",),
+    transitions={
+        "PENDING": ("RUNNING", "BLOCKED"),
+        "RUNNING": ("PASSED", "FAILED"),
+        "BLOCKED": ("PENDING",),
+    },
+    stamps={"RUNNING": "started_at", "PASSED": "completed_at", "FAILED": "completed_at"},
+)
+
+MACHINES: Mapping[str, Machine] = MappingProxyType(
+    {m.entity: m for m in (RUN, STEP_ATTEMPT, WORKER, PATCH, GATE)})

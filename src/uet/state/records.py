@@ -32,6 +32,7 @@ class Column:
     updatable: bool = True
     nullable: bool = True   # may be set to None by an update
     minimum: int | None = None  # for integers
+    managed_by: str | None = None  # set only through this API, never by create/update
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ RUNS = Table("runs", "run", "run_id", (
     Column("exit_code", INT),
     Column("error_message", TEXT),
     Column("metadata", JSON),
+    # Beyond the seed: the worker holding the run (set by WorkerLifecycle.claim_run).
+    Column("worker_id", TEXT, managed_by="WorkerLifecycle.claim_run"),
 ), machine=RUN)
 
 STEP_ATTEMPTS = Table("step_attempts", "step_attempt", "step_attempt_id", (
@@ -83,6 +86,8 @@ STEP_ATTEMPTS = Table("step_attempts", "step_attempt", "step_attempt_id", (
     # Beyond the seed: which try of this sequence number (1, 2, ...); numbered by the store
     # when omitted.
     Column("attempt", INT, nullable=False, minimum=1),
+    # The worker running the attempt; by default the worker holding the run.
+    Column("worker_id", TEXT, updatable=False),
 ), machine=STEP_ATTEMPT)
 
 RUN_EVENTS = Table("run_events", "event", "event_id", (
@@ -203,6 +208,12 @@ def _too_deep(value: object) -> bool:
     return False
 
 
+def _check_writable(table: Table, column: Column) -> None:
+    if column.managed_by:
+        raise ValidationError(f"{table.entity} field {column.name!r} is set only by "
+                              f"{column.managed_by}", field=column.name)
+
+
 def prepare_insert(table: Table, data: object) -> dict[str, object]:
     """Validate a create call's dict and return a full row (every column) to insert."""
     data = _check_mapping(data, f"{table.entity} data")
@@ -211,6 +222,7 @@ def prepare_insert(table: Table, data: object) -> dict[str, object]:
     for column in table.columns:
         value = data.get(column.name)
         if value is not None:
+            _check_writable(table, column)
             row[column.name] = encode_value(table, column, value)
         elif column.generate == "ulid":
             row[column.name] = new_ulid()
@@ -233,6 +245,7 @@ def prepare_update(table: Table, entity_id: str, updates: object) -> dict[str, o
     changes: dict[str, object] = {}
     for name, value in updates.items():
         column = table.by_name[name]
+        _check_writable(table, column)
         if not column.updatable:
             if name == table.key and value == entity_id:
                 continue  # the seed passed whole rows back; an unchanged key is harmless

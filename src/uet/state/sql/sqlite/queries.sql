@@ -23,12 +23,13 @@ DELETE FROM runs WHERE run_id = ?;
 INSERT INTO step_attempts (step_attempt_id, run_id, sequence, tool_id, tool_run_id,
                            execution_request_id, prompt_id, started_at, ended_at, state,
                            exit_code, input_prompt, output_patch_id, error_log, metadata,
-                           attempt)
+                           attempt, worker_id)
 VALUES (:step_attempt_id, :run_id, :sequence, :tool_id, :tool_run_id,
         :execution_request_id, :prompt_id, :started_at, :ended_at, :state,
         :exit_code, :input_prompt, :output_patch_id, :error_log, :metadata,
         coalesce(:attempt, (SELECT coalesce(max(attempt), 0) + 1 FROM step_attempts
-                             WHERE run_id = :run_id AND sequence = :sequence)))
+                             WHERE run_id = :run_id AND sequence = :sequence)),
+        coalesce(:worker_id, (SELECT worker_id FROM runs WHERE run_id = :run_id)))
 RETURNING attempt;
 
 -- name: get_step_attempt
@@ -54,3 +55,166 @@ SELECT * FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?;
 
 -- name: last_event_seq
 SELECT coalesce(max(seq), 0) FROM run_events;
+
+-- name: insert_worker
+INSERT INTO workers (worker_id, worker_type, state, affinity, created_at)
+VALUES (?, ?, 'SPAWNING', ?, ?)
+RETURNING *;
+
+-- name: get_worker
+SELECT * FROM workers WHERE worker_id = ?;
+
+-- name: workers_by_state
+SELECT * FROM workers WHERE state = ? ORDER BY created_at, worker_id;
+
+-- name: idle_workers
+SELECT * FROM workers WHERE state = 'IDLE' ORDER BY created_at, worker_id;
+
+-- name: idle_workers_of_type
+SELECT * FROM workers WHERE state = 'IDLE' AND worker_type = ? ORDER BY created_at, worker_id;
+
+-- name: set_worker_state
+UPDATE workers SET state = ?, terminated_at = ?, current_run_id = ? WHERE worker_id = ?
+RETURNING *;
+
+-- name: heartbeat
+UPDATE workers SET last_heartbeat = ? WHERE worker_id = ? AND state != 'TERMINATED'
+RETURNING worker_id;
+
+-- name: stale_workers
+SELECT * FROM workers
+ WHERE state IN ('IDLE', 'BUSY') AND coalesce(last_heartbeat, created_at) < ?
+ ORDER BY created_at, worker_id;
+
+-- name: oldest_pending_run
+SELECT run_id FROM runs WHERE state = 'pending' ORDER BY created_at, run_id LIMIT 1;
+
+-- name: running_runs_of_worker
+SELECT run_id FROM runs WHERE worker_id = ? AND state = 'running' ORDER BY run_id;
+
+-- name: running_steps_of_worker
+SELECT step_attempt_id FROM step_attempts
+ WHERE state = 'running'
+   AND (worker_id = :worker_id
+        OR run_id IN (SELECT run_id FROM runs WHERE worker_id = :worker_id))
+ ORDER BY step_attempt_id;
+
+-- name: insert_patch
+INSERT INTO patches (patch_id, diff, sha256, files, size_bytes, run_id, step_attempt_id,
+                     created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+RETURNING *;
+
+-- name: find_patch
+SELECT * FROM patches
+ WHERE coalesce(run_id, '') = coalesce(?, '') AND coalesce(step_attempt_id, '') = coalesce(?, '')
+   AND sha256 = ?;
+
+-- name: get_patch
+SELECT * FROM patches WHERE patch_id = ?;
+
+-- name: insert_patch_entry
+INSERT INTO patch_ledger_entries (ledger_id, patch_id, state, phase_id, workstream_id,
+                                  state_history, created_at, updated_at)
+VALUES (?, ?, 'created', ?, ?, ?, ?, ?)
+RETURNING *;
+
+-- name: get_patch_entry
+SELECT e.*, p.run_id AS patch_run_id
+  FROM patch_ledger_entries AS e JOIN patches AS p ON p.patch_id = e.patch_id
+ WHERE e.ledger_id = ?;
+
+-- name: update_patch_entry
+UPDATE patch_ledger_entries
+   SET state = :state,
+       -- appended as text, so the stored history is a byte-for-byte prefix of the new one
+       state_history = substr(state_history, 1, length(state_history) - 1)
+                       || ', ' || :history_item || ']',
+       quarantine_reason = coalesce(:quarantine_reason, quarantine_reason),
+       updated_at = max(:now, updated_at),
+       version = version + 1
+ WHERE ledger_id = :ledger_id AND version = :version
+RETURNING *;
+
+-- name: set_patch_validation
+UPDATE patch_ledger_entries
+   SET validated_format = coalesce(:format, validated_format),
+       validated_scope = coalesce(:scope, validated_scope),
+       validated_constraints = coalesce(:constraints, validated_constraints),
+       validated_tests = coalesce(:tests, validated_tests),
+       updated_at = max(:now, updated_at),
+       version = version + 1
+ WHERE ledger_id = :ledger_id
+RETURNING *;
+
+-- name: patch_entries_by_state
+SELECT * FROM patch_ledger_entries WHERE state = ? ORDER BY created_at, ledger_id;
+
+-- name: patch_entries_by_state_and_phase
+SELECT * FROM patch_ledger_entries WHERE state = ? AND phase_id = ?
+ ORDER BY created_at, ledger_id;
+
+-- name: history_of_run
+SELECT p.patch_id, p.sha256, p.files, p.size_bytes, p.created_at AS recorded_at,
+       p.step_attempt_id, s.sequence, s.attempt, s.tool_id, s.state AS step_state,
+       e.ledger_id, e.state AS entry_state, e.phase_id, e.workstream_id, e.updated_at
+  FROM patches AS p
+  LEFT JOIN step_attempts AS s ON s.step_attempt_id = p.step_attempt_id
+  LEFT JOIN patch_ledger_entries AS e ON e.patch_id = p.patch_id
+ WHERE p.run_id = ?
+ ORDER BY p.created_at, p.patch_id, e.created_at, e.ledger_id;
+
+-- name: insert_gate
+INSERT INTO test_gates (gate_id, gate_type, name, phase_id, state, command, timeout_sec,
+                        run_id, ledger_id, created_at)
+VALUES (?, ?, ?, ?, 'PENDING', ?, ?, ?, ?, ?)
+RETURNING *;
+
+-- name: insert_gate_dependency
+INSERT INTO gate_dependencies (gate_id, depends_on) VALUES (?, ?);
+
+-- name: get_gate
+SELECT * FROM test_gates WHERE gate_id = ?;
+
+-- name: gate_dependencies
+SELECT depends_on FROM gate_dependencies WHERE gate_id = ? ORDER BY depends_on;
+
+-- name: scope_dependency_edges
+SELECT DISTINCT g.name, d.depends_on
+  FROM test_gates AS g JOIN gate_dependencies AS d ON d.gate_id = g.gate_id
+ WHERE g.phase_id = :phase_id AND g.run_id IS :run_id AND g.ledger_id IS :ledger_id;
+
+-- name: latest_gate_named
+SELECT * FROM test_gates
+ WHERE phase_id = :phase_id AND run_id IS :run_id AND ledger_id IS :ledger_id AND name = :name
+ ORDER BY created_at DESC, gate_id DESC LIMIT 1;
+
+-- name: pending_dependents
+SELECT g.* FROM test_gates AS g JOIN gate_dependencies AS d ON d.gate_id = g.gate_id
+ WHERE d.depends_on = :name AND g.state = 'PENDING'
+   AND g.phase_id = :phase_id AND g.run_id IS :run_id AND g.ledger_id IS :ledger_id
+ ORDER BY g.created_at, g.gate_id;
+
+-- name: gates_blocked_by
+SELECT * FROM test_gates
+ WHERE state = 'BLOCKED' AND blocked_by = :name
+   AND phase_id = :phase_id AND run_id IS :run_id AND ledger_id IS :ledger_id
+ ORDER BY created_at, gate_id;
+
+-- name: set_gate_state
+UPDATE test_gates
+   SET state = :state, exit_code = coalesce(:exit_code, exit_code),
+       stdout = coalesce(:stdout, stdout), stderr = coalesce(:stderr, stderr),
+       started_at = coalesce(:started_at, started_at),
+       completed_at = coalesce(:completed_at, completed_at),
+       duration_sec = coalesce(:duration_sec, duration_sec),
+       blocked_by = :blocked_by
+ WHERE gate_id = :gate_id
+RETURNING *;
+
+-- name: running_gates_with_timeout
+SELECT * FROM test_gates WHERE state = 'RUNNING' AND timeout_sec IS NOT NULL
+ ORDER BY started_at, gate_id;
+
+-- name: set_gate_blocked_by
+UPDATE test_gates SET blocked_by = ? WHERE gate_id = ?;

@@ -1,0 +1,214 @@
+"""The framework's V2 records as Python types: state enums and the dataclasses the worker,
+patch and gate APIs return, with the one place that turns rows into them and checks their
+arguments.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Mapping
+
+from uet.errors import ValidationError
+from uet.state.ids import normalize_timestamp
+from uet.state.machines import GATE, PATCH, WORKER, Machine
+
+
+class WorkerState(str, enum.Enum):
+    SPAWNING = "SPAWNING"
+    IDLE = "IDLE"
+    BUSY = "BUSY"
+    DRAINING = "DRAINING"
+    TERMINATED = "TERMINATED"
+
+
+class PatchState(str, enum.Enum):
+    CREATED = "created"
+    VALIDATED = "validated"
+    QUEUED = "queued"
+    APPLIED = "applied"
+    APPLY_FAILED = "apply_failed"
+    VERIFIED = "verified"
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled_back"
+    QUARANTINED = "quarantined"
+    DROPPED = "dropped"
+
+
+class GateState(str, enum.Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    PASSED = "PASSED"
+    FAILED = "FAILED"
+    BLOCKED = "BLOCKED"
+
+
+class GateType(str, enum.Enum):
+    LINT = "LINT"
+    UNIT = "UNIT"
+    INTEGRATION = "INTEGRATION"
+    SECURITY = "SECURITY"
+
+
+# the enums must say exactly what the machines (and the CHECK constraints) say
+assert [s.value for s in WorkerState] == list(WORKER.states)
+assert [s.value for s in PatchState] == list(PATCH.states)
+assert [s.value for s in GateState] == list(GATE.states)
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    worker_id: str
+    worker_type: str
+    state: WorkerState
+    affinity: dict[str, Any]
+    last_heartbeat: str | None
+    created_at: str
+    terminated_at: str | None
+    current_run_id: str | None
+
+
+@dataclass(frozen=True)
+class PatchArtifact:
+    patch_id: str
+    diff: str
+    sha256: str
+    files: list[str]
+    size_bytes: int
+    run_id: str | None
+    step_attempt_id: str | None
+    created_at: str
+
+
+@dataclass(frozen=True)
+class PatchLedgerEntry:
+    ledger_id: str
+    patch_id: str
+    state: PatchState
+    phase_id: str
+    workstream_id: str | None
+    validated_format: bool | None
+    validated_scope: bool | None
+    validated_constraints: bool | None
+    validated_tests: bool | None
+    quarantine_reason: str | None
+    state_history: list[dict[str, str]]
+    created_at: str
+    updated_at: str
+    version: int
+
+
+def worker_from_row(row: Mapping[str, Any]) -> WorkerRecord:
+    return WorkerRecord(
+        worker_id=row["worker_id"], worker_type=row["worker_type"],
+        state=WorkerState(row["state"]), affinity=json.loads(row["affinity"]),
+        last_heartbeat=row["last_heartbeat"], created_at=row["created_at"],
+        terminated_at=row["terminated_at"], current_run_id=row["current_run_id"])
+
+
+def patch_from_row(row: Mapping[str, Any]) -> PatchArtifact:
+    return PatchArtifact(
+        patch_id=row["patch_id"], diff=row["diff"], sha256=row["sha256"],
+        files=json.loads(row["files"]), size_bytes=row["size_bytes"], run_id=row["run_id"],
+        step_attempt_id=row["step_attempt_id"], created_at=row["created_at"])
+
+
+def _flag(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def entry_from_row(row: Mapping[str, Any]) -> PatchLedgerEntry:
+    return PatchLedgerEntry(
+        ledger_id=row["ledger_id"], patch_id=row["patch_id"], state=PatchState(row["state"]),
+        phase_id=row["phase_id"], workstream_id=row["workstream_id"],
+        validated_format=_flag(row["validated_format"]),
+        validated_scope=_flag(row["validated_scope"]),
+        validated_constraints=_flag(row["validated_constraints"]),
+        validated_tests=_flag(row["validated_tests"]),
+        quarantine_reason=row["quarantine_reason"],
+        state_history=json.loads(row["state_history"]), created_at=row["created_at"],
+        updated_at=row["updated_at"], version=row["version"])
+
+
+# -- argument checks -----------------------------------------------------------------------
+
+def state_value(machine: Machine, state: object, field: str = "state") -> str:
+    """A state given as an enum member or its string value, checked against the machine."""
+    if isinstance(state, enum.Enum):
+        state = state.value
+    return machine.check_state(state, field)
+
+
+def text(value: object, field: str, *, required: bool = True) -> str | None:
+    """A non-empty string (or None when not required)."""
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{field} must be a non-empty string, got {value!r}", field=field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{field} is not valid Unicode text", field=field) from None
+    return value
+
+
+def output(value: object, field: str) -> str | None:
+    """Captured program output: None or any string (empty included)."""
+    if value is None or value == "":
+        return value
+    return text(value, field)
+
+
+def flag(value: object, field: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise ValidationError(f"{field} must be True, False or None, got {value!r}",
+                              field=field)
+    return int(value)
+
+
+def positive_seconds(value: object, field: str, *, required: bool = True) -> float | None:
+    if value is None and not required:
+        return None
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not 0 < value < 10**9):
+        raise ValidationError(f"{field} must be a number of seconds > 0, got {value!r}",
+                              field=field)
+    return float(value)
+
+
+def json_object(value: object, field: str) -> str:
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"{field} must be a dict, got {type(value).__name__}",
+                              field=field)
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValidationError(f"{field} must be JSON-serialisable: {exc}", field=field) from None
+
+
+def moment(now: object) -> datetime:
+    """`now` as an aware UTC datetime (default: the clock)."""
+    if now is None:
+        return datetime.now(timezone.utc)
+    if not isinstance(now, datetime) or now.tzinfo is None:
+        raise ValidationError(f"now must be an aware datetime (e.g. datetime.now(timezone.utc)),"
+                              f" got {now!r}", field="now")
+    return now.astimezone(timezone.utc)
+
+
+def stamp(when: datetime) -> str:
+    return normalize_timestamp(when, "now")
+
+
+def parse_stamp(value: str) -> datetime:
+    """A stored timestamp as an aware UTC datetime."""
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def seconds_between(start: str, end: str) -> float:
+    return max(0.0, (parse_stamp(end) - parse_stamp(start)) / timedelta(seconds=1))

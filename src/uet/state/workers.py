@@ -1,0 +1,219 @@
+"""Worker lifecycle: registration, heartbeats, claiming runs, draining, and reaping the stale.
+
+A worker's work is never silently lost: terminating or reaping a worker fails the runs and
+step attempts it held, in the same transaction, with an error that names the worker.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from uet.errors import (AlreadyExistsError, ConstraintViolation, InvalidTransitionError,
+                        NotFoundError, ValidationError)
+from uet.state.db import Database, change_row, record_event
+from uet.state.ids import utc_now
+from uet.state.machines import WORKER
+from uet.state.models import (WorkerRecord, json_object, moment, positive_seconds, stamp,
+                              state_value, text, worker_from_row)
+from uet.state.records import RUNS, STEP_ATTEMPTS
+from uet.state.sqlite_backend import QUERIES, rows_of
+
+WORKER_SPAWNED = "worker.spawned"
+WORKER_STATE_CHANGED = "worker.state_changed"
+
+
+class WorkerLifecycle:
+    """Workers of one ledger. States: SPAWNING → IDLE → BUSY → (IDLE | DRAINING) → TERMINATED.
+
+    Every state change is written to the event trail (run-independent: run_id None) in the
+    same transaction; heartbeats only update the worker row.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @property
+    def _backend(self):
+        return self._db._backend
+
+    # -- registration and state ----------------------------------------------------------
+
+    def spawn_worker(self, worker_id: str, worker_type: str,
+                     affinity: dict[str, Any] | None = None) -> WorkerRecord:
+        """Register a worker in SPAWNING. An existing worker_id raises AlreadyExistsError (a
+        ValidationError). `affinity` (e.g. {"language": "python"}) is fixed once it leaves
+        SPAWNING."""
+        worker_id = text(worker_id, "worker_id")
+        worker_type = text(worker_type, "worker_type")
+        affinity_json = json_object({} if affinity is None else affinity, "affinity")
+        try:
+            with self._backend.transaction() as tx:
+                row = rows_of(tx.execute(QUERIES["insert_worker"],
+                                         (worker_id, worker_type, affinity_json, utc_now())))[0]
+                record_event(tx, None, WORKER_SPAWNED, {
+                    "worker_id": worker_id, "worker_type": worker_type,
+                    "affinity": affinity or {}, "state": "SPAWNING"})
+        except ConstraintViolation as exc:
+            if exc.kind == "unique":
+                raise AlreadyExistsError("worker", worker_id) from None
+            raise  # pragma: no cover - every other constraint is checked above
+        return worker_from_row(row)
+
+    def transition_state(self, worker_id: str, new_state: object) -> bool:
+        """Move a worker under its machine; returns True. Entering TERMINATED fails the work
+        it still held; BUSY → IDLE is refused while it holds a running run."""
+        worker_id = text(worker_id, "worker_id")
+        target = state_value(WORKER, new_state, "new_state")
+        with self._backend.transaction() as tx:
+            self._transition(tx, self._fetch(tx, worker_id), target)
+        return True
+
+    def terminate_worker(self, worker_id: str) -> WorkerRecord:
+        """Stop a worker gracefully: a BUSY one drains (finishes its run, then terminates);
+        any other goes to TERMINATED."""
+        worker_id = text(worker_id, "worker_id")
+        with self._backend.transaction() as tx:
+            worker = self._fetch(tx, worker_id)
+            target = "DRAINING" if worker["state"] == "BUSY" else "TERMINATED"
+            return worker_from_row(self._transition(tx, worker, target))
+
+    def heartbeat(self, worker_id: str) -> None:
+        """Record that the worker is alive (updates its row only; writes no event).
+
+        A TERMINATED worker (reaped or stopped) gets a ValidationError: it must stop working.
+        """
+        worker_id = text(worker_id, "worker_id")
+        with self._backend.transaction() as tx:
+            if tx.execute(QUERIES["heartbeat"], (utc_now(), worker_id)).fetchone() is None:
+                self._fetch(tx, worker_id)  # NotFoundError for an unknown worker
+                raise ValidationError(
+                    f"worker {worker_id!r} is TERMINATED (stopped or reaped as stale); it must "
+                    "not keep working: its runs have been failed", field="worker_id")
+
+    # -- work ----------------------------------------------------------------------------
+
+    def claim_run(self, worker_id: str, run_id: str | None = None) -> dict[str, Any] | None:
+        """Atomically take a pending run for an IDLE worker: the given one, else the oldest.
+
+        The run goes to running with the worker recorded, the worker IDLE → BUSY — all or
+        nothing. Returns the run, or None when no run is pending. A given run that is no
+        longer pending raises ConcurrentUpdateError (another worker took it).
+        """
+        worker_id = text(worker_id, "worker_id")
+        if run_id is not None:
+            run_id = text(run_id, "run_id")
+        with self._backend.transaction() as tx:
+            worker = self._fetch(tx, worker_id)
+            if worker["state"] != "IDLE":
+                raise InvalidTransitionError("worker", worker_id, worker["state"], "BUSY",
+                                             WORKER.allowed_from(worker["state"]))
+            if run_id is None:
+                found = tx.execute(QUERIES["oldest_pending_run"]).fetchone()
+                if found is None:
+                    return None
+                run_id = found[0]
+            run = change_row(tx, RUNS, run_id, {"state": "running", "worker_id": worker_id},
+                             expected="pending", event_data={"worker_id": worker_id})
+            self._transition(tx, worker, "BUSY", run_id=run_id)
+            return run
+
+    def release(self, worker_id: str) -> WorkerRecord:
+        """Return a BUSY worker to IDLE once its run is finished."""
+        worker_id = text(worker_id, "worker_id")
+        with self._backend.transaction() as tx:
+            return worker_from_row(self._transition(tx, self._fetch(tx, worker_id), "IDLE"))
+
+    # -- staleness -----------------------------------------------------------------------
+
+    def find_stale(self, heartbeat_interval_s: float, now=None) -> list[WorkerRecord]:
+        """IDLE/BUSY workers whose last heartbeat (or registration) is older than two
+        intervals before `now` (an aware UTC datetime; default the clock)."""
+        cutoff = self._cutoff(heartbeat_interval_s, now)
+        return [worker_from_row(r)
+                for r in self._backend.query(QUERIES["stale_workers"], (cutoff,))]
+
+    def reap_stale(self, heartbeat_interval_s: float, now=None) -> list[str]:
+        """Terminate the stale workers and fail the runs and step attempts they held, all in
+        one transaction; returns the ids of the reaped workers."""
+        cutoff = self._cutoff(heartbeat_interval_s, now)
+        reaped = []
+        with self._backend.transaction() as tx:
+            for worker in rows_of(tx.execute(QUERIES["stale_workers"], (cutoff,))):
+                self._transition(tx, worker, "TERMINATED", reason=(
+                    f"worker {worker['worker_id']} was lost: no heartbeat since "
+                    f"{worker['last_heartbeat'] or worker['created_at']}"))
+                reaped.append(worker["worker_id"])
+        return reaped
+
+    # -- queries -------------------------------------------------------------------------
+
+    def get_worker(self, worker_id: str) -> WorkerRecord | None:
+        rows = self._backend.query(QUERIES["get_worker"], (text(worker_id, "worker_id"),))
+        return worker_from_row(rows[0]) if rows else None
+
+    def get_workers_by_state(self, state: object) -> list[WorkerRecord]:
+        rows = self._backend.query(QUERIES["workers_by_state"], (state_value(WORKER, state),))
+        return [worker_from_row(r) for r in rows]
+
+    def get_idle_workers(self, worker_type: str | None = None) -> list[WorkerRecord]:
+        if worker_type is None:
+            rows = self._backend.query(QUERIES["idle_workers"])
+        else:
+            rows = self._backend.query(QUERIES["idle_workers_of_type"],
+                                       (text(worker_type, "worker_type"),))
+        return [worker_from_row(r) for r in rows]
+
+    # -- internals -----------------------------------------------------------------------
+
+    @staticmethod
+    def _cutoff(heartbeat_interval_s: float, now) -> str:
+        interval = positive_seconds(heartbeat_interval_s, "heartbeat_interval_s")
+        return stamp(moment(now) - timedelta(seconds=2 * interval))
+
+    @staticmethod
+    def _fetch(tx, worker_id: str) -> dict[str, Any]:
+        rows = rows_of(tx.execute(QUERIES["get_worker"], (worker_id,)))
+        if not rows:
+            raise NotFoundError("worker", worker_id)
+        return rows[0]
+
+    def _transition(self, tx, worker: dict[str, Any], target: str, *, run_id: str | None = None,
+                    reason: str | None = None) -> dict[str, Any]:
+        worker_id, current = worker["worker_id"], worker["state"]
+        WORKER.check_transition(worker_id, current, target)
+        if target == "IDLE" and current == "BUSY":
+            held = tx.execute(QUERIES["running_runs_of_worker"], (worker_id,)).fetchone()
+            if held is not None:
+                raise ValidationError(
+                    f"worker {worker_id!r} still holds running run {held[0]!r}; finish or fail "
+                    "it before releasing the worker", field="worker_id")
+        if target == "TERMINATED":
+            self._fail_held_work(tx, worker_id, reason or f"worker {worker_id} was terminated "
+                                 "while holding it")
+        terminated_at = utc_now() if target == "TERMINATED" else None
+        held_run = run_id if target == "BUSY" else (
+            worker["current_run_id"] if target == "DRAINING" else None)
+        row = rows_of(tx.execute(QUERIES["set_worker_state"],
+                                 (target, terminated_at, held_run, worker_id)))[0]
+        data = {"worker_id": worker_id, "from": current, "to": target}
+        if run_id is not None:
+            data["run_id"] = run_id
+        if reason:
+            data["reason"] = reason
+        record_event(tx, None, WORKER_STATE_CHANGED, data)
+        return row
+
+    @staticmethod
+    def _fail_held_work(tx, worker_id: str, reason: str) -> None:
+        steps = [r[0] for r in tx.execute(QUERIES["running_steps_of_worker"],
+                                          {"worker_id": worker_id})]
+        for step_id in steps:
+            change_row(tx, STEP_ATTEMPTS, step_id, {"state": "failed", "error_log": reason},
+                       event_data={"worker_id": worker_id})
+        for (held_run,) in tx.execute(QUERIES["running_runs_of_worker"], (worker_id,)).fetchall():
+            change_row(tx, RUNS, held_run, {"state": "failed", "error_message": reason},
+                       event_data={"worker_id": worker_id})
+
+
+__all__ = ["WorkerLifecycle", "WORKER_SPAWNED", "WORKER_STATE_CHANGED"]

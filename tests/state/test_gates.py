@@ -1,0 +1,227 @@
+"""Test gates: the machine, required exit codes, timeouts, and the blocking cascade."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from uet.errors import InvalidTransitionError, NotFoundError, ValidationError
+from uet.state import GATE, GateLedger, GateState, GateType
+
+LEGAL = sorted((a, b) for a in GATE.states for b in GATE.states if GATE.can(a, b))
+ILLEGAL = sorted((a, b) for a in GATE.states for b in GATE.states if not GATE.can(a, b))
+SPEC = {("PENDING", "RUNNING"), ("PENDING", "BLOCKED"), ("RUNNING", "PASSED"),
+        ("RUNNING", "FAILED"), ("BLOCKED", "PENDING")}
+PATH = {"PENDING": [], "RUNNING": ["RUNNING"], "PASSED": ["RUNNING", "PASSED"],
+        "FAILED": ["RUNNING", "FAILED"], "BLOCKED": ["BLOCKED"]}
+
+
+@pytest.fixture
+def gates(db):
+    return GateLedger(db)
+
+
+def _gate_in(gates, state, **kwargs):
+    gate = gates.define_gate(kwargs.pop("gate_type", "UNIT"), "PH-1", "pytest -q", **kwargs)
+    for target in PATH[state]:
+        gates.transition_state(gate["gate_id"], target,
+                               exit_code=0 if target in ("PASSED", "FAILED") else None)
+    return gate["gate_id"]
+
+
+def _states(gates) -> dict[str, str]:
+    latest = {}
+    for gate in gates.list_gates("PH-1"):
+        latest[gate["name"]] = gate["state"]
+    return latest
+
+
+def test_machine_matches_the_spec():
+    assert set(LEGAL) == SPEC and GATE.terminal == {"PASSED", "FAILED"}
+
+
+def test_define_gate(gates, db):
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    gate = gates.define_gate(GateType.LINT, "PH-1", "ruff check .", timeout_sec=30,
+                             run_id=run_id)
+    assert (gate["state"], gate["gate_type"], gate["name"], gate["timeout_sec"]) == (
+        "PENDING", "LINT", "LINT", 30.0)
+    assert gates.get_gate(gate["gate_id"]) == gate
+    assert db.list_events(run_id)[-1]["event_type"] == "gate.defined"
+    assert gates.get_gate("ghost") is None
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"gate_type": "SMOKE"}, "gate_type"),
+    ({"command": ""}, "command"),
+    ({"phase_id": None}, "phase_id"),
+    ({"timeout_sec": 0}, "timeout_sec"),
+    ({"timeout_sec": "5"}, "timeout_sec"),
+    ({"depends_on": "LINT"}, "depends_on"),
+    ({"depends_on": ["NOPE"]}, "depends_on"),
+    ({"run_id": "ghost"}, "run_id"),
+    ({"ledger_id": "ghost"}, "ledger_id"),
+])
+def test_bad_definitions_are_refused_and_write_nothing(gates, db, kwargs, field):
+    args = {"gate_type": "UNIT", "phase_id": "PH-1", "command": "pytest", **kwargs}
+    with pytest.raises(ValidationError) as info:
+        gates.define_gate(args.pop("gate_type"), args.pop("phase_id"), args.pop("command"),
+                          **args)
+    assert info.value.field == field
+    assert gates.list_gates() == [] and db.events_since(0) == []
+
+
+@pytest.mark.parametrize("current, target", LEGAL)
+def test_legal_transitions(gates, db, current, target):
+    gate_id = _gate_in(gates, current)
+    row = gates.transition_state(gate_id, GateState(target),
+                                 exit_code=3 if target in ("PASSED", "FAILED") else None,
+                                 stdout="out", stderr="err")
+    assert row["state"] == target
+    if target in ("PASSED", "FAILED"):
+        assert row["exit_code"] == 3 and row["completed_at"] and row["duration_sec"] >= 0
+        assert (row["stdout"], row["stderr"]) == ("out", "err")
+    if target == "RUNNING":
+        assert row["started_at"] is not None
+    event = [e for e in db.events_since(0) if e["data"].get("gate_id") == gate_id][-1]
+    assert (event["data"]["from"], event["data"]["to"]) == (current, target)
+
+
+@pytest.mark.parametrize("current, target", ILLEGAL)
+def test_illegal_transitions_change_nothing(gates, db, current, target):
+    gate_id = _gate_in(gates, current)
+    before, events = gates.get_gate(gate_id), db.events_since(0)
+    with pytest.raises(InvalidTransitionError, match=f"{current}.*{target}"):
+        gates.transition_state(gate_id, target, exit_code=0)
+    assert gates.get_gate(gate_id) == before and db.events_since(0) == events
+
+
+@pytest.mark.parametrize("target", ["PASSED", "FAILED"])
+def test_completion_needs_an_exit_code(gates, target):
+    gate_id = _gate_in(gates, "RUNNING")
+    with pytest.raises(ValidationError, match="exit_code"):
+        gates.transition_state(gate_id, target)
+    assert gates.get_gate(gate_id)["state"] == "RUNNING"
+    with pytest.raises(NotFoundError):
+        gates.transition_state("ghost", "RUNNING")
+
+
+def test_a_failure_blocks_dependents_transitively_in_one_transaction(gates, db):
+    lint = _gate_in(gates, "PENDING", gate_type="LINT")
+    _gate_in(gates, "PENDING", gate_type="UNIT", depends_on=["LINT"])
+    _gate_in(gates, "PENDING", gate_type="INTEGRATION", depends_on=["UNIT"])
+    _gate_in(gates, "PENDING", gate_type="SECURITY")  # independent
+    gates.transition_state(lint, "RUNNING")
+    gates.transition_state(lint, "FAILED", exit_code=1)
+    assert _states(gates) == {"LINT": "FAILED", "UNIT": "BLOCKED", "INTEGRATION": "BLOCKED",
+                              "SECURITY": "PENDING"}
+    blocked = {g["name"]: g["blocked_by"] for g in gates.list_gates(state="BLOCKED")}
+    assert blocked == {"UNIT": "LINT", "INTEGRATION": "UNIT"}
+
+
+def test_a_passing_rerun_unblocks_what_the_failure_blocked(gates):
+    lint = _gate_in(gates, "PENDING", gate_type="LINT")
+    _gate_in(gates, "PENDING", gate_type="UNIT", depends_on=["LINT"])
+    _gate_in(gates, "PENDING", gate_type="INTEGRATION", depends_on=["UNIT"])
+    gates.transition_state(lint, "RUNNING")
+    gates.transition_state(lint, "FAILED", exit_code=1)
+    rerun = gates.define_gate("LINT", "PH-1", "ruff check .")
+    assert _states(gates)["UNIT"] == "BLOCKED"  # defining the re-run unblocks nothing
+    gates.transition_state(rerun["gate_id"], "RUNNING")
+    gates.transition_state(rerun["gate_id"], "PASSED", exit_code=0)
+    assert _states(gates) == {"LINT": "PASSED", "UNIT": "PENDING", "INTEGRATION": "PENDING"}
+
+
+def test_a_gate_with_another_failed_dependency_stays_blocked(gates):
+    lint = _gate_in(gates, "PENDING", gate_type="LINT")
+    sec = _gate_in(gates, "PENDING", gate_type="SECURITY")
+    _gate_in(gates, "PENDING", gate_type="UNIT", depends_on=["LINT", "SECURITY"])
+    for gate_id in (lint, sec):
+        gates.transition_state(gate_id, "RUNNING")
+        gates.transition_state(gate_id, "FAILED", exit_code=1)
+    rerun = gates.define_gate("LINT", "PH-1", "ruff")
+    gates.transition_state(rerun["gate_id"], "RUNNING")
+    gates.transition_state(rerun["gate_id"], "PASSED", exit_code=0)
+    unit = [g for g in gates.list_gates("PH-1") if g["name"] == "UNIT"][0]
+    assert (unit["state"], unit["blocked_by"]) == ("BLOCKED", "SECURITY")
+    rerun_sec = gates.define_gate("SECURITY", "PH-1", "bandit")
+    gates.transition_state(rerun_sec["gate_id"], "RUNNING")
+    gates.transition_state(rerun_sec["gate_id"], "PASSED", exit_code=0)
+    assert _states(gates)["UNIT"] == "PENDING"
+
+
+def test_a_gate_defined_after_its_dependency_failed_starts_blocked(gates):
+    lint = _gate_in(gates, "FAILED", gate_type="LINT")
+    unit = gates.define_gate("UNIT", "PH-1", "pytest", depends_on=["LINT"])
+    assert (unit["state"], unit["blocked_by"]) == ("BLOCKED", "LINT")
+    assert gates.get_gate(lint)["state"] == "FAILED"
+
+
+def test_dependencies_are_scoped(gates, db):
+    run_a = db.create_run({"project_id": "p", "phase_id": "ph"})
+    run_b = db.create_run({"project_id": "p", "phase_id": "ph"})
+    lint_a = gates.define_gate("LINT", "PH-1", "ruff", run_id=run_a)
+    gates.define_gate("UNIT", "PH-1", "pytest", depends_on=["LINT"], run_id=run_a)
+    gates.define_gate("LINT", "PH-1", "ruff", run_id=run_b)
+    unit_b = gates.define_gate("UNIT", "PH-1", "pytest", depends_on=["LINT"], run_id=run_b)
+    gates.transition_state(lint_a["gate_id"], "RUNNING")
+    gates.transition_state(lint_a["gate_id"], "FAILED", exit_code=1)
+    assert gates.get_gate(unit_b["gate_id"])["state"] == "PENDING"
+    assert [g["state"] for g in gates.list_gates(run_id=run_a)] == ["FAILED", "BLOCKED"]
+    with pytest.raises(ValidationError, match="not defined in this"):
+        gates.define_gate("UNIT", "PH-2", "pytest", depends_on=["LINT"], run_id=run_a)
+
+
+def test_dependency_cycles_are_refused(gates):
+    gates.define_gate("LINT", "PH-1", "ruff")
+    gates.define_gate("UNIT", "PH-1", "pytest", depends_on=["LINT"])
+    with pytest.raises(ValidationError, match="cycle"):
+        gates.define_gate("LINT", "PH-1", "ruff", depends_on=["UNIT"])
+    with pytest.raises(ValidationError, match="cycle"):
+        gates.define_gate("UNIT", "PH-1", "pytest", depends_on=["UNIT"])
+    assert len(gates.list_gates()) == 2
+
+
+def test_expire_timeouts_fails_gates_past_their_timeout(gates, db):
+    slow = _gate_in(gates, "RUNNING", gate_type="INTEGRATION", timeout_sec=60)
+    quick = _gate_in(gates, "RUNNING", gate_type="UNIT", timeout_sec=600)
+    _gate_in(gates, "RUNNING", gate_type="LINT")  # no timeout
+    _gate_in(gates, "PENDING", gate_type="SECURITY", timeout_sec=1, depends_on=["INTEGRATION"])
+    started = datetime.fromisoformat(gates.get_gate(slow)["started_at"])
+    assert gates.expire_timeouts(now=started + timedelta(seconds=59)) == []
+    assert gates.expire_timeouts(now=started + timedelta(seconds=61)) == [slow]
+    gate = gates.get_gate(slow)
+    assert (gate["state"], gate["exit_code"]) == ("FAILED", 124)
+    assert "timeout" in gate["stderr"] and 60 <= gate["duration_sec"] < 62
+    assert gates.get_gate(quick)["state"] == "RUNNING"
+    assert _states(gates)["SECURITY"] == "BLOCKED"
+    with pytest.raises(ValidationError, match="aware"):
+        gates.expire_timeouts(now=datetime(2030, 1, 1))
+    assert gates.expire_timeouts(now=datetime.now(timezone.utc)) == []
+
+
+def test_list_gates_filters(gates, db):
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    a = _gate_in(gates, "PASSED", gate_type="LINT", run_id=run_id)
+    gates.define_gate("UNIT", "PH-2", "pytest")
+    assert [g["gate_id"] for g in gates.list_gates(run_id=run_id)] == [a]
+    assert [g["name"] for g in gates.list_gates(phase_id="PH-2")] == ["UNIT"]
+    assert [g["gate_id"] for g in gates.list_gates(state=GateState.PASSED)] == [a]
+    assert len(gates.list_gates()) == 2
+    with pytest.raises(ValidationError):
+        gates.list_gates(state="DONE")
+
+
+def test_sql_level_invariants(gates, db):
+    gate_id = _gate_in(gates, "RUNNING")
+    conn = db._backend.connect()
+    for sql in ["UPDATE test_gates SET state = 'PASSED', completed_at = 'x'",
+                "UPDATE test_gates SET state = 'FAILED', exit_code = 1",
+                "UPDATE test_gates SET gate_type = 'SMOKE'",
+                "UPDATE test_gates SET state = 'DONE'",
+                "UPDATE test_gates SET timeout_sec = 0"]:
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(sql)
+    assert gates.get_gate(gate_id)["state"] == "RUNNING"

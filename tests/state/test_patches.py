@@ -1,0 +1,276 @@
+"""The patch ledger: artifacts parsed from unified diffs, entries under the patch machine."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from uet.errors import ConcurrentUpdateError, InvalidTransitionError, NotFoundError, ValidationError
+from uet.state import PATCH, PatchArtifact, PatchLedger, PatchLedgerEntry, PatchState
+from uet.state.patches import parse_unified_diff
+
+HELPERS = str(Path(__file__).parent.parent / "helpers.py")
+DIFF = """diff --git a/src/app.py b/src/app.py
+index 83db48f..bf269f4 100644
+--- a/src/app.py
++++ b/src/app.py
+@@ -1,3 +1,3 @@
+ import os
+-print("hi")
++print("hello")
+diff --git a/docs/old.md b/docs/old.md
+deleted file mode 100644
+--- a/docs/old.md
++++ /dev/null
+@@ -1 +0,0 @@
+-gone
+"""
+LEGAL = sorted((a, b) for a in PATCH.states for b in PATCH.states if PATCH.can(a, b))
+ILLEGAL = sorted((a, b) for a in PATCH.states for b in PATCH.states if not PATCH.can(a, b))
+SPEC = {("created", "validated"), ("created", "quarantined"), ("validated", "queued"),
+        ("validated", "quarantined"), ("queued", "applied"), ("queued", "apply_failed"),
+        ("applied", "verified"), ("applied", "quarantined"), ("apply_failed", "quarantined"),
+        ("apply_failed", "dropped"), ("verified", "committed"), ("committed", "rolled_back"),
+        ("quarantined", "dropped")}
+PATH = {"created": [], "validated": ["validated"], "queued": ["validated", "queued"],
+        "applied": ["validated", "queued", "applied"],
+        "apply_failed": ["validated", "queued", "apply_failed"],
+        "verified": ["validated", "queued", "applied", "verified"],
+        "committed": ["validated", "queued", "applied", "verified", "committed"],
+        "rolled_back": ["validated", "queued", "applied", "verified", "committed",
+                        "rolled_back"],
+        "quarantined": ["quarantined"], "dropped": ["quarantined", "dropped"]}
+
+
+@pytest.fixture
+def patches(db):
+    return PatchLedger(db)
+
+
+@pytest.fixture
+def step(db):
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    return db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "aider"})
+
+
+def _entry_in(patches, state, diff=DIFF):
+    entry = patches.create_entry(patches.record_patch(diff), "PH-1", "WS-1")
+    for target in PATH[state]:
+        patches.transition_state(entry.ledger_id, target, reason=f"to {target}")
+    return entry.ledger_id
+
+
+def test_machine_matches_the_spec():
+    assert set(LEGAL) == SPEC
+    assert PATCH.terminal == {"rolled_back", "dropped"}
+
+
+def test_record_patch_parses_files_hash_and_size(patches, db, step):
+    artifact = patches.record_patch(DIFF, step_attempt_id=step)
+    assert isinstance(artifact, PatchArtifact)
+    assert artifact.files == ["src/app.py", "docs/old.md"]
+    import hashlib
+    assert artifact.sha256 == hashlib.sha256(DIFF.encode()).hexdigest()
+    assert artifact.size_bytes == len(DIFF.encode())
+    assert artifact.run_id == db.get_step_attempt(step)["run_id"]  # inferred from the step
+    assert patches.get_patch(artifact.patch_id) == artifact
+    event = db.list_events(artifact.run_id)[-1]
+    assert event["event_type"] == "patch.recorded" and event["data"]["files"] == artifact.files
+
+
+def test_recording_the_same_diff_for_the_same_step_is_idempotent(patches, db, step):
+    first = patches.record_patch(DIFF, step_attempt_id=step)
+    n = len(db.events_since(0))
+    assert patches.record_patch(DIFF, step_attempt_id=step) == first
+    assert len(db.events_since(0)) == n
+    other_step = db.create_step_attempt({"run_id": first.run_id, "sequence": 2, "tool_id": "x"})
+    assert patches.record_patch(DIFF, step_attempt_id=other_step).patch_id != first.patch_id
+
+
+@pytest.mark.parametrize("diff", ["", "just words", "--- a/x\n+++ b/x\nno hunk\n",
+                                  "@@ -1 +1 @@\n-a\n+b\n", 42, None])
+def test_what_is_not_a_unified_diff_is_refused(patches, db, diff):
+    with pytest.raises(ValidationError, match="diff"):
+        patches.record_patch(diff)
+    assert db.events_since(0) == []
+
+
+def test_git_renames_and_plain_diffs_parse():
+    rename = ("diff --git a/old name.py b/new.py\nsimilarity index 100%\n"
+              "rename from old name.py\nrename to new.py\n")
+    assert parse_unified_diff(rename) == ["new.py"]
+    plain = "--- file.txt\t2026-01-01 00:00:00\n+++ file.txt\t2026-01-02\n@@ -1 +1 @@\n-a\n+b\n"
+    assert parse_unified_diff(plain) == ["file.txt"]
+    new_file = "--- /dev/null\n+++ b/new.txt\n@@ -0,0 +1 @@\n+x\n"
+    assert parse_unified_diff(new_file) == ["new.txt"]
+
+
+def test_patch_references_are_checked(patches, db, step):
+    with pytest.raises(ValidationError, match="does not exist"):
+        patches.record_patch(DIFF, step_attempt_id="ghost")
+    with pytest.raises(ValidationError, match="does not exist"):
+        patches.record_patch(DIFF, run_id="ghost")
+    other_run = db.create_run({"project_id": "p", "phase_id": "ph"})
+    with pytest.raises(ValidationError, match="belongs to run"):
+        patches.record_patch(DIFF, run_id=other_run, step_attempt_id=step)
+    with pytest.raises(ValidationError, match="record it first"):
+        patches.create_entry("no-such-patch", "PH-1")
+
+
+def test_create_entry_starts_created_with_history(patches):
+    artifact = patches.record_patch(DIFF)
+    entry = patches.create_entry(artifact, "PH-1", "WS-1")
+    assert isinstance(entry, PatchLedgerEntry)
+    assert (entry.state, entry.version, entry.phase_id) == (PatchState.CREATED, 1, "PH-1")
+    assert [h["state"] for h in entry.state_history] == ["created"]
+    assert entry.updated_at == entry.created_at
+    assert patches.get_entry(entry.ledger_id) == entry
+    assert patches.create_entry(artifact.patch_id, "PH-2").patch_id == artifact.patch_id
+
+
+@pytest.mark.parametrize("current, target", LEGAL)
+def test_legal_transitions_append_history(patches, db, current, target):
+    ledger_id = _entry_in(patches, current)
+    before = patches.get_entry(ledger_id)
+    assert patches.transition_state(ledger_id, PatchState(target), reason="why") is True
+    after = patches.get_entry(ledger_id)
+    assert after.state == target and after.version == before.version + 1
+    assert after.state_history[:-1] == before.state_history
+    assert after.state_history[-1]["state"] == target
+    assert after.state_history[-1]["reason"] == "why"
+    assert after.updated_at >= before.updated_at >= after.created_at
+    event = db.events_since(0)[-1]
+    assert event["event_type"] == "patch_entry.state_changed"
+    assert (event["data"]["from"], event["data"]["to"]) == (current, target)
+    if target == "quarantined":
+        assert after.quarantine_reason == "why"
+
+
+@pytest.mark.parametrize("current, target", ILLEGAL)
+def test_illegal_transitions_change_nothing(patches, db, current, target):
+    ledger_id = _entry_in(patches, current)
+    before, events = patches.get_entry(ledger_id), db.events_since(0)
+    with pytest.raises(InvalidTransitionError, match=f"{ledger_id}.*{current}.*{target}"):
+        patches.transition_state(ledger_id, target, reason="x")
+    assert patches.get_entry(ledger_id) == before and db.events_since(0) == events
+
+
+def test_quarantine_needs_a_reason(patches):
+    ledger_id = _entry_in(patches, "validated")
+    with pytest.raises(ValidationError, match="reason"):
+        patches.transition_state(ledger_id, "quarantined")
+    with pytest.raises(ValidationError, match="reason"):
+        patches.quarantine(ledger_id, "")
+    entry = patches.quarantine(ledger_id, "touches files outside its scope")
+    assert entry.state == "quarantined"
+    assert entry.quarantine_reason == "touches files outside its scope"
+    dropped = patches.transition_state(ledger_id, "dropped", reason="abandoned")
+    assert dropped and patches.get_entry(ledger_id).quarantine_reason is not None
+
+
+def test_set_validation_records_flags(patches, db):
+    ledger_id = _entry_in(patches, "created")
+    entry = patches.set_validation(ledger_id, format=True, scope=False)
+    assert (entry.validated_format, entry.validated_scope, entry.validated_tests) == (
+        True, False, None)
+    entry = patches.set_validation(ledger_id, tests=True)
+    assert (entry.validated_format, entry.validated_tests, entry.version) == (True, True, 3)
+    with pytest.raises(ValidationError, match="format"):
+        patches.set_validation(ledger_id, format="yes")
+    with pytest.raises(NotFoundError):
+        patches.set_validation("ghost", format=True)
+
+
+def test_expected_version_is_compare_and_set(patches):
+    ledger_id = _entry_in(patches, "created")
+    version = patches.get_entry(ledger_id).version
+    patches.transition_state(ledger_id, "validated", expected_version=version)
+    with pytest.raises(ConcurrentUpdateError, match="version"):
+        patches.transition_state(ledger_id, "queued", expected_version=version)
+    assert patches.get_entry(ledger_id).state == "validated"
+
+
+def test_the_same_transition_twice_is_a_concurrent_update(patches):
+    ledger_id = _entry_in(patches, "created")
+    patches.transition_state(ledger_id, "validated")
+    with pytest.raises(ConcurrentUpdateError):
+        patches.transition_state(ledger_id, "validated")
+    with pytest.raises(InvalidTransitionError):  # it is also a refused transition
+        patches.transition_state(ledger_id, "validated")
+
+
+def test_get_patches_by_state_and_phase(patches):
+    a = _entry_in(patches, "queued")
+    entry = patches.create_entry(patches.record_patch(DIFF), "PH-2")
+    patches.transition_state(entry.ledger_id, "validated")
+    patches.transition_state(entry.ledger_id, "queued")
+    assert [e.ledger_id for e in patches.get_patches_by_state("queued")] == [a, entry.ledger_id]
+    assert [e.ledger_id for e in patches.get_patches_by_state(PatchState.QUEUED, "PH-2")] == [
+        entry.ledger_id]
+    with pytest.raises(ValidationError):
+        patches.get_patches_by_state("merged")
+
+
+def test_history_of_run_shows_lineage(patches, db):
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    s1 = db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "aider"})
+    s2 = db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "aider"})
+    p1 = patches.record_patch(DIFF, step_attempt_id=s1)
+    p2 = patches.record_patch(DIFF.replace("hello", "bye"), step_attempt_id=s2)
+    e1 = patches.create_entry(p1, "PH-1")
+    patches.quarantine(e1.ledger_id, "broke the build")
+    patches.create_entry(p2, "PH-1")
+    history = patches.history_of_run(run_id)
+    assert [(h["patch_id"], h["step_attempt_id"], h["attempt"]) for h in history] == [
+        (p1.patch_id, s1, 1), (p2.patch_id, s2, 2)]
+    assert [e["state"] for e in history[0]["entries"]] == ["quarantined"]
+    assert [e["state"] for e in history[1]["entries"]] == ["created"]
+    assert patches.history_of_run("other") == []
+
+
+def test_sql_level_invariants(patches, db):
+    ledger_id = _entry_in(patches, "validated")
+    conn = db._backend.connect()
+    bad = [
+        "UPDATE patch_ledger_entries SET state = 'quarantined', quarantine_reason = NULL",
+        "UPDATE patch_ledger_entries SET state = 'quarantined', quarantine_reason = ''",
+        "UPDATE patch_ledger_entries SET updated_at = '2000-01-01T00:00:00.000000Z'",
+        "UPDATE patch_ledger_entries SET state_history = '[]'",
+        "UPDATE patch_ledger_entries SET state_history = '[{\"state\": \"forged\"}, 1, 2, 3]'",
+        "UPDATE patch_ledger_entries SET state = 'merged'",
+        "UPDATE patch_ledger_entries SET validated_tests = 2",
+        "UPDATE patches SET sha256 = 'short'",
+        "UPDATE patches SET files = '{}'",
+    ]
+    for sql in bad:
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(sql)
+    assert patches.get_entry(ledger_id).state == "validated"
+
+
+def test_processes_racing_for_the_same_transition_get_one_winner(file_db, tmp_path):
+    patches = PatchLedger(file_db)
+    ids = {patches.create_entry(patches.record_patch(DIFF.replace("hello", f"v{i}")),
+                                "PH-1").ledger_id for i in range(60)}
+    go, ids_file = str(tmp_path / "go"), tmp_path / "ids"
+    ids_file.write_text("\n".join(sorted(ids)))
+    outs = [str(tmp_path / f"out{i}") for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, HELPERS, "patch_race", file_db.db_path,
+                               str(ids_file), go, out]) for out in outs]
+    time.sleep(0.5)
+    Path(go).touch()
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    outcomes = [line.split(" ", 2) for out in outs for line in Path(out).read_text().splitlines()]
+    assert [o for o in outcomes if o[0] == "error"] == []
+    won = Counter(o[1] for o in outcomes if o[0] == "won")
+    assert set(won) == ids and set(won.values()) == {1}
+    assert Counter(o[0] for o in outcomes) == {"won": 60, "lost": 180}
+    for ledger_id in ids:
+        history = patches.get_entry(ledger_id).state_history
+        assert [h["state"] for h in history] == ["created", "validated"]
