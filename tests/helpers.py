@@ -206,6 +206,23 @@ def patch_race(db_path: str, ids_file: str, go: str, out: str) -> None:
         f.write("\n".join(lines) + "\n")
 
 
+def claim(db_path: str, worker_id: str, go: str, out: str) -> None:
+    """Register a worker and claim, finish and release pending runs until none is left."""
+    from uet.state import Database, WorkerLifecycle
+    db = Database(db_path)
+    workers = WorkerLifecycle(db)
+    workers.spawn_worker(worker_id, "testing", {})
+    workers.transition_state(worker_id, "IDLE")
+    wait_for(go)
+    claimed = []
+    while (run := workers.claim_run(worker_id)) is not None:
+        claimed.append(run["run_id"])
+        db.transition_run(run["run_id"], "succeeded", exit_code=0)
+        workers.release(worker_id)
+    with open(out, "w") as f:
+        f.write("\n".join(claimed) + "\n")
+
+
 def try_write(db_path: str) -> None:
     """Open a ledger and try to write to it; print the error type and message, if any."""
     from uet.errors import UetError
@@ -221,5 +238,5 @@ def try_write(db_path: str) -> None:
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     {"race": race, "append": append, "writer": writer, "open": open_ledger,
-     "hold_lock": hold_lock, "fill_disk": fill_disk, "patch_race": patch_race,
+     "hold_lock": hold_lock, "fill_disk": fill_disk, "patch_race": patch_race, "claim": claim,
      "try_write": try_write}[command](*args)

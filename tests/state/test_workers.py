@@ -282,3 +282,27 @@ def test_events_of_workers_are_in_the_run_independent_stream(workers, db):
     assert [(e["event_type"], e["run_id"]) for e in events] == [
         ("worker.spawned", None), ("worker.state_changed", None)]
     assert [e["seq"] for e in events] == [1, 2]
+
+
+def test_processes_claiming_at_once_never_get_the_same_run(file_db, tmp_path):
+    import subprocess
+    import sys
+    import time
+    from collections import Counter
+    from pathlib import Path
+    helpers = str(Path(__file__).parent.parent / "helpers.py")
+    run_ids = {file_db.create_run({"project_id": "p", "phase_id": "ph"}) for _ in range(200)}
+    go = str(tmp_path / "go")
+    outs = [str(tmp_path / f"out{i}") for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, helpers, "claim", file_db.db_path, f"w{i}",
+                               go, out]) for i, out in enumerate(outs)]
+    time.sleep(0.5)
+    Path(go).touch()
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    claims = Counter(line for out in outs for line in Path(out).read_text().split())
+    assert set(claims) == run_ids and set(claims.values()) == {1}
+    workers = WorkerLifecycle(file_db)
+    assert {w.worker_id for w in workers.get_idle_workers()} == {"w0", "w1", "w2", "w3"}
+    for run_id in run_ids:
+        run = file_db.get_run(run_id)
+        assert run["state"] == "succeeded" and run["worker_id"] in {"w0", "w1", "w2", "w3"}
