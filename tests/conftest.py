@@ -12,6 +12,18 @@ from uet.state import Database, init_db
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py for subprocess scripts
 
 
+@pytest.fixture(autouse=True)
+def _forget_process_wide_instances():
+    """Each test starts without get_db instances from earlier tests, and leaves none."""
+    yield
+    from uet.state import db as db_module
+    with db_module._instances_lock:
+        leftovers = list(db_module._instances.values())
+        db_module._instances.clear()
+    for database in leftovers:
+        database.close()
+
+
 @pytest.fixture
 def in_memory_db():
     """A fresh ledger in memory."""

@@ -146,10 +146,12 @@ def open_ledger(db_path: str, go: str) -> None:
         print(db.schema_version())
 
 
-def hold_lock(db_path: str, seconds: str, ready: str) -> None:
-    """Hold the ledger's write lock for a while, as a slow writer in another process would."""
+def hold_lock(db_path: str, seconds: str, ready: str, mode: str = "IMMEDIATE") -> None:
+    """Hold the ledger's write lock for a while, as a slow writer in another process would;
+    the transaction leaves a marker row that commits when the lock is released."""
     conn = sqlite3.connect(db_path, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
+    conn.execute({"IMMEDIATE": "BEGIN IMMEDIATE", "EXCLUSIVE": "BEGIN EXCLUSIVE"}[mode])
+    conn.execute("INSERT INTO ledger_counters (name, value) VALUES ('lock_holder', 1)")
     open(ready, "w").close()
     time.sleep(float(seconds))
     conn.execute("COMMIT")

@@ -240,12 +240,14 @@ def test_writer_waits_for_a_lock_held_shorter_than_the_busy_timeout(file_db, tmp
     holder = subprocess.Popen([sys.executable, HELPERS, "hold_lock", db.db_path, "0.5", ready])
     while not os.path.exists(ready):
         time.sleep(0.005)
-    started = time.monotonic()
-    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
-    waited = time.monotonic() - started
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})  # waits, then succeeds
     assert holder.wait(timeout=30) == 0
     assert db.get_run(run_id) is not None
-    assert waited > 0.2  # it really waited for the other process instead of failing
+    conn = sqlite3.connect(db.db_path)
+    # our write could only commit after the holder's transaction did
+    assert conn.execute("SELECT value FROM ledger_counters WHERE name = 'lock_holder'"
+                        ).fetchone() == (1,)
+    conn.close()
 
 
 def test_writer_past_the_busy_timeout_gets_a_typed_error_and_writes_nothing(db_path, tmp_path):
@@ -265,17 +267,25 @@ def test_writer_past_the_busy_timeout_gets_a_typed_error_and_writes_nothing(db_p
     db.close()
 
 
-def test_reads_are_not_blocked_by_another_process_writing(db_path, tmp_path):
+def test_reads_are_not_blocked_by_another_process_holding_an_exclusive_lock(db_path, tmp_path):
+    """In WAL mode a reader never waits for a writer, even one in BEGIN EXCLUSIVE (which
+    would lock readers out of a rollback-journal database)."""
     with init_db(db_path) as db:
         db.create_run({"run_id": "r", "project_id": "p", "phase_id": "ph"})
-        ready = str(tmp_path / "ready")
-        holder = subprocess.Popen([sys.executable, HELPERS, "hold_lock", db_path, "2", ready])
+    reader = Database(db_path, busy_timeout=0)  # any wait would be a DatabaseBusyError
+    ready = str(tmp_path / "ready")
+    holder = subprocess.Popen([sys.executable, HELPERS, "hold_lock", db_path, "2", ready,
+                               "EXCLUSIVE"])
+    try:
         while not os.path.exists(ready):
             time.sleep(0.005)
-        started = time.monotonic()
-        assert db.get_run("r")["run_id"] == "r"
-        assert time.monotonic() - started < 1.5  # WAL: readers do not wait for the writer
+        assert reader.get_run("r")["run_id"] == "r"
+        assert [r["run_id"] for r in reader.list_runs()] == ["r"]
+        with pytest.raises(DatabaseBusyError):
+            reader.create_run({"project_id": "p", "phase_id": "ph"})
+    finally:
         holder.wait(timeout=30)
+        reader.close()
 
 
 def test_raw_connection_sees_committed_writes_at_once(file_db):

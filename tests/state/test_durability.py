@@ -30,9 +30,11 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path):
     acklog = tmp_path / "acks.log"
     rng = random.Random(20261129)
     for _ in range(3):
+        start = len(acked_lines(acklog))
         writer = subprocess.Popen([sys.executable, HELPERS, "writer", path, str(acklog)])
         deadline = time.monotonic() + 30
-        while len(acked_lines(acklog)) < 30 and time.monotonic() < deadline:
+        # kill only once this round's writer is well into its work
+        while len(acked_lines(acklog)) < start + 30 and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.3))
         writer.send_signal(signal.SIGKILL)
@@ -44,7 +46,7 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path):
         conn.close()
         with init_db(path) as db:
             acked = acked_lines(acklog)
-            assert len(acked) >= 30
+            assert len(acked) >= start + 30
             for kind, entity_id, *state in acked:
                 if kind == "run":
                     run = db.get_run(entity_id)

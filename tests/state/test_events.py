@@ -102,6 +102,27 @@ def test_a_failing_event_write_rolls_back_the_state_change(tmp_path):
     db.close()
 
 
+def test_a_failing_created_event_rolls_back_the_creation(tmp_path):
+    path = str(tmp_path / "l.db")
+    db = init_db(path)
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    raw = sqlite3.connect(path)
+    raw.execute("CREATE TRIGGER no_events BEFORE INSERT ON run_events "
+                "WHEN NEW.event_type LIKE '%.created' "
+                "BEGIN SELECT RAISE(ABORT, 'event store unavailable'); END")
+    raw.commit()
+    raw.close()
+    before = db.events_since(0)
+    with pytest.raises(UetError, match="event store unavailable"):
+        db.create_run({"run_id": "never", "project_id": "p", "phase_id": "ph"})
+    with pytest.raises(UetError, match="event store unavailable"):
+        db.create_step_attempt({"step_attempt_id": "never", "run_id": run_id, "sequence": 1,
+                                "tool_id": "t"})
+    assert db.get_run("never") is None and db.get_step_attempt("never") is None
+    assert db.events_since(0) == before
+    db.close()
+
+
 def test_every_state_change_has_its_event(in_memory_db):
     db = in_memory_db
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})

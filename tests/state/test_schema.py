@@ -7,6 +7,7 @@ import sqlite3
 import pytest
 
 from uet.state import init_db
+from uet.state.sqlite_backend import QUERIES
 from uet.state.sqlite_migrations import SEED_COLUMNS
 
 
@@ -105,10 +106,15 @@ def test_in_memory_ledger_enforces_foreign_keys(in_memory_db):
      ("running",), "idx_runs_state"),
     ("SELECT * FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 100", (),
      "idx_runs_created"),
-    ("SELECT * FROM run_events WHERE run_id = ? ORDER BY seq", ("r",), "idx_events_run"),
-    ("SELECT * FROM run_events WHERE seq > ? ORDER BY seq LIMIT 10", (0,), "idx_events_seq"),
-    ("SELECT * FROM step_attempts WHERE run_id = ? ORDER BY sequence, attempt", ("r",),
-     "idx_steps_run"),
+    (QUERIES["list_events"], ("r",), "idx_events_run"),
+    (QUERIES["events_since"], (0, 10), "idx_events_seq"),
+    (QUERIES["events_since_run"], ("r", 0, 10), "idx_events_run"),
+    (QUERIES["list_step_attempts"], ("r",), "idx_steps_run"),
+    (QUERIES["oldest_pending_run"], (), "idx_runs_state"),
+    (QUERIES["workers_by_state"], ("IDLE",), "idx_workers_state"),
+    (QUERIES["idle_workers_of_type"], ("testing",), "idx_workers_type"),
+    (QUERIES["patch_entries_by_state"], ("created",), "idx_patch_entries_state"),
+    (QUERIES["patch_entries_by_state_and_phase"], ("created", "PH"), "idx_patch_entries_phase"),
 ])
 def test_api_queries_use_an_index_and_never_sort_or_scan(raw, sql, params, index):
     plan = " | ".join(r[3] for r in raw.execute("EXPLAIN QUERY PLAN " + sql, params))

@@ -19,8 +19,8 @@ CREATE TABLE workers (
     CHECK ((state = 'TERMINATED') = (terminated_at IS NOT NULL))
 );
 
-CREATE INDEX idx_workers_state ON workers (state, worker_type);
-CREATE INDEX idx_workers_type ON workers (worker_type, state);
+CREATE INDEX idx_workers_state ON workers (state, created_at, worker_id);
+CREATE INDEX idx_workers_type ON workers (worker_type, state, created_at, worker_id);
 
 -- affinity cannot change once the worker has left SPAWNING
 CREATE TRIGGER workers_affinity_immutable BEFORE UPDATE OF affinity ON workers
@@ -75,7 +75,9 @@ CREATE TABLE patch_ledger_entries (
     CHECK (state != 'quarantined' OR coalesce(length(quarantine_reason), 0) > 0)
 );
 
-CREATE INDEX idx_patch_entries_state ON patch_ledger_entries (state, phase_id);
+CREATE INDEX idx_patch_entries_state ON patch_ledger_entries (state, created_at, ledger_id);
+CREATE INDEX idx_patch_entries_phase
+    ON patch_ledger_entries (phase_id, state, created_at, ledger_id);
 CREATE INDEX idx_patch_entries_patch ON patch_ledger_entries (patch_id);
 
 -- state_history is append-only: an update may only add entries at its end
