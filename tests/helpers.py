@@ -187,18 +187,23 @@ def fill_disk(db_path: str, out: str) -> None:
                 f"{int(set(acked) <= stored)}\n{int(after in stored)}\n")
 
 
-def patch_race(db_path: str, ids_file: str, go: str, out: str) -> None:
-    """Try to move each listed patch entry to validated; log each outcome."""
+def patch_race(db_path: str, ids_file: str, go: str, out: str, target: str = "validated",
+               versioned: str = "") -> None:
+    """Try to move each listed patch entry to `target` (with the version read before the
+    start signal as compare-and-set, when `versioned`); log each outcome."""
     from uet.errors import ConcurrentUpdateError
     from uet.state import Database, PatchLedger
     ledger = PatchLedger(Database(db_path))
     with open(ids_file) as f:
         ids = f.read().split()
+    versions = {i: ledger.get_entry(i).version for i in ids} if versioned else {}
+    open(out + ".ready", "w").close()
     wait_for(go)
     lines = []
     for ledger_id in ids:
         try:
-            ledger.transition_state(ledger_id, "validated", f"pid {os.getpid()}")
+            ledger.transition_state(ledger_id, target, f"pid {os.getpid()}",
+                                    expected_version=versions.get(ledger_id))
             lines.append(f"won {ledger_id}")
         except ConcurrentUpdateError:
             lines.append(f"lost {ledger_id}")

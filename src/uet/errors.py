@@ -51,13 +51,15 @@ class InvalidTransitionError(UetError, ValueError):
     """The state machine does not allow this change (including 'to the same state')."""
 
     def __init__(self, entity: str, entity_id: object, current: str, requested: str,
-                 allowed: tuple[str, ...] = ()) -> None:
+                 allowed: tuple[str, ...] = (), *, reason: str | None = None) -> None:
         self.entity = entity
         self.entity_id = entity_id
         self.current = current
         self.requested = requested
         self.allowed = allowed
-        if current == requested:
+        if reason:
+            why = reason
+        elif current == requested:
             why = f"it is already {current}"
         elif allowed:
             why = f"from {current} it may only go to {', '.join(allowed)}"

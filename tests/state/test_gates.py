@@ -60,6 +60,10 @@ def test_define_gate(gates, db):
     ({"timeout_sec": 0}, "timeout_sec"),
     ({"timeout_sec": "5"}, "timeout_sec"),
     ({"depends_on": "LINT"}, "depends_on"),
+    ({"depends_on": None}, "depends_on"),
+    ({"depends_on": 3}, "depends_on"),
+    ({"gate_type": ["UNIT"]}, "gate_type"),
+    ({"gate_type": {}}, "gate_type"),
     ({"depends_on": ["NOPE"]}, "depends_on"),
     ({"run_id": "ghost"}, "run_id"),
     ({"ledger_id": "ghost"}, "ledger_id"),
@@ -225,3 +229,76 @@ def test_sql_level_invariants(gates, db):
         with pytest.raises(sqlite3.IntegrityError):
             conn.execute(sql)
     assert gates.get_gate(gate_id)["state"] == "RUNNING"
+
+
+def test_a_gate_starts_only_after_its_dependencies_passed(gates):
+    lint = _gate_in(gates, "PENDING", gate_type="LINT")
+    unit = _gate_in(gates, "PENDING", gate_type="UNIT", depends_on=["LINT"])
+    with pytest.raises(InvalidTransitionError, match="dependency LINT has not passed"):
+        gates.transition_state(unit, "RUNNING")
+    gates.transition_state(lint, "RUNNING")
+    with pytest.raises(InvalidTransitionError, match="RUNNING"):
+        gates.transition_state(unit, "RUNNING")
+    gates.transition_state(lint, "PASSED", exit_code=0)
+    assert gates.transition_state(unit, "RUNNING")["state"] == "RUNNING"
+
+
+def test_a_blocked_gate_cannot_be_released_while_its_dependency_is_failed(gates):
+    lint = _gate_in(gates, "PENDING", gate_type="LINT")
+    unit = _gate_in(gates, "PENDING", gate_type="UNIT", depends_on=["LINT"])
+    gates.transition_state(lint, "RUNNING")
+    gates.transition_state(lint, "FAILED", exit_code=2)
+    with pytest.raises(InvalidTransitionError, match="dependency LINT is FAILED"):
+        gates.transition_state(unit, "PENDING")
+    assert gates.get_gate(unit)["state"] == "BLOCKED"
+
+
+def test_a_late_failure_of_an_older_run_does_not_block_again(gates):
+    first = _gate_in(gates, "RUNNING", gate_type="LINT")
+    unit = _gate_in(gates, "PENDING", gate_type="UNIT", depends_on=["LINT"])
+    rerun = gates.define_gate("LINT", "PH-1", "ruff")
+    gates.transition_state(rerun["gate_id"], "RUNNING")
+    gates.transition_state(rerun["gate_id"], "PASSED", exit_code=0)
+    gates.transition_state(first, "FAILED", exit_code=1)  # the old row finishes late
+    assert gates.get_gate(unit)["state"] == "PENDING"
+    assert gates.transition_state(unit, "RUNNING")["state"] == "RUNNING"
+
+
+def test_a_failure_reaches_through_a_running_dependent(gates):
+    lint = _gate_in(gates, "PASSED", gate_type="LINT")
+    unit = _gate_in(gates, "PENDING", gate_type="UNIT", depends_on=["LINT"])
+    integ = _gate_in(gates, "PENDING", gate_type="INTEGRATION", depends_on=["UNIT"])
+    gates.transition_state(unit, "RUNNING")
+    rerun = gates.define_gate("LINT", "PH-1", "ruff")
+    gates.transition_state(rerun["gate_id"], "RUNNING")
+    gates.transition_state(rerun["gate_id"], "FAILED", exit_code=1)
+    assert gates.get_gate(unit)["state"] == "RUNNING"  # cannot be blocked mid-run
+    blocked = gates.get_gate(integ)
+    assert (blocked["state"], blocked["blocked_by"]) == ("BLOCKED", "UNIT")
+    assert gates.get_gate(lint)["state"] == "PASSED"
+
+
+def test_diamond_blocks_once_and_unblocks(gates, db):
+    lint = _gate_in(gates, "PENDING", gate_type="LINT")
+    _gate_in(gates, "PENDING", gate_type="UNIT", depends_on=["LINT"])
+    _gate_in(gates, "PENDING", gate_type="SECURITY", depends_on=["LINT"])
+    top = _gate_in(gates, "PENDING", gate_type="INTEGRATION", depends_on=["UNIT", "SECURITY"])
+    gates.transition_state(lint, "RUNNING")
+    gates.transition_state(lint, "FAILED", exit_code=1)
+    assert set(_states(gates).values()) == {"FAILED", "BLOCKED"}
+    blocked_events = [e for e in db.events_since(0) if e["data"].get("gate_id") == top
+                      and e["data"].get("to") == "BLOCKED"]
+    assert len(blocked_events) == 1
+    rerun = gates.define_gate("LINT", "PH-1", "ruff")
+    gates.transition_state(rerun["gate_id"], "RUNNING")
+    gates.transition_state(rerun["gate_id"], "PASSED", exit_code=0)
+    assert _states(gates) == {"LINT": "PASSED", "UNIT": "PENDING", "SECURITY": "PENDING",
+                              "INTEGRATION": "PENDING"}
+
+
+def test_bad_now_values_are_typed_errors(gates):
+    from datetime import timezone as tz
+    with pytest.raises(ValidationError, match="now"):
+        gates.expire_timeouts(now=datetime(9999, 12, 31, 23, tzinfo=tz(timedelta(hours=-5))))
+    with pytest.raises(ValidationError, match="now"):
+        gates.expire_timeouts(now="2026-01-01")

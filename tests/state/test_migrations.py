@@ -298,7 +298,8 @@ def test_migrations_and_queries_load():
     assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
     queries = load_queries("sqlite")
     assert {"insert_run", "insert_event", "events_since"} <= set(queries)
-    assert all(q.strip() and not q.strip().startswith("--") for q in queries.values())
+    assert all(sqlite3.complete_statement(q) and split_statements(q) == [q]
+               for q in queries.values())
 
 
 def make_v1_ledger(path: str) -> None:

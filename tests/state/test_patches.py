@@ -66,6 +66,14 @@ def _entry_in(patches, state, diff=DIFF):
     return entry.ledger_id
 
 
+def _start_when_ready(outs: list[str], go: str) -> None:
+    deadline = time.monotonic() + 60
+    while not all(Path(out + ".ready").exists() for out in outs):
+        assert time.monotonic() < deadline, "racers never got ready"
+        time.sleep(0.01)
+    Path(go).touch()
+
+
 def test_machine_matches_the_spec():
     assert set(LEGAL) == SPEC
     assert PATCH.terminal == {"rolled_back", "dropped"}
@@ -263,8 +271,7 @@ def test_processes_racing_for_the_same_transition_get_one_winner(file_db, tmp_pa
     outs = [str(tmp_path / f"out{i}") for i in range(4)]
     procs = [subprocess.Popen([sys.executable, HELPERS, "patch_race", file_db.db_path,
                                str(ids_file), go, out]) for out in outs]
-    time.sleep(0.5)
-    Path(go).touch()
+    _start_when_ready(outs, go)
     assert [p.wait(timeout=120) for p in procs] == [0] * 4
     outcomes = [line.split(" ", 2) for out in outs for line in Path(out).read_text().splitlines()]
     assert [o for o in outcomes if o[0] == "error"] == []
@@ -274,3 +281,45 @@ def test_processes_racing_for_the_same_transition_get_one_winner(file_db, tmp_pa
     for ledger_id in ids:
         history = patches.get_entry(ledger_id).state_history
         assert [h["state"] for h in history] == ["created", "validated"]
+
+
+def test_delete_run_takes_its_patches_entries_and_gates_along(patches, db):
+    from uet.state import GateLedger
+    r1 = db.create_run({"project_id": "p", "phase_id": "ph"})
+    r2 = db.create_run({"project_id": "p", "phase_id": "ph"})
+    loose = patches.record_patch(DIFF)  # belongs to no run
+    p1 = patches.record_patch(DIFF, run_id=r1)
+    p2 = patches.record_patch(DIFF, run_id=r2)
+    e1 = patches.create_entry(p1, "PH-1")
+    GateLedger(db).define_gate("UNIT", "PH-1", "pytest", run_id=r1, ledger_id=e1.ledger_id)
+    db.delete_run(r1)
+    db.delete_run(r2)
+    assert patches.get_patch(p1.patch_id) is None and patches.get_patch(p2.patch_id) is None
+    assert patches.get_entry(e1.ledger_id) is None
+    assert GateLedger(db).list_gates() == []
+    assert patches.get_patch(loose.patch_id) == loose
+    assert patches.record_patch(DIFF, run_id=db.create_run(
+        {"project_id": "p", "phase_id": "ph"})).patch_id != loose.patch_id
+
+
+def test_processes_racing_with_expected_versions_get_one_winner(file_db, tmp_path):
+    patches = PatchLedger(file_db)
+    ids = {patches.create_entry(patches.record_patch(DIFF.replace("hello", f"w{i}")),
+                                "PH-1").ledger_id for i in range(40)}
+    go, ids_file = str(tmp_path / "go"), tmp_path / "ids"
+    ids_file.write_text("\n".join(sorted(ids)))
+    outs = [str(tmp_path / f"out{i}") for i in range(4)]
+    # each process moves the entry to a different state, so only the version can tell
+    targets = ["validated", "quarantined", "validated", "quarantined"]
+    procs = [subprocess.Popen([sys.executable, HELPERS, "patch_race", file_db.db_path,
+                               str(ids_file), go, out, target, "versioned"])
+             for out, target in zip(outs, targets)]
+    _start_when_ready(outs, go)
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    outcomes = [line.split(" ", 2) for out in outs for line in Path(out).read_text().splitlines()]
+    assert [o for o in outcomes if o[0] == "error"] == []
+    won = Counter(o[1] for o in outcomes if o[0] == "won")
+    assert set(won) == ids and set(won.values()) == {1}
+    for ledger_id in ids:
+        entry = patches.get_entry(ledger_id)
+        assert len(entry.state_history) == 2 and entry.version == 2

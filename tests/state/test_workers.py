@@ -197,6 +197,10 @@ def test_affinity_is_fixed_after_spawning_at_the_sql_level(workers, db):
         conn.execute("UPDATE workers SET affinity = '{}' WHERE worker_id = 'w1'")
     workers.spawn_worker("w2", "t", {"a": 1})
     conn.execute("UPDATE workers SET affinity = '{\"a\": 2}' WHERE worker_id = 'w2'")
+    # while SPAWNING it may change, but only to a JSON object
+    for bad in ("not json", "[1, 2]"):
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            conn.execute("UPDATE workers SET affinity = ? WHERE worker_id = 'w2'", (bad,))
 
 
 def test_find_stale_uses_two_missed_intervals(workers):
@@ -208,11 +212,14 @@ def test_find_stale_uses_two_missed_intervals(workers):
     beat = datetime.fromisoformat(workers.get_worker("fresh").last_heartbeat)
     assert workers.find_stale(10, now=beat + timedelta(seconds=19)) == []
     stale = workers.find_stale(10, now=beat + timedelta(seconds=21))
-    assert sorted(w.worker_id for w in stale) == ["fresh", "old"]  # IDLE and BUSY only
+    # IDLE, BUSY and DRAINING (it still holds work); a SPAWNING worker is not judged yet
+    assert sorted(w.worker_id for w in stale) == ["draining", "fresh", "old"]
     with pytest.raises(ValidationError, match="aware"):
         workers.find_stale(10, now=datetime(2030, 1, 1))
     with pytest.raises(ValidationError, match="heartbeat_interval_s"):
         workers.find_stale(0)
+    with pytest.raises(ValidationError, match="now"):
+        workers.find_stale(1, now=datetime.min.replace(tzinfo=timezone.utc))
 
 
 def test_reap_stale_fails_the_work_held_in_one_go(workers, db):
@@ -238,6 +245,27 @@ def test_reap_stale_fails_the_work_held_in_one_go(workers, db):
     types = [e["event_type"] for e in db.list_events(run_id)]
     assert types[-2:] == ["step_attempt.state_changed", "run.state_changed"]
     assert workers.reap_stale(5, now=later) == []
+
+
+def test_a_draining_worker_that_dies_does_not_keep_its_run_forever(workers, db):
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    _worker_in(workers, "IDLE")
+    workers.claim_run("w1")
+    assert workers.terminate_worker("w1").state == "DRAINING"
+    workers.heartbeat("w1")  # a draining worker still heartbeats
+    assert workers.reap_stale(1, now=LATER) == ["w1"]
+    assert db.get_run(run_id)["state"] == "failed"
+
+
+def test_entering_idle_counts_as_a_heartbeat(workers):
+    workers.spawn_worker("w1", "t", {})
+    spawned = datetime.fromisoformat(workers.get_worker("w1").created_at)
+    workers.transition_state("w1", "IDLE")  # long after spawning, say
+    record = workers.get_worker("w1")
+    assert record.last_heartbeat is not None and record.last_heartbeat >= record.created_at
+    assert workers.find_stale(1, now=datetime.fromisoformat(record.last_heartbeat)
+                              + timedelta(seconds=1)) == []
+    assert spawned <= datetime.fromisoformat(record.last_heartbeat)
 
 
 def test_reaping_picks_only_the_stale(workers, db):
@@ -270,7 +298,7 @@ def test_terminated_at_is_set_exactly_when_terminated_at_the_sql_level(workers, 
                 "UPDATE workers SET state = 'TERMINATED' WHERE worker_id = 'idle'",
                 "UPDATE workers SET terminated_at = NULL WHERE worker_id = 'gone'",
                 "UPDATE workers SET state = 'ASLEEP' WHERE worker_id = 'idle'",
-                "UPDATE workers SET affinity = 'not json' WHERE worker_id = 'idle'"]:
+                "UPDATE workers SET last_heartbeat = 'yesterday' WHERE worker_id = 'idle'"]:
         with pytest.raises(sqlite3.IntegrityError):
             conn.execute(sql)
     assert workers.get_worker("idle").state == "IDLE"
@@ -306,3 +334,20 @@ def test_processes_claiming_at_once_never_get_the_same_run(file_db, tmp_path):
     for run_id in run_ids:
         run = file_db.get_run(run_id)
         assert run["state"] == "succeeded" and run["worker_id"] in {"w0", "w1", "w2", "w3"}
+
+
+def test_a_step_attempt_names_a_live_worker(workers, db):
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    with pytest.raises(ValidationError, match="'ghost' does not exist") as info:
+        db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "t",
+                                "worker_id": "ghost"})
+    assert info.value.field == "worker_id"
+    _worker_in(workers, "TERMINATED")
+    with pytest.raises(ValidationError, match="TERMINATED"):
+        db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "t",
+                                "worker_id": "w1"})
+    _worker_in(workers, "IDLE", "w2")
+    step = db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "t",
+                                   "worker_id": "w2"})
+    assert db.get_step_attempt(step)["worker_id"] == "w2"
+    assert db.list_step_attempts(run_id) == [db.get_step_attempt(step)]

@@ -13,6 +13,8 @@ from typing import Any, Mapping
 from uet.errors import (AlreadyExistsError, ConcurrentUpdateError, ConstraintViolation,
                         NotFoundError, ValidationError)
 from uet.state import records
+from uet.state.events import (RESERVED_EVENT_TYPES, RUN_CREATED, RUN_STATE_CHANGED,
+                              STEP_ATTEMPT_CREATED, STEP_ATTEMPT_STATE_CHANGED)
 from uet.state.ids import new_ulid, utc_now
 from uet.state.records import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
 from uet.state.sqlite_backend import (DEFAULT_BUSY_TIMEOUT, DURABILITY, MEMORY, QUERIES,
@@ -22,14 +24,6 @@ from uet.state.sqlite_migrations import LATEST_VERSION, migrate
 DEFAULT_PATH = os.path.join(".ledger", "framework.db")
 ENV_VAR = "UET_DATABASE"
 
-# The events the ledger writes itself, one per state change (and creation) of a run or a step
-# attempt: "<entity>.<what happened>". Callers may not forge them through create_event.
-RUN_CREATED = "run.created"
-RUN_STATE_CHANGED = "run.state_changed"
-STEP_ATTEMPT_CREATED = "step_attempt.created"
-STEP_ATTEMPT_STATE_CHANGED = "step_attempt.state_changed"
-RESERVED_EVENT_TYPES = frozenset({RUN_CREATED, RUN_STATE_CHANGED, STEP_ATTEMPT_CREATED,
-                                  STEP_ATTEMPT_STATE_CHANGED})
 
 
 def resolve_path(db_path: object) -> str:
@@ -236,6 +230,8 @@ class Database:
                 "transition_step_attempt", field="state")
         try:
             with self._backend.transaction() as tx:
+                if row["worker_id"] is not None:
+                    _check_worker_can_work(tx, row["worker_id"])
                 attempt = tx.execute(QUERIES["insert_step_attempt"], row).fetchone()[0]
                 record_event(tx, row["run_id"], STEP_ATTEMPT_CREATED, {
                     "step_attempt_id": row["step_attempt_id"], "sequence": row["sequence"],
@@ -285,8 +281,8 @@ class Database:
         row = records.prepare_insert(RUN_EVENTS, event_data)
         if row["event_type"] in RESERVED_EVENT_TYPES:
             raise ValidationError(
-                f"event type {row['event_type']!r} is written by the ledger itself on state "
-                "changes; use transition_run / transition_step_attempt", field="event_type")
+                f"event type {row['event_type']!r} is written by the ledger itself when the "
+                "record changes; change the record instead", field="event_type")
         try:
             with self._backend.transaction() as tx:
                 tx.execute(QUERIES["insert_event"], row)
@@ -381,6 +377,15 @@ def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
         event_type = RUN_STATE_CHANGED if table is RUNS else STEP_ATTEMPT_STATE_CHANGED
         record_event(tx, row["run_id"], event_type, data)
     return row
+
+
+def _check_worker_can_work(tx, worker_id: str) -> None:
+    found = rows_of(tx.execute(QUERIES["get_worker"], (worker_id,)))
+    if not found:
+        raise ValidationError(f"worker {worker_id!r} does not exist", field="worker_id")
+    if found[0]["state"] == "TERMINATED":
+        raise ValidationError(f"worker {worker_id!r} is TERMINATED and cannot run a step "
+                              "attempt", field="worker_id")
 
 
 def record_event(tx, run_id: str | None, event_type: str, data: dict[str, Any]) -> None:

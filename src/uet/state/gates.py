@@ -12,8 +12,10 @@ import enum
 import json
 from typing import Any, Iterable
 
-from uet.errors import ConstraintViolation, NotFoundError, ValidationError
+from uet.errors import (ConstraintViolation, InvalidTransitionError, NotFoundError,
+                        ValidationError)
 from uet.state.db import Database, record_event
+from uet.state.events import GATE_DEFINED, GATE_STATE_CHANGED
 from uet.state.ids import new_ulid, utc_now
 from uet.state.machines import GATE
 from uet.state.models import (GateType, moment, output, parse_stamp, positive_seconds,
@@ -21,8 +23,6 @@ from uet.state.models import (GateType, moment, output, parse_stamp, positive_se
 from uet.state.records import INT_MAX, INT_MIN
 from uet.state.sqlite_backend import QUERIES, rows_of
 
-GATE_DEFINED = "gate.defined"
-GATE_STATE_CHANGED = "gate.state_changed"
 TIMEOUT_EXIT_CODE = 124  # what timeout(1) exits with
 
 _FILTERS = ("phase_id", "state", "run_id")
@@ -50,7 +50,7 @@ class GateLedger:
         BLOCKED.
         """
         kind = gate_type.value if isinstance(gate_type, enum.Enum) else gate_type
-        if kind not in {t.value for t in GateType}:
+        if not isinstance(kind, str) or kind not in {t.value for t in GateType}:
             raise ValidationError(f"unknown gate_type {gate_type!r}; known: "
                                   f"{', '.join(t.value for t in GateType)}", field="gate_type")
         scope = {"phase_id": text(phase_id, "phase_id"),
@@ -58,9 +58,9 @@ class GateLedger:
                  "ledger_id": text(ledger_id, "ledger_id", required=False)}
         command = text(command, "command")
         name = kind if name is None else text(name, "name")
-        if isinstance(depends_on, str):
-            raise ValidationError("depends_on must be a list of gate names, not one string",
-                                  field="depends_on")
+        if not isinstance(depends_on, (list, tuple, set, frozenset)):
+            raise ValidationError(f"depends_on must be a list of gate names, got "
+                                  f"{depends_on!r}", field="depends_on")
         deps = list(dict.fromkeys(text(d, "depends_on") for d in depends_on))
         timeout = positive_seconds(timeout_sec, "timeout_sec", required=False)
         gate_id = new_ulid()
@@ -206,6 +206,8 @@ class GateLedger:
                    stderr: str | None = None, blocked_by: str | None = None,
                    at: str | None = None) -> dict[str, Any]:
         GATE.check_transition(gate["gate_id"], gate["state"], target)
+        if target in ("RUNNING", "PENDING") and gate["state"] in ("PENDING", "BLOCKED"):
+            self._check_dependencies(tx, gate, target)
         now = at or utc_now()
         started_at = now if target == "RUNNING" else None
         completed_at = duration = None
@@ -225,21 +227,50 @@ class GateLedger:
         if blocked_by is not None:
             data["blocked_by"] = blocked_by
         record_event(tx, gate["run_id"], GATE_STATE_CHANGED, data)
-        if target == "FAILED":
-            self._block_dependents(tx, row)
-        elif target == "PASSED":
-            self._unblock(tx, row)
+        # Only the newest gate of a name speaks for it: a late result of an older row
+        # neither blocks nor unblocks anything.
+        if target in ("FAILED", "PASSED") and self._is_latest(tx, row):
+            if target == "FAILED":
+                self._block_dependents(tx, row)
+            else:
+                self._unblock(tx, row)
         return row
 
+    def _is_latest(self, tx, gate: dict[str, Any]) -> bool:
+        latest = rows_of(tx.execute(QUERIES["latest_gate_named"],
+                                    {**self._scope(gate), "name": gate["name"]}))
+        return latest[0]["gate_id"] == gate["gate_id"]
+
+    def _check_dependencies(self, tx, gate: dict[str, Any], target: str) -> None:
+        """A gate may start only once every dependency passed, and leave BLOCKED only once
+        none has failed (its latest run, by name, in the gate's scope)."""
+        scope = self._scope(gate)
+        for dep in self._deps(tx, gate["gate_id"]):
+            latest = rows_of(tx.execute(QUERIES["latest_gate_named"], {**scope, "name": dep}))
+            state = latest[0]["state"] if latest else "missing"
+            if target == "RUNNING" and state != "PASSED":
+                reason = f"its dependency {dep} has not passed (it is {state})"
+            elif target == "PENDING" and state in ("FAILED", "BLOCKED"):
+                reason = f"its dependency {dep} is {state}"
+            else:
+                continue
+            raise InvalidTransitionError("gate", gate["gate_id"], gate["state"], target,
+                                         reason=reason)
+
     def _block_dependents(self, tx, failed: dict[str, Any]) -> None:
+        # Breadth-first over names: PENDING dependents become BLOCKED; the failure also
+        # reaches through dependents already RUNNING to the gates that wait on them.
         scope = self._scope(failed)
-        queue = [failed["name"]]
+        queue, seen = [failed["name"]], {failed["name"]}
         while queue:
             name = queue.pop(0)
-            for gate in rows_of(tx.execute(QUERIES["pending_dependents"],
+            for gate in rows_of(tx.execute(QUERIES["open_dependents"],
                                            {**scope, "name": name})):
-                self._set_state(tx, gate, "BLOCKED", blocked_by=name)
-                queue.append(gate["name"])
+                if gate["state"] == "PENDING":
+                    self._set_state(tx, gate, "BLOCKED", blocked_by=name)
+                if gate["name"] not in seen:
+                    seen.add(gate["name"])
+                    queue.append(gate["name"])
 
     def _unblock(self, tx, passed: dict[str, Any]) -> None:
         scope = self._scope(passed)

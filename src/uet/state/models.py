@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from uet.errors import ValidationError
 from uet.state.ids import normalize_timestamp
 from uet.state.machines import GATE, PATCH, WORKER, Machine
+from uet.state.records import MAX_VALUE_BYTES, encode_json
 
 
 class WorkerState(str, enum.Enum):
@@ -148,9 +149,11 @@ def text(value: object, field: str, *, required: bool = True) -> str | None:
     if not isinstance(value, str) or not value:
         raise ValidationError(f"{field} must be a non-empty string, got {value!r}", field=field)
     try:
-        value.encode("utf-8")
+        size = len(value.encode("utf-8"))
     except UnicodeEncodeError:
         raise ValidationError(f"{field} is not valid Unicode text", field=field) from None
+    if size > MAX_VALUE_BYTES:
+        raise ValidationError(f"{field} is larger than {MAX_VALUE_BYTES:,} bytes", field=field)
     return value
 
 
@@ -181,13 +184,7 @@ def positive_seconds(value: object, field: str, *, required: bool = True) -> flo
 
 
 def json_object(value: object, field: str) -> str:
-    if not isinstance(value, Mapping):
-        raise ValidationError(f"{field} must be a dict, got {type(value).__name__}",
-                              field=field)
-    try:
-        return json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise ValidationError(f"{field} must be JSON-serialisable: {exc}", field=field) from None
+    return encode_json(value, field, field)
 
 
 def moment(now: object) -> datetime:
@@ -197,7 +194,11 @@ def moment(now: object) -> datetime:
     if not isinstance(now, datetime) or now.tzinfo is None:
         raise ValidationError(f"now must be an aware datetime (e.g. datetime.now(timezone.utc)),"
                               f" got {now!r}", field="now")
-    return now.astimezone(timezone.utc)
+    try:
+        return now.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValidationError(f"now is outside the years 1 to 9999 in UTC: {now!r}",
+                              field="now") from None
 
 
 def stamp(when: datetime) -> str:

@@ -16,16 +16,14 @@ from typing import Any
 from uet.errors import (ConcurrentUpdateError, ConstraintViolation, NotFoundError,
                         ValidationError)
 from uet.state.db import Database, record_event
+from uet.state.events import (PATCH_ENTRY_CREATED, PATCH_ENTRY_STATE_CHANGED,
+                              PATCH_ENTRY_VALIDATION_SET, PATCH_RECORDED)
 from uet.state.ids import new_ulid, utc_now
 from uet.state.machines import PATCH
 from uet.state.models import (PatchArtifact, PatchLedgerEntry, entry_from_row, flag,
                               patch_from_row, state_value, text)
 from uet.state.sqlite_backend import QUERIES, rows_of
 
-PATCH_RECORDED = "patch.recorded"
-PATCH_ENTRY_CREATED = "patch_entry.created"
-PATCH_ENTRY_STATE_CHANGED = "patch_entry.state_changed"
-PATCH_ENTRY_VALIDATION_SET = "patch_entry.validation_set"
 
 _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@")
 # git extended header lines that describe a change without hunks
@@ -144,7 +142,7 @@ class PatchLedger:
     def create_entry(self, patch: PatchArtifact | str, phase_id: str,
                      workstream_id: str | None = None) -> PatchLedgerEntry:
         """Open a ledger entry (state created) for a recorded patch in a phase/workstream."""
-        patch_id = patch.patch_id if isinstance(patch, PatchArtifact) else text(patch, "patch")
+        patch_id = text(patch.patch_id if isinstance(patch, PatchArtifact) else patch, "patch")
         phase_id = text(phase_id, "phase_id")
         workstream_id = text(workstream_id, "workstream_id", required=False)
         now = utc_now()

@@ -152,22 +152,7 @@ def encode_value(table: Table, column: Column, value: object, *,
                 f"got {value}", field=column.name)
         return value
     if kind == JSON:
-        _check_mapping(value, f"{table.entity} field {column.name!r}", column.name)
-        try:
-            text = json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise ValidationError(
-                f"{table.entity} field {column.name!r} must be JSON-serialisable: {exc}",
-                field=column.name) from None
-        # nesting needs two characters a level, so short texts cannot be too deep
-        if len(text) > 2 * MAX_JSON_DEPTH and _too_deep(value):
-            raise ValidationError(
-                f"{table.entity} field {column.name!r} is nested deeper than "
-                f"{MAX_JSON_DEPTH} levels", field=column.name)
-        if len(text) > MAX_VALUE_BYTES:
-            raise ValidationError(f"{table.entity} field {column.name!r} is larger than "
-                                  f"{MAX_VALUE_BYTES:,} bytes", field=column.name)
-        return text
+        return encode_json(value, f"{table.entity} field {column.name!r}", column.name)
     if kind == TIMESTAMP:
         try:
             return normalize_timestamp(value, column.name)
@@ -177,6 +162,22 @@ def encode_value(table: Table, column: Column, value: object, *,
         assert table.machine is not None
         return table.machine.check_state(value)
     raise AssertionError(kind)  # pragma: no cover - the tables above use the kinds above
+
+
+def encode_json(value: object, what: str, field: str) -> str:
+    """A dict as JSON text, refusing what could not be stored or read back."""
+    _check_mapping(value, what, field)
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValidationError(f"{what} must be JSON-serialisable: {exc}", field=field) from None
+    # nesting needs two characters a level, so short texts cannot be too deep
+    if len(text) > 2 * MAX_JSON_DEPTH and _too_deep(value):
+        raise ValidationError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels",
+                              field=field)
+    if len(text) > MAX_VALUE_BYTES:
+        raise ValidationError(f"{what} is larger than {MAX_VALUE_BYTES:,} bytes", field=field)
+    return text
 
 
 def _check_text(table: Table, column: Column, value: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from uet.errors import (AlreadyExistsError, ConstraintViolation, InvalidTransitionError,
                         NotFoundError, ValidationError)
 from uet.state.db import Database, change_row, record_event
+from uet.state.events import WORKER_SPAWNED, WORKER_STATE_CHANGED
 from uet.state.ids import utc_now
 from uet.state.machines import WORKER
 from uet.state.models import (WorkerRecord, json_object, moment, positive_seconds, stamp,
@@ -19,8 +20,6 @@ from uet.state.models import (WorkerRecord, json_object, moment, positive_second
 from uet.state.records import RUNS, STEP_ATTEMPTS
 from uet.state.sqlite_backend import QUERIES, rows_of
 
-WORKER_SPAWNED = "worker.spawned"
-WORKER_STATE_CHANGED = "worker.state_changed"
 
 
 class WorkerLifecycle:
@@ -127,8 +126,9 @@ class WorkerLifecycle:
     # -- staleness -----------------------------------------------------------------------
 
     def find_stale(self, heartbeat_interval_s: float, now=None) -> list[WorkerRecord]:
-        """IDLE/BUSY workers whose last heartbeat (or registration) is older than two
-        intervals before `now` (an aware UTC datetime; default the clock)."""
+        """IDLE, BUSY (and DRAINING, which still hold work) workers whose last heartbeat is
+        older than two intervals before `now` (an aware UTC datetime; default the clock).
+        Entering IDLE or BUSY counts as a heartbeat."""
         cutoff = self._cutoff(heartbeat_interval_s, now)
         return [worker_from_row(r)
                 for r in self._backend.query(QUERIES["stale_workers"], (cutoff,))]
@@ -169,7 +169,11 @@ class WorkerLifecycle:
     @staticmethod
     def _cutoff(heartbeat_interval_s: float, now) -> str:
         interval = positive_seconds(heartbeat_interval_s, "heartbeat_interval_s")
-        return stamp(moment(now) - timedelta(seconds=2 * interval))
+        try:
+            return stamp(moment(now) - timedelta(seconds=2 * interval))
+        except OverflowError:
+            raise ValidationError(f"now minus two intervals is before the year 1: {now!r}",
+                                  field="now") from None
 
     @staticmethod
     def _fetch(tx, worker_id: str) -> dict[str, Any]:
@@ -191,11 +195,14 @@ class WorkerLifecycle:
         if target == "TERMINATED":
             self._fail_held_work(tx, worker_id, reason or f"worker {worker_id} was terminated "
                                  "while holding it")
-        terminated_at = utc_now() if target == "TERMINATED" else None
+        now = utc_now()
         held_run = run_id if target == "BUSY" else (
             worker["current_run_id"] if target == "DRAINING" else None)
-        row = rows_of(tx.execute(QUERIES["set_worker_state"],
-                                 (target, terminated_at, held_run, worker_id)))[0]
+        row = rows_of(tx.execute(QUERIES["set_worker_state"], {
+            "state": target, "terminated_at": now if target == "TERMINATED" else None,
+            "current_run_id": held_run, "worker_id": worker_id,
+            # a worker that becomes IDLE or takes work is alive: its staleness starts now
+            "heartbeat": now if target in ("IDLE", "BUSY") else None}))[0]
         data = {"worker_id": worker_id, "from": current, "to": target}
         if run_id is not None:
             data["run_id"] = run_id

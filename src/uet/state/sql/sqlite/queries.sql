@@ -74,7 +74,10 @@ SELECT * FROM workers WHERE state = 'IDLE' ORDER BY created_at, worker_id;
 SELECT * FROM workers WHERE state = 'IDLE' AND worker_type = ? ORDER BY created_at, worker_id;
 
 -- name: set_worker_state
-UPDATE workers SET state = ?, terminated_at = ?, current_run_id = ? WHERE worker_id = ?
+UPDATE workers SET state = :state, terminated_at = :terminated_at,
+                   current_run_id = :current_run_id,
+                   last_heartbeat = coalesce(:heartbeat, last_heartbeat)
+ WHERE worker_id = :worker_id
 RETURNING *;
 
 -- name: heartbeat
@@ -82,8 +85,9 @@ UPDATE workers SET last_heartbeat = ? WHERE worker_id = ? AND state != 'TERMINAT
 RETURNING worker_id;
 
 -- name: stale_workers
+-- DRAINING workers still hold work and heartbeat like BUSY ones
 SELECT * FROM workers
- WHERE state IN ('IDLE', 'BUSY') AND coalesce(last_heartbeat, created_at) < ?
+ WHERE state IN ('IDLE', 'BUSY', 'DRAINING') AND coalesce(last_heartbeat, created_at) < ?
  ORDER BY created_at, worker_id;
 
 -- name: oldest_pending_run
@@ -189,9 +193,9 @@ SELECT * FROM test_gates
  WHERE phase_id = :phase_id AND run_id IS :run_id AND ledger_id IS :ledger_id AND name = :name
  ORDER BY created_at DESC, gate_id DESC LIMIT 1;
 
--- name: pending_dependents
+-- name: open_dependents
 SELECT g.* FROM test_gates AS g JOIN gate_dependencies AS d ON d.gate_id = g.gate_id
- WHERE d.depends_on = :name AND g.state = 'PENDING'
+ WHERE d.depends_on = :name AND g.state IN ('PENDING', 'RUNNING')
    AND g.phase_id = :phase_id AND g.run_id IS :run_id AND g.ledger_id IS :ledger_id
  ORDER BY g.created_at, g.gate_id;
 

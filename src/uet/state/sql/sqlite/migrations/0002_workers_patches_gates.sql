@@ -2,16 +2,19 @@
 --
 -- Runs and step attempts gain the worker that holds them (a column, so that reaping a lost
 -- worker can find its work). Every invariant of the state-machine specification that a row
--- can state about itself is a CHECK here, so that no writer, ours or not, can break it.
+-- can state about itself is a CHECK or trigger here, so that no writer, ours or not, can
+-- break it; the columns the code computes with are type-checked too (the tables are not
+-- STRICT, to keep SQLite 3.35 and later able to open them).
 
 CREATE TABLE workers (
     worker_id        TEXT PRIMARY KEY NOT NULL,
     worker_type      TEXT NOT NULL,
     state            TEXT NOT NULL DEFAULT 'SPAWNING' CHECK (state IN (
                          'SPAWNING', 'IDLE', 'BUSY', 'DRAINING', 'TERMINATED')),
-    affinity         TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(affinity)),
-    last_heartbeat   TEXT,
-    created_at       TEXT NOT NULL,
+    affinity         TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(affinity)
+                                                    AND json_type(affinity) = 'object'),
+    last_heartbeat   TEXT CHECK (last_heartbeat GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]Z'),
+    created_at       TEXT NOT NULL CHECK (created_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]Z'),
     terminated_at    TEXT,
     -- the run a BUSY worker holds
     current_run_id   TEXT REFERENCES runs (run_id) ON DELETE SET NULL,
@@ -40,9 +43,11 @@ CREATE TABLE patches (
     diff             TEXT NOT NULL,
     sha256           TEXT NOT NULL CHECK (length(sha256) = 64),
     files            TEXT NOT NULL CHECK (json_valid(files) AND json_type(files) = 'array'),
-    size_bytes       INTEGER NOT NULL CHECK (size_bytes >= 0),
-    run_id           TEXT REFERENCES runs (run_id) ON DELETE SET NULL,
-    step_attempt_id  TEXT REFERENCES step_attempts (step_attempt_id) ON DELETE SET NULL,
+    size_bytes       INTEGER NOT NULL CHECK (typeof(size_bytes) = 'integer'
+                                             AND size_bytes >= 0),
+    -- a patch goes with the run that produced it (delete_run removes its whole record)
+    run_id           TEXT REFERENCES runs (run_id) ON DELETE CASCADE,
+    step_attempt_id  TEXT REFERENCES step_attempts (step_attempt_id) ON DELETE CASCADE,
     created_at       TEXT NOT NULL
 );
 
@@ -70,7 +75,8 @@ CREATE TABLE patch_ledger_entries (
     created_at             TEXT NOT NULL,
     updated_at             TEXT NOT NULL,
     -- optimistic concurrency: every change increments it
-    version                INTEGER NOT NULL DEFAULT 1 CHECK (version >= 1),
+    version                INTEGER NOT NULL DEFAULT 1 CHECK (typeof(version) = 'integer'
+                                                         AND version >= 1),
     CHECK (updated_at >= created_at),
     CHECK (state != 'quarantined' OR coalesce(length(quarantine_reason), 0) > 0)
 );
@@ -100,13 +106,15 @@ CREATE TABLE test_gates (
     state         TEXT NOT NULL DEFAULT 'PENDING' CHECK (state IN (
                       'PENDING', 'RUNNING', 'PASSED', 'FAILED', 'BLOCKED')),
     command       TEXT NOT NULL,
-    exit_code     INTEGER,
+    exit_code     INTEGER CHECK (exit_code IS NULL OR typeof(exit_code) = 'integer'),
     stdout        TEXT,
     stderr        TEXT,
-    duration_sec  REAL CHECK (duration_sec IS NULL OR duration_sec >= 0),
-    started_at    TEXT,
-    completed_at  TEXT,
-    timeout_sec   REAL CHECK (timeout_sec IS NULL OR timeout_sec > 0),
+    duration_sec  REAL CHECK (duration_sec IS NULL OR (typeof(duration_sec) = 'real'
+                                                      AND duration_sec >= 0)),
+    started_at    TEXT CHECK (started_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]Z'),
+    completed_at  TEXT CHECK (completed_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]Z'),
+    timeout_sec   REAL CHECK (timeout_sec IS NULL OR (typeof(timeout_sec) = 'real'
+                                                     AND timeout_sec > 0)),
     run_id        TEXT REFERENCES runs (run_id) ON DELETE CASCADE,
     ledger_id     TEXT REFERENCES patch_ledger_entries (ledger_id) ON DELETE CASCADE,
     created_at    TEXT NOT NULL,
