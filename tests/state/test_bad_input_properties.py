@@ -117,3 +117,72 @@ def test_reads(value, cursor, limit):
     except UetError:
         pass
     db.close()
+
+
+# -- workers, patches and gates ------------------------------------------------------------
+
+from uet.state import GateLedger, PatchLedger, WorkerLifecycle  # noqa: E402
+
+ARGS = VALUES | st.lists(st.text(max_size=8), max_size=3) | st.sampled_from([
+    "IDLE", "BUSY", "TERMINATED", "created", "validated", "quarantined", "PENDING", "RUNNING",
+    "PASSED", "FAILED", "LINT", "UNIT", "w1", "PH-1"])
+DIFF = "--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-a\n+b\n"
+
+
+def _fresh_v2():
+    db = _fresh()
+    workers, patches, gates = WorkerLifecycle(db), PatchLedger(db), GateLedger(db)
+    workers.spawn_worker("w1", "testing", {})
+    workers.transition_state("w1", "IDLE")
+    entry = patches.create_entry(patches.record_patch(DIFF, step_attempt_id="step-1"), "PH-1")
+    gate = gates.define_gate("LINT", "PH-1", "ruff", run_id="run-1")
+    return db, workers, patches, gates, entry.ledger_id, gate["gate_id"]
+
+
+def _check_v2(pick, args):
+    db, workers, patches, gates, ledger_id, gate_id = _fresh_v2()
+    owner, method = pick
+    target = {"workers": workers, "patches": patches, "gates": gates}[owner]
+    args = [ledger_id if a == "$ledger" else gate_id if a == "$gate" else a for a in args]
+    before = _snapshot(db)
+    try:
+        getattr(target, method)(*args)
+    except UetError:
+        assert _snapshot(db) == before
+    finally:
+        db.close()
+
+
+CALLS = st.sampled_from([
+    ("workers", "spawn_worker"), ("workers", "transition_state"), ("workers", "heartbeat"),
+    ("workers", "terminate_worker"), ("workers", "claim_run"), ("workers", "release"),
+    ("workers", "find_stale"), ("workers", "reap_stale"), ("workers", "get_worker"),
+    ("workers", "get_workers_by_state"), ("workers", "get_idle_workers"),
+    ("patches", "record_patch"), ("patches", "create_entry"), ("patches", "transition_state"),
+    ("patches", "quarantine"), ("patches", "get_entry"), ("patches", "get_patches_by_state"),
+    ("patches", "history_of_run"), ("gates", "define_gate"), ("gates", "transition_state"),
+    ("gates", "get_gate"), ("gates", "list_gates"), ("gates", "expire_timeouts"),
+])
+ARG = ARGS | st.sampled_from(["$ledger", "$gate"])
+OWNERS = {"workers": WorkerLifecycle, "patches": PatchLedger, "gates": GateLedger}
+
+
+def _arity(pick) -> tuple[int, int]:
+    """How many positional arguments the method takes: (required, all)."""
+    import inspect
+    params = [p for p in inspect.signature(getattr(OWNERS[pick[0]], pick[1])).parameters.values()
+              if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
+    return sum(p.default is p.empty for p in params), len(params)
+
+
+@st.composite
+def calls(draw):
+    pick = draw(CALLS)
+    required, total = _arity(pick)
+    return pick, draw(st.lists(ARG, min_size=required, max_size=total))
+
+
+@SETTINGS
+@given(calls())
+def test_v2_calls_raise_only_typed_errors_and_change_nothing_when_they_do(call):
+    _check_v2(*call)
