@@ -1,52 +1,298 @@
-"""The `uet` console script and `python -m uet`, run as a user would: in subprocesses."""
+"""The `uet` command line, driven as a user drives it: the real console script in
+subprocesses, against temporary ledgers."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
+from helpers import make_seed_ledger
 from uet import __version__
+from uet.state import GateLedger, PatchLedger, WorkerLifecycle, init_db
+
+UET = shutil.which("uet", path=os.path.dirname(sys.executable))
+COMMANDS = ["init", "migrate", "doctor", "run", "runs", "show", "events", "workers", "patches",
+            "gates"]
 
 
-def uet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def uet(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "UET_DATABASE"}
-    return subprocess.run([sys.executable, "-m", "uet", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run([UET, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
-def test_console_script_is_installed_and_prints_its_version(tmp_path):
-    exe = shutil.which("uet", path=os.path.dirname(sys.executable))
-    assert exe, "the uet console script is not installed next to this Python"
-    result = subprocess.run([exe, "--version"], cwd=tmp_path, capture_output=True, text=True)
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.stderr.startswith("uet: error: "), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    return result.stderr
+
+
+@pytest.fixture
+def ledger(tmp_path) -> Path:
+    path = tmp_path / ".ledger" / "framework.db"
+    init_db(str(path)).close()
+    return path
+
+
+def test_console_script_prints_its_version(tmp_path):
+    assert UET, "the uet console script is not installed next to this Python"
+    result = uet("--version", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.strip() == f"uet {__version__}"
+    module = subprocess.run([sys.executable, "-m", "uet", "--version"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert module.stdout == result.stdout
 
 
-def test_no_command_prints_usage(tmp_path):
-    result = uet(cwd=tmp_path)
-    assert result.returncode == 0 and "usage: uet" in result.stdout
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help_with_an_example(tmp_path, name):
+    result = uet(name, "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "Usage: uet " + name in result.stdout and "Example" in result.stdout
+    assert "--db" in result.stdout
 
 
-def test_demo_records_a_run_with_two_steps_in_the_default_ledger(tmp_path):
-    result = uet("demo", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    shown = json.loads(result.stdout)
-    assert (tmp_path / ".ledger" / "framework.db").exists()
-    assert shown["run"]["state"] == "succeeded"
-    assert [s["tool_id"] for s in shown["step_attempts"]] == ["ruff", "pytest"]
-    assert [e["seq"] for e in shown["events"]] == sorted(e["seq"] for e in shown["events"])
-    from uet.state import init_db
+def test_run_passes_output_and_exit_code_through_and_records_it(tmp_path, ledger):
+    result = uet("run", "--project", "api", "--phase", "PH-2", "--tool", "shell", "--",
+                 "sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3", cwd=tmp_path)
+    assert result.returncode == 3
+    assert "to-stdout" in result.stdout and "to-stderr" in result.stderr
+    with init_db(str(ledger)) as db:
+        run = db.list_runs()[0]
+        assert (run["project_id"], run["phase_id"], run["state"], run["exit_code"]) == (
+            "api", "PH-2", "failed", 3)
+        step = db.list_step_attempts(run["run_id"])[0]
+        assert (step["tool_id"], step["state"], step["exit_code"]) == ("shell", "failed", 3)
+        assert step["metadata"]["stdout_tail"] == "to-stdout\n"
+        assert "to-stderr" in step["error_log"]
+        assert step["metadata"]["duration_sec"] >= 0 and step["ended_at"]
+
+
+def test_run_of_a_succeeding_command_creates_the_ledger(tmp_path):
+    result = uet("run", "--", sys.executable, "-c", "print('fine')", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == "fine\n"
     with init_db(str(tmp_path / ".ledger" / "framework.db")) as db:
-        assert db.get_run(shown["run"]["run_id"]) == shown["run"]
+        run = db.list_runs()[0]
+        assert (run["state"], run["exit_code"]) == ("succeeded", 0)
 
 
-def test_demo_against_a_file_that_is_not_a_ledger_fails_in_one_line(tmp_path):
-    (tmp_path / "x.db").write_text("hello")
-    result = uet("--db", "x.db", "demo", cwd=tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.startswith("uet: error: ") and result.stderr.count("\n") == 1
-    assert "Traceback" not in result.stderr
-    assert (tmp_path / "x.db").read_text() == "hello"
+@pytest.mark.parametrize("argv, code, message", [
+    (["no-such-command-anywhere"], 127, "command not found"),
+    (["./not-executable.sh"], 126, "cannot execute"),
+])
+def test_a_command_that_cannot_start_fails_the_run_cleanly(tmp_path, argv, code, message):
+    (tmp_path / "not-executable.sh").write_text("echo hi\n")
+    result = uet("run", "--", *argv, cwd=tmp_path)
+    assert result.returncode == code and "Traceback" not in result.stderr
+    with init_db(str(tmp_path / ".ledger" / "framework.db")) as db:
+        run = db.list_runs()[0]
+        assert run["state"] == "failed" and message in run["error_message"]
+
+
+def test_timeout_kills_the_command_and_fails_the_run(tmp_path):
+    started = time.monotonic()
+    result = uet("run", "--timeout", "0.5", "--", "sleep", "30", cwd=tmp_path)
+    assert result.returncode == 124 and time.monotonic() - started < 20
+    with init_db(str(tmp_path / ".ledger" / "framework.db")) as db:
+        run = db.list_runs()[0]
+        assert run["state"] == "failed" and "timed out" in run["error_message"]
+        assert db.list_step_attempts(run["run_id"])[0]["state"] == "failed"
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_cancels_the_run_and_stops_the_command(tmp_path, signum, code):
+    path = str(tmp_path / ".ledger" / "framework.db")
+    proc = subprocess.Popen([UET, "run", "--", "sleep", "30"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while True:  # wait until the command is running under the ledger
+        assert time.monotonic() < deadline, "the run never started"
+        if os.path.exists(path):
+            with init_db(path) as db:
+                runs = db.list_runs()
+                if runs and db.list_step_attempts(runs[0]["run_id"]):
+                    break
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == code, err
+    with init_db(path) as db:
+        run = db.list_runs()[0]
+        assert run["state"] == "canceled" and signal.Signals(signum).name in run["error_message"]
+        assert db.list_step_attempts(run["run_id"])[0]["state"] == "canceled"
+
+
+def test_runs_json_matches_the_ledger_and_filters(tmp_path, ledger):
+    with init_db(str(ledger)) as db:
+        for project in ("a", "b", "a"):
+            db.create_run({"project_id": project, "phase_id": "ph"})
+        db.transition_run(db.list_runs({"project_id": "b"})[0]["run_id"], "running")
+        expected = db.list_runs()
+        only_a = db.list_runs({"project_id": "a"})
+    assert json.loads(uet("runs", "--json", cwd=tmp_path).stdout) == expected
+    assert json.loads(uet("runs", "--json", "--project", "a", cwd=tmp_path).stdout) == only_a
+    running = json.loads(uet("runs", "--json", "--state", "running", cwd=tmp_path).stdout)
+    assert [r["project_id"] for r in running] == ["b"]
+    assert len(json.loads(uet("runs", "--json", "--limit", "1", cwd=tmp_path).stdout)) == 1
+    assert json.loads(uet("runs", "--json", "--since", "1h", cwd=tmp_path).stdout) == expected
+    assert json.loads(uet("runs", "--json", "--since", "2999-01-01", cwd=tmp_path).stdout) == []
+    table = uet("runs", cwd=tmp_path).stdout
+    assert all(r["run_id"] in table for r in expected) and "\x1b[" not in table
+
+
+def test_show_json_has_every_part_and_accepts_a_prefix(tmp_path, ledger):
+    diff = "--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-a\n+b\n"
+    with init_db(str(ledger)) as db:
+        run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+        step = db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "aider"})
+        PatchLedger(db).create_entry(PatchLedger(db).record_patch(diff, step_attempt_id=step),
+                                     "PH-1")
+        GateLedger(db).define_gate("UNIT", "PH-1", "pytest", run_id=run_id)
+        expected = {"run": db.get_run(run_id), "step_attempts": db.list_step_attempts(run_id),
+                    "events": db.list_events(run_id),
+                    "patches": PatchLedger(db).history_of_run(run_id),
+                    "gates": GateLedger(db).list_gates(run_id=run_id)}
+    for ident in (run_id, run_id[:20], None):
+        args = ["show", "--json"] + ([ident] if ident else [])
+        result = uet(*args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == expected
+    text = uet("show", run_id[:20], cwd=tmp_path).stdout
+    assert "step attempts" in text and "aider" in text and "gate.defined" in text
+
+
+def test_ambiguous_and_unknown_ids_are_one_line_errors(tmp_path, ledger):
+    with init_db(str(ledger)) as db:
+        db.create_run({"run_id": "01AAA1", "project_id": "p", "phase_id": "ph"})
+        db.create_run({"run_id": "01AAA2", "project_id": "p", "phase_id": "ph"})
+    ambiguous = uet("show", "01AAA", cwd=tmp_path)
+    assert ambiguous.returncode == 1
+    assert "01AAA1" in one_line_error(ambiguous) and "01AAA2" in ambiguous.stderr
+    unknown = uet("show", "nope", cwd=tmp_path)
+    assert unknown.returncode == 1 and "not found" in one_line_error(unknown)
+    assert uet("events", "01AAA", cwd=tmp_path).returncode == 1
+
+
+def test_bad_filter_value_is_a_usage_error(tmp_path, ledger):
+    result = uet("runs", "--state", "finished", cwd=tmp_path)
+    assert result.returncode == 2 and "unknown run state 'finished'" in one_line_error(result)
+    result = uet("runs", "--since", "last tuesday", cwd=tmp_path)
+    assert result.returncode == 2 and "created_at" in one_line_error(result)
+    assert uet("runs", "--limit", "0", cwd=tmp_path).returncode == 2
+
+
+def test_missing_unreadable_and_foreign_databases_are_one_line_errors(tmp_path):
+    missing = uet("runs", cwd=tmp_path)
+    assert missing.returncode == 1 and "uet init" in missing.stderr
+    assert not (tmp_path / ".ledger").exists()
+    (tmp_path / "folder.db").mkdir()
+    folder = uet("runs", "--db", "folder.db", cwd=tmp_path)
+    assert folder.returncode == 1 and "cannot open" in one_line_error(folder)
+    (tmp_path / "notes.db").write_text("not a database at all\n" * 20)
+    notsql = uet("runs", "--db", "notes.db", cwd=tmp_path)
+    assert notsql.returncode == 1 and "not a SQLite database" in one_line_error(notsql)
+    conn = sqlite3.connect(tmp_path / "other.db")
+    conn.execute("CREATE TABLE customers (id INTEGER)")
+    conn.commit()
+    conn.close()
+    other = uet("runs", "--db", "other.db", cwd=tmp_path)
+    assert other.returncode == 1 and "not a uet ledger" in one_line_error(other)
+    traced = uet("runs", "--db", "other.db", "--debug", cwd=tmp_path)
+    assert "Traceback" in traced.stderr
+
+
+def test_events_follow_sees_what_another_process_writes(tmp_path, ledger):
+    with init_db(str(ledger)) as db:
+        run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    follower = subprocess.Popen([UET, "events", "--follow", "--json", "--interval", "0.05"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        first = json.loads(follower.stdout.readline())
+        assert (first["event_type"], first["seq"]) == ("run.created", 1)
+        writer = subprocess.run([sys.executable, "-c", (
+            "import sys; from uet.state import init_db\n"
+            "db = init_db(sys.argv[1])\n"
+            "for i in range(5): db.create_event({'run_id': sys.argv[2], 'event_type': 'tick', "
+            "'data': {'i': i}})\n"), str(ledger), run_id], capture_output=True, text=True)
+        assert writer.returncode == 0, writer.stderr
+        seen = [json.loads(follower.stdout.readline()) for _ in range(5)]
+        assert [e["data"]["i"] for e in seen] == [0, 1, 2, 3, 4]
+        assert [e["seq"] for e in seen] == [2, 3, 4, 5, 6]
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.communicate(timeout=30)
+    assert follower.returncode == 0
+
+
+def test_events_of_one_run_as_json_and_text(tmp_path, ledger):
+    with init_db(str(ledger)) as db:
+        a = db.create_run({"project_id": "p", "phase_id": "ph"})
+        db.create_run({"project_id": "p", "phase_id": "ph"})
+        db.transition_run(a, "running")
+        expected = db.list_events(a)
+        everything = db.events_since(0)
+    assert json.loads(uet("events", a, "--json", cwd=tmp_path).stdout) == expected
+    assert json.loads(uet("events", "--json", cwd=tmp_path).stdout) == everything
+    lines = uet("events", a, cwd=tmp_path).stdout.splitlines()
+    assert len(lines) == 2 and "run.state_changed" in lines[1]
+
+
+def test_workers_patches_and_gates_listings(tmp_path, ledger):
+    diff = "--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-a\n+b\n"
+    with init_db(str(ledger)) as db:
+        WorkerLifecycle(db).spawn_worker("w1", "testing", {"language": "python"})
+        entry = PatchLedger(db).create_entry(PatchLedger(db).record_patch(diff), "PH-1")
+        PatchLedger(db).quarantine(entry.ledger_id, "too big")
+        GateLedger(db).define_gate("LINT", "PH-1", "ruff")
+    workers = json.loads(uet("workers", "--json", cwd=tmp_path).stdout)
+    assert [(w["worker_id"], w["state"], w["affinity"]) for w in workers] == [
+        ("w1", "SPAWNING", {"language": "python"})]
+    assert json.loads(uet("workers", "--json", "--state", "IDLE", cwd=tmp_path).stdout) == []
+    entries = json.loads(uet("patches", "--json", cwd=tmp_path).stdout)
+    assert [(e["state"], e["quarantine_reason"]) for e in entries] == [("quarantined", "too big")]
+    gates = json.loads(uet("gates", "--json", "--phase", "PH-1", cwd=tmp_path).stdout)
+    assert [(g["name"], g["state"]) for g in gates] == [("LINT", "PENDING")]
+    for name in ("workers", "patches", "gates"):
+        assert uet(name, cwd=tmp_path).returncode == 0
+    bad = uet("workers", "--state", "ASLEEP", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown worker state" in one_line_error(bad)
+
+
+def test_init_doctor_and_migrate(tmp_path):
+    created = uet("init", "--json", cwd=tmp_path)
+    assert created.returncode == 0 and json.loads(created.stdout)["schema_version"] >= 2
+    report = uet("doctor", "--json", cwd=tmp_path)
+    facts = json.loads(report.stdout)
+    assert report.returncode == 0 and facts["problems"] == []
+    assert (facts["journal_mode"], facts["integrity_check"], facts["foreign_keys"]) == (
+        "wal", ["ok"], True)
+    assert facts["row_counts"]["runs"] == 0
+    seed = tmp_path / "seed.db"
+    make_seed_ledger(str(seed))
+    migrated = uet("migrate", "--db", "seed.db", cwd=tmp_path)
+    assert migrated.returncode == 0 and "0 (seed ledger) -> 2" in migrated.stdout
+    again = json.loads(uet("migrate", "--db", "seed.db", "--json", cwd=tmp_path).stdout)
+    assert (again["before"], again["after"]) == (2, 2)
+
+
+def test_doctor_reports_a_ledger_out_of_wal_and_exits_1(tmp_path, ledger):
+    conn = sqlite3.connect(ledger)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("INSERT INTO run_events (event_id, run_id, timestamp, event_type, seq) "
+                 "VALUES ('e', 'ghost', 't', 'x', 1)")
+    conn.commit()
+    conn.close()
+    report = uet("doctor", "--json", cwd=tmp_path)
+    assert report.returncode == 1
+    assert json.loads(report.stdout)["problems"] == ["1 foreign key violations"]

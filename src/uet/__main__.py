@@ -2,4 +2,4 @@
 
 from uet.cli import main
 
-raise SystemExit(main())
+main()

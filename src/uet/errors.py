@@ -20,6 +20,17 @@ class NotFoundError(UetError, LookupError):
         super().__init__(f"{entity} {entity_id!r} not found")
 
 
+class AmbiguousIdError(UetError, LookupError):
+    """An id prefix matches more than one record."""
+
+    def __init__(self, entity: str, prefix: str, matches: list[str]) -> None:
+        self.entity = entity
+        self.prefix = prefix
+        self.matches = matches
+        shown = ", ".join(matches[:10]) + (", ..." if len(matches) > 10 else "")
+        super().__init__(f"{entity} id prefix {prefix!r} is ambiguous: it matches {shown}")
+
+
 class ValidationError(UetError, ValueError):
     """Input the ledger refuses: unknown or missing field, wrong type, unknown state,
     non-JSON metadata, dangling reference. Nothing was written."""
@@ -114,7 +125,7 @@ class StorageError(UetError):
 
 
 __all__ = [
-    "UetError", "NotFoundError", "ValidationError", "AlreadyExistsError", "ConstraintViolation",
+    "UetError", "NotFoundError", "AmbiguousIdError", "ValidationError", "AlreadyExistsError", "ConstraintViolation",
     "InvalidTransitionError", "ConcurrentUpdateError", "DuplicateTransitionError",
     "SchemaVersionError",
     "NotALedgerError", "MigrationError", "DatabaseBusyError", "StorageError",

@@ -2,19 +2,40 @@
 SQLite (standard library only).
 
 `Database` is the facade of the seed API; `get_db` the process-wide instance per database;
-`init_db` a new one. `WorkerLifecycle`, `PatchLedger` and `GateLedger` work on a Database.
+`init_db` a new one. `WorkerLifecycle`, `PatchLedger` and `GateLedger` work on a Database
+(loaded on first use, so that opening a ledger stays fast).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from uet.state.db import DEFAULT_PATH, Database, get_db, init_db
-from uet.state.gates import GateLedger
 from uet.state.machines import GATE, PATCH, RUN, STEP_ATTEMPT, WORKER, Machine
-from uet.state.models import (GateState, GateType, PatchArtifact, PatchLedgerEntry,
-                              PatchState, WorkerRecord, WorkerState)
-from uet.state.patches import PatchLedger
 from uet.state.sqlite_migrations import LATEST_VERSION
-from uet.state.workers import WorkerLifecycle
+
+_LAZY = {
+    "WorkerLifecycle": "uet.state.workers", "PatchLedger": "uet.state.patches",
+    "GateLedger": "uet.state.gates",
+    "WorkerRecord": "uet.state.models", "WorkerState": "uet.state.models",
+    "PatchArtifact": "uet.state.models", "PatchLedgerEntry": "uet.state.models",
+    "PatchState": "uet.state.models", "GateState": "uet.state.models",
+    "GateType": "uet.state.models",
+}
 
 __all__ = ["Database", "get_db", "init_db", "DEFAULT_PATH", "LATEST_VERSION", "Machine",
-           "RUN", "STEP_ATTEMPT", "WORKER", "PATCH", "GATE", "WorkerLifecycle",
-           "WorkerRecord", "WorkerState", "PatchLedger", "PatchArtifact", "PatchLedgerEntry",
-           "PatchState", "GateLedger", "GateState", "GateType"]
+           "RUN", "STEP_ATTEMPT", "WORKER", "PATCH", "GATE", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'uet.state' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

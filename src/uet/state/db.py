@@ -10,8 +10,8 @@ import os
 import threading
 from typing import Any, Mapping
 
-from uet.errors import (AlreadyExistsError, ConcurrentUpdateError, ConstraintViolation,
-                        NotFoundError, ValidationError)
+from uet.errors import (AlreadyExistsError, AmbiguousIdError, ConcurrentUpdateError,
+                        ConstraintViolation, NotFoundError, ValidationError)
 from uet.state import records
 from uet.state.events import (RESERVED_EVENT_TYPES, RUN_CREATED, RUN_STATE_CHANGED,
                               STEP_ATTEMPT_CREATED, STEP_ATTEMPT_STATE_CHANGED)
@@ -167,19 +167,47 @@ class Database:
         return rows[0] if rows else None
 
     def list_runs(self, filters: Mapping[str, Any] | None = None,
-                  limit: int | None = 100) -> list[dict[str, Any]]:
+                  limit: int | None = 100, *, since: object = None) -> list[dict[str, Any]]:
         """Runs matching every equality filter (a None value matches NULL), newest first.
 
         Filters accept run columns only (anything else raises ValidationError naming it);
-        `limit` None returns every match.
+        `since` (a timestamp) keeps runs created at or after it; `limit` None returns every
+        match.
         """
         conditions = records.prepare_filters(RUNS, filters)
         if limit is not None:
             _check_int(limit, "limit", 1)
-        sql = _list_runs_sql(tuple((name, value is None) for name, value in conditions))
+        since_value = None
+        if since is not None:
+            since_value = records.encode_value(RUNS, RUNS.by_name["created_at"], since,
+                                               filtering=True)
+        sql = _list_runs_sql(tuple((name, value is None) for name, value in conditions),
+                             since_value is not None)
         params = [value for _, value in conditions if value is not None]
+        if since_value is not None:
+            params.append(since_value)
         params.append(-1 if limit is None else limit)
         return self._backend.query(sql, params)
+
+    def resolve_run_id(self, prefix: str) -> str:
+        """The run id that `prefix` starts (or is); NotFoundError when none does,
+        AmbiguousIdError (listing them) when several do."""
+        prefix = _check_id(prefix, "run_id")
+        # a range over the primary key index: [prefix, prefix + highest code point)
+        matches = [r["run_id"] for r in self._backend.query(
+            QUERIES["run_ids_with_prefix"], (prefix, prefix + "\U0010ffff"))]
+        if prefix in matches:
+            return prefix
+        if not matches:
+            raise NotFoundError("run", prefix)
+        if len(matches) > 1:
+            raise AmbiguousIdError("run", prefix, matches)
+        return matches[0]
+
+    def doctor(self) -> dict[str, Any]:
+        """Health facts of the ledger: path, schema version, journal mode, synchronous,
+        foreign keys, `PRAGMA integrity_check`, and the row count of every table."""
+        return self._backend.diagnostics()
 
     def update_run(self, run_id: str, updates: Mapping[str, Any]) -> dict[str, Any]:
         """Change run columns; returns the updated run.
@@ -418,13 +446,14 @@ def _update_sql(table: Table, columns: tuple[str, ...]) -> str:
     return sql
 
 
-def _list_runs_sql(conditions: tuple[tuple[str, bool], ...]) -> str:
-    key = ("list_runs", conditions)
+def _list_runs_sql(conditions: tuple[tuple[str, bool], ...], since: bool = False) -> str:
+    key = ("list_runs", conditions, since)
     sql = _sql_cache.get(key)
     if sql is None:
         where = " AND ".join(
-            f"{RUNS.by_name[name].name} IS NULL" if is_null else f"{RUNS.by_name[name].name} = ?"
-            for name, is_null in conditions)
+            [f"{RUNS.by_name[name].name} IS NULL" if is_null
+             else f"{RUNS.by_name[name].name} = ?" for name, is_null in conditions]
+            + (["created_at >= ?"] if since else []))
         sql = ("SELECT * FROM runs" + (f" WHERE {where}" if where else "")
                + " ORDER BY created_at DESC, run_id DESC LIMIT ?")
         _sql_cache[key] = sql

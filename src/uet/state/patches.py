@@ -208,6 +208,18 @@ class PatchLedger:
                                        (state, text(phase_id, "phase_id")))
         return [entry_from_row(r) for r in rows]
 
+    def list_entries(self, state: object = None,
+                     phase_id: str | None = None) -> list[PatchLedgerEntry]:
+        """Ledger entries, optionally of one state and/or phase, oldest first."""
+        if state is not None:
+            return self.get_patches_by_state(state, phase_id)
+        if phase_id is None:
+            rows = self._backend.query(QUERIES["all_patch_entries"])
+        else:
+            rows = self._backend.query(QUERIES["patch_entries_by_phase"],
+                                       (text(phase_id, "phase_id"),))
+        return [entry_from_row(r) for r in rows]
+
     def history_of_run(self, run_id: str) -> list[dict[str, Any]]:
         """Lineage of a run's patches: which step attempt produced each patch, and where each
         of the patch's ledger entries stands. One dict per patch, oldest first."""

@@ -5,10 +5,10 @@ Read once at import time; a reader sees the whole data model in `sql/<engine>/` 
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from dataclasses import dataclass
-from importlib import resources
 from types import MappingProxyType
 from typing import Mapping
 
@@ -16,13 +16,20 @@ _NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
-def _sql_dir(engine: str):
-    return resources.files("uet.state").joinpath("sql", engine)
+def _sql_dir(engine: str) -> str:
+    # package data beside this module (plain files: cheaper to read than importlib.resources
+    # is to import, and `uet` commands start on every call)
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "sql", engine)
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def load_queries(engine: str) -> Mapping[str, str]:
     """The named queries of `sql/<engine>/queries.sql` ('-- name: x' starts query x)."""
-    text = _sql_dir(engine).joinpath("queries.sql").read_text(encoding="utf-8")
+    text = _read(os.path.join(_sql_dir(engine), "queries.sql"))
     parts = _NAME.split(text)
     queries = {}
     for name, body in zip(parts[1::2], parts[2::2]):
@@ -46,11 +53,12 @@ class Migration:
 def load_migrations(engine: str) -> tuple[Migration, ...]:
     """Every `sql/<engine>/migrations/NNNN_name.sql`, in version order, numbered 1, 2, 3 ..."""
     found = []
-    for entry in _sql_dir(engine).joinpath("migrations").iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
+    folder = os.path.join(_sql_dir(engine), "migrations")
+    for name in os.listdir(folder):
+        match = _MIGRATION_FILE.match(name)
         if match:
             found.append(Migration(int(match.group(1)), match.group(2),
-                                   entry.read_text(encoding="utf-8")))
+                                   _read(os.path.join(folder, name))))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):

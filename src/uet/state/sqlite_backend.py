@@ -233,6 +233,32 @@ class SQLiteBackend:
                     raise translate_error(exc, self.path, self.busy_timeout) from None
                 raise
 
+    def diagnostics(self) -> dict[str, Any]:
+        """Pragmas, integrity and row counts, for `uet doctor`."""
+        with self._lock:
+            def read(conn: sqlite3.Connection) -> dict[str, Any]:
+                tables = [r[0] for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+                return {
+                    "path": self.path,
+                    "schema_version": conn.execute(
+                        "SELECT max(version) FROM schema_migrations").fetchone()[0],
+                    "journal_mode": conn.execute("PRAGMA journal_mode").fetchone()[0],
+                    "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(
+                        conn.execute("PRAGMA synchronous").fetchone()[0], "?"),
+                    "foreign_keys": bool(conn.execute("PRAGMA foreign_keys").fetchone()[0]),
+                    "busy_timeout_ms": conn.execute("PRAGMA busy_timeout").fetchone()[0],
+                    "integrity_check": [r[0] for r in conn.execute("PRAGMA integrity_check")],
+                    "foreign_key_violations": len(
+                        conn.execute("PRAGMA foreign_key_check").fetchall()),
+                    # table names come from sqlite_master, quoted as identifiers
+                    "row_counts": {t: conn.execute(
+                        'SELECT count(*) FROM "' + t.replace('"', '""') + '"').fetchone()[0]
+                        for t in tables},
+                }
+            return self._run(read)
+
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
         if conn.in_transaction:

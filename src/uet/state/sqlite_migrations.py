@@ -7,6 +7,7 @@ holds the write lock (so concurrent openers never apply one twice) and records i
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 from uet.errors import MigrationError, NotALedgerError, SchemaVersionError
@@ -75,6 +76,20 @@ def _read_version(conn: sqlite3.Connection, path: str) -> int | None:
         return ledger_version(conn, path)
     finally:
         SQLiteBackend._rollback(conn)  # a read-only transaction: nothing to keep
+
+
+def peek_version(path: str) -> int | None:
+    """A ledger file's schema version without changing anything (None: no ledger yet)."""
+    if path == ":memory:" or not os.path.exists(path):
+        return None
+    from urllib.parse import quote  # only `uet migrate` needs it
+    conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True)
+    try:
+        return _read_version(conn, path)
+    except sqlite3.Error as exc:
+        raise translate_error(exc, path, 0) from None
+    finally:
+        conn.close()
 
 
 def check_version(version: int | None, path: str) -> None:

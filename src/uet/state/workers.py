@@ -152,6 +152,12 @@ class WorkerLifecycle:
         rows = self._backend.query(QUERIES["get_worker"], (text(worker_id, "worker_id"),))
         return worker_from_row(rows[0]) if rows else None
 
+    def list_workers(self, state: object = None) -> list[WorkerRecord]:
+        """Every worker (or those in `state`), oldest first."""
+        if state is not None:
+            return self.get_workers_by_state(state)
+        return [worker_from_row(r) for r in self._backend.query(QUERIES["all_workers"])]
+
     def get_workers_by_state(self, state: object) -> list[WorkerRecord]:
         rows = self._backend.query(QUERIES["workers_by_state"], (state_value(WORKER, state),))
         return [worker_from_row(r) for r in rows]

@@ -222,3 +222,15 @@ SELECT * FROM test_gates WHERE state = 'RUNNING' AND timeout_sec IS NOT NULL
 
 -- name: set_gate_blocked_by
 UPDATE test_gates SET blocked_by = ? WHERE gate_id = ?;
+
+-- name: run_ids_with_prefix
+SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT 11;
+
+-- name: all_workers
+SELECT * FROM workers ORDER BY created_at, worker_id;
+
+-- name: all_patch_entries
+SELECT * FROM patch_ledger_entries ORDER BY created_at, ledger_id;
+
+-- name: patch_entries_by_phase
+SELECT * FROM patch_ledger_entries WHERE phase_id = ? ORDER BY created_at, ledger_id;

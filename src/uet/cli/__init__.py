@@ -1,0 +1,371 @@
+"""The `uet` command line: a thin layer over `uet.state` and `uet.engine` — parse, call the
+library, format. No SQL here.
+
+Exit codes: 0 ok; 1 an error (unknown run, not a ledger, storage trouble, doctor found a
+problem); 2 a usage error (bad option or value); `uet run` exits with the recorded command's
+own code (124 timeout, 126 cannot execute, 127 not found, 128+N stopped by signal N).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+import click
+
+from uet import __version__
+from uet.cli.output import emit_fields, emit_json, emit_json_line, emit_table
+from uet.errors import UetError, ValidationError
+
+EXIT_ERROR, EXIT_USAGE = 1, 2
+DB_HELP = "Ledger file (default: $UET_DATABASE, else .ledger/framework.db)."
+
+
+class Context:
+    def __init__(self, db_path: str | None, as_json: bool, debug: bool) -> None:
+        self.db_path, self.as_json, self.debug = db_path, as_json, debug
+
+    def open(self, *, create: bool = False):
+        """The ledger; an inspection command refuses to create one where there is none."""
+        from uet.state import Database
+        from uet.state.db import MEMORY, resolve_path
+        path = resolve_path(self.db_path)
+        if not create and path != MEMORY and not os.path.exists(path):
+            raise click.ClickException(f"no ledger at {path}; create one with `uet init` "
+                                       "(or name another with --db)")
+        return Database(path)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"uet: error: {message}", err=True)
+    sys.exit(code)
+
+
+def command(group: click.Group, name: str, *, epilog: str = "", json_option: bool = True,
+            **settings: Any) -> Callable:
+    """A subcommand with the options every command has (--db, --json, --debug) and one
+    error policy: one line a person can act on, never a traceback (unless --debug)."""
+    def decorate(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def wrapper(db: str | None, debug: bool, as_json: bool = False, **kwargs: Any):
+            ctx = Context(db, as_json, debug)
+            try:
+                return func(ctx, **kwargs)
+            except UetError as exc:
+                if debug:
+                    import traceback
+                    traceback.print_exc()
+                _fail(str(exc), EXIT_USAGE if isinstance(exc, ValidationError) else EXIT_ERROR)
+        params = [click.option("--db", metavar="PATH", default=None, help=DB_HELP),
+                  click.option("--debug", is_flag=True, help="Show tracebacks of errors.")]
+        if json_option:
+            params.append(click.option("--json", "as_json", is_flag=True,
+                                       help="Machine-readable JSON output."))
+        for param in params:
+            wrapper = param(wrapper)
+        return group.command(name, epilog=epilog, **settings)(wrapper)
+    return decorate
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Examples:\n\n\b\n  uet run --project demo -- pytest -q\n  uet runs --state "
+                    "failed --since 1d\n  uet show 01HX\n  uet events --follow")
+@click.version_option(__version__, prog_name="uet", message="%(prog)s %(version)s")
+def main() -> None:
+    """uet: the run ledger of AI coding pipelines — record commands as runs and see
+    everything in the ledger."""
+
+
+# -- set-up ----------------------------------------------------------------------------
+
+@command(main, "init", epilog="\b\nExample:\n  uet init --db /srv/ledger/framework.db")
+def init(ctx: Context) -> None:
+    """Create the ledger (or bring an existing one up to date)."""
+    with ctx.open(create=True) as db:
+        facts = {"database": db.db_path, "schema_version": db.schema_version()}
+    if ctx.as_json:
+        emit_json(facts)
+    else:
+        click.echo(f"ledger {facts['database']} at schema version {facts['schema_version']}")
+
+
+@command(main, "migrate", epilog="\b\nExample:\n  uet migrate --db old-ledger.db")
+def migrate(ctx: Context) -> None:
+    """Upgrade the ledger's schema; prints the version before and after."""
+    from uet.state.db import resolve_path
+    from uet.state.sqlite_migrations import peek_version
+    path = resolve_path(ctx.db_path)
+    before = peek_version(path)
+    if not ctx.as_json:
+        click.echo(f"{path}: schema version {_version_text(before)}; migrating ...", err=True)
+    with ctx.open(create=True) as db:
+        after = db.schema_version()
+    if ctx.as_json:
+        emit_json({"database": path, "before": before, "after": after})
+    else:
+        click.echo(f"{path}: schema version {_version_text(before)} -> {after}")
+
+
+def _version_text(version: int | None) -> str:
+    return {None: "none (new ledger)", 0: "0 (seed ledger)"}.get(version, str(version))
+
+
+@command(main, "doctor", epilog="\b\nExample:\n  uet doctor --json")
+def doctor(ctx: Context) -> None:
+    """Check the ledger: file, schema version, pragmas, integrity, row counts.
+    Exits 1 when something is wrong."""
+    with ctx.open() as db:
+        facts = db.doctor()
+    problems = []
+    if facts["integrity_check"] != ["ok"]:
+        problems.append("integrity_check: " + "; ".join(facts["integrity_check"][:5]))
+    if facts["foreign_key_violations"]:
+        problems.append(f"{facts['foreign_key_violations']} foreign key violations")
+    if facts["journal_mode"] not in ("wal", "memory"):
+        problems.append(f"journal_mode is {facts['journal_mode']}, not wal")
+    if not facts["foreign_keys"]:
+        problems.append("foreign keys are not enforced")
+    facts["problems"] = problems
+    if ctx.as_json:
+        emit_json(facts)
+    else:
+        emit_fields("ledger", [(k, v) for k, v in facts.items() if k != "row_counts"])
+        emit_table("rows", ["table", "rows"], sorted(facts["row_counts"].items()),
+                   state_column=None)
+        click.echo("ok" if not problems else "problems found")
+    if problems:
+        sys.exit(EXIT_ERROR)
+
+
+# -- recording -------------------------------------------------------------------------
+
+@command(main, "run", json_option=False,
+         context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+         epilog="\b\nExamples:\n  uet run -- pytest -q\n  uet run --project api --phase PH-2 "
+                "--tool aider --timeout 600 -- aider --yes\n\nExits with the command's "
+                "own exit code; 124 on timeout, 126/127 when it cannot be started, 130/143 "
+                "when canceled by SIGINT/SIGTERM.")
+@click.option("--project", default="default", show_default=True, help="Project id.")
+@click.option("--phase", default="default", show_default=True, help="Phase id.")
+@click.option("--workstream", default=None, help="Workstream id.")
+@click.option("--tool", default=None, help="Tool id (default: the command's name).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds after which the command is killed and the run failed.")
+@click.argument("command_argv", nargs=-1, required=True, type=click.UNPROCESSED,
+                metavar="-- CMD [ARGS]...")
+def run(ctx: Context, project: str, phase: str, workstream: str | None, tool: str | None,
+        timeout: float | None, command_argv: tuple[str, ...]) -> None:
+    """Run CMD and record it as a run with one step attempt (exit code, duration, the tail
+    of its output). Its output passes through live; Ctrl-C cancels it."""
+    from uet.engine import run_command
+    with ctx.open(create=True) as db:
+        result = run_command(db, list(command_argv), project_id=project, phase_id=phase,
+                             workstream_id=workstream, tool_id=tool, timeout=timeout)
+    click.echo(f"uet: run {result.run_id} {result.state} (exit {result.exit_code}, "
+               f"{result.duration_sec:.2f} s)", err=True)
+    sys.exit(result.exit_code)
+
+
+# -- inspection ------------------------------------------------------------------------
+
+RUN_COLUMNS = ["run_id", "project_id", "phase_id", "workstream_id", "state", "exit_code",
+               "created_at", "duration"]
+_SINCE = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(value: str | None) -> str | None:
+    """`--since`: an ISO timestamp, or an age like 30m, 2h, 7d (seconds to weeks)."""
+    if value is None:
+        return None
+    match = _SINCE.match(value.strip())
+    if match:
+        then = datetime.now(timezone.utc) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        return then.isoformat()
+    return value  # the ledger checks it and names it in the error
+
+
+def duration(row: dict[str, Any]) -> str | None:
+    if not row.get("started_at") or not row.get("ended_at"):
+        return None
+    try:
+        start = datetime.fromisoformat(row["started_at"])
+        end = datetime.fromisoformat(row["ended_at"])
+    except ValueError:
+        return None
+    return f"{(end - start).total_seconds():.2f}s"
+
+
+@command(main, "runs", epilog="\b\nExamples:\n  uet runs --project api --state failed\n"
+                              "  uet runs --since 2h --limit 20 --json")
+@click.option("--project", help="Only runs of this project.")
+@click.option("--phase", help="Only runs of this phase.")
+@click.option("--workstream", help="Only runs of this workstream.")
+@click.option("--state", help="Only runs in this state (pending, running, succeeded, failed, "
+                              "quarantined, canceled).")
+@click.option("--since", help="Only runs created since: an ISO timestamp or an age (30m, 2h, "
+                              "7d).")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+def runs(ctx: Context, project, phase, workstream, state, since, limit) -> None:
+    """List runs, newest first."""
+    filters = {k: v for k, v in (("project_id", project), ("phase_id", phase),
+                                 ("workstream_id", workstream), ("state", state)) if v}
+    with ctx.open() as db:
+        rows = db.list_runs(filters, limit, since=parse_since(since))
+    if ctx.as_json:
+        emit_json(rows)
+    else:
+        emit_table(None, RUN_COLUMNS, ([*(r[c] for c in RUN_COLUMNS[:-1]), duration(r)]
+                                       for r in rows))
+
+
+@command(main, "show", epilog="\b\nExamples:\n  uet show            # the newest run\n"
+                              "  uet show 01HX --json")
+@click.argument("run_id", required=False)
+def show(ctx: Context, run_id: str | None) -> None:
+    """Show a run (a unique prefix of its id will do; none: the newest run): its step
+    attempts with durations, its events, patches and gates."""
+    from uet.state import GateLedger, PatchLedger
+    from uet.errors import NotFoundError
+    with ctx.open() as db:
+        if run_id is None:
+            newest = db.list_runs(limit=1)
+            if not newest:
+                raise NotFoundError("run", "(the ledger has no runs)")
+            run_id = newest[0]["run_id"]
+        run_id = db.resolve_run_id(run_id)
+        document = {"run": db.get_run(run_id), "step_attempts": db.list_step_attempts(run_id),
+                    "events": db.list_events(run_id),
+                    "patches": PatchLedger(db).history_of_run(run_id),
+                    "gates": GateLedger(db).list_gates(run_id=run_id)}
+    if ctx.as_json:
+        emit_json(document)
+        return
+    run_row = document["run"]
+    emit_fields(f"run {run_id}", [(k, v) for k, v in run_row.items() if k != "run_id"]
+                + [("duration", duration(run_row))])
+    emit_table("step attempts", ["sequence", "attempt", "step_attempt_id", "tool_id", "state",
+                                 "exit_code", "duration"],
+               ([s["sequence"], s["attempt"], s["step_attempt_id"], s["tool_id"], s["state"],
+                 s["exit_code"], duration(s)] for s in document["step_attempts"]))
+    if document["patches"]:
+        emit_table("patches", ["patch_id", "step_attempt_id", "files", "entries"],
+                   ([p["patch_id"], p["step_attempt_id"], ", ".join(p["files"]),
+                     ", ".join(f"{e['ledger_id']}:{e['state']}" for e in p["entries"])]
+                    for p in document["patches"]), state_column=None)
+    if document["gates"]:
+        emit_table("gates", ["gate_id", "name", "gate_type", "state", "exit_code",
+                             "duration_sec"],
+                   ([g["gate_id"], g["name"], g["gate_type"], g["state"], g["exit_code"],
+                     g["duration_sec"]] for g in document["gates"]))
+    emit_table("events", ["seq", "timestamp", "event_type", "data"],
+               ([e["seq"], e["timestamp"], e["event_type"], e["data"]]
+                for e in document["events"]), state_column=None)
+
+
+@command(main, "events", epilog="\b\nExamples:\n  uet events 01HX\n"
+                                "  uet events --follow --json | jq .event_type")
+@click.argument("run_id", required=False)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events as other "
+                                                   "processes write them, until Ctrl-C.")
+@click.option("--since-seq", type=click.IntRange(min=0), default=0,
+              help="Start after this event sequence number.")
+@click.option("--interval", type=click.FloatRange(min=0.01), default=0.2, show_default=True,
+              help="Seconds between polls when following.")
+def events(ctx: Context, run_id: str | None, follow: bool, since_seq: int,
+           interval: float) -> None:
+    """Print the event trail (of one run, or of the whole ledger) in order."""
+    with ctx.open() as db:
+        if run_id is not None:
+            run_id = db.resolve_run_id(run_id)
+        cursor = since_seq
+        batch = db.events_since(cursor, run_id=run_id, limit=10_000)
+        if ctx.as_json and not follow:
+            rows = list(batch)
+            while batch:
+                batch = db.events_since(rows[-1]["seq"], run_id=run_id, limit=10_000)
+                rows.extend(batch)
+            emit_json(rows)
+            return
+        try:
+            while True:
+                for event in batch:
+                    _print_event(ctx, event)
+                    cursor = event["seq"]
+                if not follow and not batch:
+                    return
+                if follow and not batch:
+                    time.sleep(interval)
+                batch = db.events_since(cursor, run_id=run_id, limit=10_000)
+        except KeyboardInterrupt:
+            return
+
+
+def _print_event(ctx: Context, event: dict[str, Any]) -> None:
+    if ctx.as_json:
+        emit_json_line(event)
+    else:
+        import json
+        click.echo(f"{event['seq']:>8}  {event['timestamp']}  {event['run_id'] or '-':26}  "
+                   f"{event['event_type']:<28} {json.dumps(event['data'], ensure_ascii=False)}")
+        sys.stdout.flush()
+
+
+@command(main, "workers", epilog="\b\nExample:\n  uet workers --state BUSY")
+@click.option("--state", help="Only workers in this state (SPAWNING, IDLE, BUSY, DRAINING, "
+                              "TERMINATED).")
+def workers(ctx: Context, state: str | None) -> None:
+    """List workers."""
+    from uet.state import WorkerLifecycle
+    with ctx.open() as db:
+        rows = WorkerLifecycle(db).list_workers(state)
+    if ctx.as_json:
+        emit_json(rows)
+    else:
+        emit_table(None, ["worker_id", "worker_type", "state", "current_run_id",
+                          "last_heartbeat", "affinity"],
+                   ([w.worker_id, w.worker_type, w.state, w.current_run_id, w.last_heartbeat,
+                     w.affinity] for w in rows))
+
+
+@command(main, "patches", epilog="\b\nExample:\n  uet patches --state quarantined")
+@click.option("--state", help="Only entries in this state.")
+@click.option("--phase", help="Only entries of this phase.")
+def patches(ctx: Context, state: str | None, phase: str | None) -> None:
+    """List patch ledger entries."""
+    from uet.state import PatchLedger
+    with ctx.open() as db:
+        rows = PatchLedger(db).list_entries(state, phase)
+    if ctx.as_json:
+        emit_json(rows)
+    else:
+        emit_table(None, ["ledger_id", "patch_id", "phase_id", "state", "quarantine_reason",
+                          "updated_at"],
+                   ([e.ledger_id, e.patch_id, e.phase_id, e.state, e.quarantine_reason,
+                     e.updated_at] for e in rows))
+
+
+@command(main, "gates", epilog="\b\nExample:\n  uet gates --phase PH-1 --state FAILED")
+@click.option("--phase", help="Only gates of this phase.")
+@click.option("--state", help="Only gates in this state.")
+@click.option("--run", "run_id", help="Only gates of this run (a unique id prefix will do).")
+def gates(ctx: Context, phase: str | None, state: str | None, run_id: str | None) -> None:
+    """List test gates."""
+    from uet.state import GateLedger
+    with ctx.open() as db:
+        if run_id is not None:
+            run_id = db.resolve_run_id(run_id)
+        rows = GateLedger(db).list_gates(phase, state, run_id)
+    if ctx.as_json:
+        emit_json(rows)
+    else:
+        emit_table(None, ["gate_id", "name", "gate_type", "phase_id", "state", "exit_code",
+                          "depends_on", "blocked_by"],
+                   ([g["gate_id"], g["name"], g["gate_type"], g["phase_id"], g["state"],
+                     g["exit_code"], ", ".join(g["depends_on"]), g["blocked_by"]]
+                    for g in rows))
