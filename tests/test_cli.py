@@ -296,3 +296,26 @@ def test_doctor_reports_a_ledger_out_of_wal_and_exits_1(tmp_path, ledger):
     report = uet("doctor", "--json", cwd=tmp_path)
     assert report.returncode == 1
     assert json.loads(report.stdout)["problems"] == ["1 foreign key violations"]
+
+
+def test_a_background_process_left_behind_does_not_keep_the_run_open(tmp_path):
+    started = time.monotonic()
+    result = uet("run", "--", "sh", "-c", "echo started; sleep 30 &", cwd=tmp_path,
+                 timeout=25)
+    assert result.returncode == 0 and time.monotonic() - started < 20
+    assert "started" in result.stdout
+    with init_db(str(tmp_path / ".ledger" / "framework.db")) as db:
+        assert db.list_runs()[0]["state"] == "succeeded"
+
+
+def test_large_and_binary_output_passes_through_and_the_tail_is_kept(tmp_path):
+    script = ("import sys; sys.stdout.buffer.write(bytes(range(256)) * 4000); "
+              "sys.stdout.buffer.write(b'END-WITHOUT-NEWLINE')")
+    proc = subprocess.run([UET, "run", "--", sys.executable, "-c", script], cwd=tmp_path,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0
+    assert proc.stdout == bytes(range(256)) * 4000 + b"END-WITHOUT-NEWLINE"
+    with init_db(str(tmp_path / ".ledger" / "framework.db")) as db:
+        step = db.list_step_attempts(db.list_runs()[0]["run_id"])[0]
+        assert step["metadata"]["stdout_tail"].endswith("END-WITHOUT-NEWLINE")
+        assert len(step["metadata"]["stdout_tail"].encode("utf-8", "surrogatepass")) >= 8192

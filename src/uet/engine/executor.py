@@ -22,6 +22,9 @@ from uet.state import Database
 
 TAIL_BYTES = 8192
 GRACE_SECONDS = 5.0
+# How long output may keep coming after the command itself ended: a background process it
+# started can hold the pipes open for ever, and must not keep the run open with it.
+DRAIN_SECONDS = 2.0
 EXIT_TIMEOUT = 124
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
@@ -64,7 +67,8 @@ class _Pump(threading.Thread):
                 del self.tail[:-self.keep]
 
     def text(self) -> str:
-        return bytes(self.tail[-self.keep:]).decode("utf-8", errors="replace")
+        tail = bytes(self.tail)  # one copy: the thread may still be appending
+        return tail[-self.keep:].decode("utf-8", errors="replace")
 
 
 def run_command(db: Database, argv: list[str], *, project_id: str, phase_id: str,
@@ -159,5 +163,8 @@ def _stop(child: subprocess.Popen, signum: int = signal.SIGTERM) -> None:
 
 
 def _drain(pumps: tuple[_Pump, _Pump]) -> None:
+    deadline = time.monotonic() + DRAIN_SECONDS
     for pump in pumps:
-        pump.join()
+        pump.join(max(0.0, deadline - time.monotonic()))
+    # Pumps still reading belong to pipes a leftover background process holds; they are
+    # daemon threads, and what they copied so far is what gets recorded.
