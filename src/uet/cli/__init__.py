@@ -19,7 +19,7 @@ from typing import Any, Callable
 import click
 
 from uet import __version__
-from uet.cli.output import emit_fields, emit_json, emit_json_line, emit_table
+from uet.cli.output import emit_fields, emit_json, emit_json_line, emit_table, progress
 from uet.errors import UetError, ValidationError
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
@@ -103,7 +103,7 @@ def migrate(ctx: Context) -> None:
     before = peek_version(path)
     if not ctx.as_json:
         click.echo(f"{path}: schema version {_version_text(before)}; migrating ...", err=True)
-    with ctx.open(create=True) as db:
+    with progress(f"migrating {path}"), ctx.open(create=True) as db:
         after = db.schema_version()
     if ctx.as_json:
         emit_json({"database": path, "before": before, "after": after})

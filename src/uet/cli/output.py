@@ -77,6 +77,15 @@ def emit_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequenc
     console.print(table)
 
 
+def progress(message: str):
+    """A spinner on stderr while long work runs, when stderr is a terminal; else nothing."""
+    import contextlib
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from rich.console import Console
+    return Console(stderr=True).status(message)
+
+
 def emit_fields(title: str, fields: Sequence[tuple[str, Any]]) -> None:
     """A record as 'name  value' lines."""
     from rich.table import Table
