@@ -295,7 +295,11 @@ def test_doctor_reports_a_ledger_out_of_wal_and_exits_1(tmp_path, ledger):
     conn.close()
     report = uet("doctor", "--json", cwd=tmp_path)
     assert report.returncode == 1
-    assert json.loads(report.stdout)["problems"] == ["1 foreign key violations"]
+    assert json.loads(report.stdout)["problems"] == ["1 foreign key violations",
+                                                     "journal_mode is delete, not wal"]
+    conn = sqlite3.connect(ledger)  # doctor only looked: the ledger is as it was
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    conn.close()
 
 
 def test_a_background_process_left_behind_does_not_keep_the_run_open(tmp_path):
@@ -319,3 +323,90 @@ def test_large_and_binary_output_passes_through_and_the_tail_is_kept(tmp_path):
         step = db.list_step_attempts(db.list_runs()[0]["run_id"])[0]
         assert step["metadata"]["stdout_tail"].endswith("END-WITHOUT-NEWLINE")
         assert len(step["metadata"]["stdout_tail"].encode("utf-8", "surrogatepass")) >= 8192
+
+
+def test_inspection_never_changes_a_ledger(tmp_path):
+    (tmp_path / "empty.db").write_bytes(b"")
+    result = uet("runs", "--db", "empty.db", cwd=tmp_path)
+    assert result.returncode == 1 and "uet init" in one_line_error(result)
+    assert (tmp_path / "empty.db").read_bytes() == b""
+    make_seed_ledger(str(tmp_path / "seed.db"))
+    before = (tmp_path / "seed.db").read_bytes()
+    result = uet("runs", "--db", "seed.db", cwd=tmp_path)
+    assert result.returncode == 1 and "uet migrate" in one_line_error(result)
+    assert (tmp_path / "seed.db").read_bytes() == before
+
+
+def test_a_second_signal_while_stopping_changes_nothing_but_the_kill(tmp_path):
+    path = str(tmp_path / ".ledger" / "framework.db")
+    stubborn = ("import signal, time\n"
+                "for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_IGN)\n"
+                "print('ready', flush=True)\ntime.sleep(100)\n")
+    proc = subprocess.Popen([UET, "run", "--", sys.executable, "-c", stubborn], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)  # the child is killed after the grace period
+    assert proc.returncode == 130 and "Traceback" not in err
+    with init_db(path) as db:
+        run = db.list_runs()[0]
+        assert run["state"] == "canceled"
+        assert db.list_step_attempts(run["run_id"])[0]["state"] == "canceled"
+
+
+def test_timeout_stops_what_the_command_started(tmp_path):
+    script = "sleep 100 & echo $! > bg.pid; sleep 100"
+    result = uet("run", "--timeout", "1", "--", "sh", "-c", script, cwd=tmp_path)
+    assert result.returncode == 124
+    background = int((tmp_path / "bg.pid").read_text())
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.kill(background, 0)
+        except ProcessLookupError:
+            break  # gone with the command's process group
+        assert time.monotonic() < deadline, "the background sleep survived the timeout"
+        time.sleep(0.05)
+
+
+def test_a_reader_that_goes_away_stops_the_command(tmp_path):
+    proc = subprocess.Popen([UET, "run", "--", "yes"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"y\n"
+    proc.stdout.close()  # like `| head -1`
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    assert proc.returncode == 141
+    with init_db(str(tmp_path / ".ledger" / "framework.db")) as db:
+        run = db.list_runs()[0]
+        assert run["state"] == "failed" and "SIGPIPE" in run["error_message"]
+
+
+def test_run_usage_errors_record_nothing(tmp_path):
+    for args in (["--projetc", "x", "--", "true"], ["--", ""], ["--timeout", "nan", "--", "true"]):
+        result = uet("run", *args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+    assert not (tmp_path / ".ledger").exists() or init_db(
+        str(tmp_path / ".ledger" / "framework.db")).list_runs() == []
+
+
+def test_run_json_reports_the_result_and_the_reason_is_printed(tmp_path):
+    result = uet("run", "--json", "--", "no-such-command-anywhere", cwd=tmp_path)
+    assert result.returncode == 127 and "command not found" in result.stderr
+    report = json.loads(result.stdout)
+    assert (report["state"], report["exit_code"]) == ("failed", 127)
+
+
+def test_escape_sequences_from_the_ledger_do_not_reach_the_terminal(tmp_path):
+    uet("run", "--", "x\x1b]0;pwned\x07\x1b[2J", cwd=tmp_path)  # recorded in error_message
+    shown = uet("show", cwd=tmp_path).stdout + uet("events", cwd=tmp_path).stdout
+    assert "\x1b" not in shown and "\\x1b" in shown
+
+
+def test_id_prefixes_are_case_insensitive(tmp_path, ledger):
+    with init_db(str(ledger)) as db:
+        run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    result = uet("show", "--json", run_id[:16].lower(), cwd=tmp_path)
+    assert result.returncode == 0 and json.loads(result.stdout)["run"]["run_id"] == run_id

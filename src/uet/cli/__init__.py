@@ -31,14 +31,18 @@ class Context:
         self.db_path, self.as_json, self.debug = db_path, as_json, debug
 
     def open(self, *, create: bool = False):
-        """The ledger; an inspection command refuses to create one where there is none."""
+        """The ledger: created or upgraded for commands that record; opened read-only for
+        inspection, which never creates, migrates or otherwise changes a ledger."""
+        from uet.errors import NotALedgerError
         from uet.state import Database
         from uet.state.db import MEMORY, resolve_path
         path = resolve_path(self.db_path)
-        if not create and path != MEMORY and not os.path.exists(path):
-            raise click.ClickException(f"no ledger at {path}; create one with `uet init` "
-                                       "(or name another with --db)")
-        return Database(path)
+        if create:
+            return Database(path)
+        if path != MEMORY and not os.path.exists(path):
+            raise NotALedgerError(f"no ledger at {path}; create one with `uet init` (or name "
+                                  "another with --db)")
+        return Database(path, read_only=True)
 
 
 def _fail(message: str, code: int) -> None:
@@ -144,8 +148,14 @@ def doctor(ctx: Context) -> None:
 
 # -- recording -------------------------------------------------------------------------
 
-@command(main, "run", json_option=False,
-         context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+def _finite(_ctx, param, value):
+    if value is not None and value != value:  # NaN passes every range check
+        raise click.BadParameter("must be a number", param=param)
+    return value
+
+
+@command(main, "run",
+         context_settings={"allow_interspersed_args": False},
          epilog="\b\nExamples:\n  uet run -- pytest -q\n  uet run --project api --phase PH-2 "
                 "--tool aider --timeout 600 -- aider --yes\n\nExits with the command's "
                 "own exit code; 124 on timeout, 126/127 when it cannot be started, 130/143 "
@@ -154,7 +164,8 @@ def doctor(ctx: Context) -> None:
 @click.option("--phase", default="default", show_default=True, help="Phase id.")
 @click.option("--workstream", default=None, help="Workstream id.")
 @click.option("--tool", default=None, help="Tool id (default: the command's name).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=31_536_000),
+              default=None, callback=_finite,
               help="Seconds after which the command is killed and the run failed.")
 @click.argument("command_argv", nargs=-1, required=True, type=click.UNPROCESSED,
                 metavar="-- CMD [ARGS]...")
@@ -166,8 +177,11 @@ def run(ctx: Context, project: str, phase: str, workstream: str | None, tool: st
     with ctx.open(create=True) as db:
         result = run_command(db, list(command_argv), project_id=project, phase_id=phase,
                              workstream_id=workstream, tool_id=tool, timeout=timeout)
+    why = f": {result.error}" if result.error and result.state != "succeeded" else ""
     click.echo(f"uet: run {result.run_id} {result.state} (exit {result.exit_code}, "
-               f"{result.duration_sec:.2f} s)", err=True)
+               f"{result.duration_sec:.2f} s){why}", err=True)
+    if ctx.as_json:
+        emit_json(result)
     sys.exit(result.exit_code)
 
 
@@ -185,7 +199,11 @@ def parse_since(value: str | None) -> str | None:
         return None
     match = _SINCE.match(value.strip())
     if match:
-        then = datetime.now(timezone.utc) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        try:
+            then = datetime.now(timezone.utc) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        except OverflowError:
+            raise ValidationError(f"--since {value} reaches before the year 1",
+                                  field="since") from None
         return then.isoformat()
     return value  # the ledger checks it and names it in the error
 
@@ -236,7 +254,7 @@ def show(ctx: Context, run_id: str | None) -> None:
         if run_id is None:
             newest = db.list_runs(limit=1)
             if not newest:
-                raise NotFoundError("run", "(the ledger has no runs)")
+                raise NotFoundError("run", "(any: the ledger has no runs yet)")
             run_id = newest[0]["run_id"]
         run_id = db.resolve_run_id(run_id)
         document = {"run": db.get_run(run_id), "step_attempts": db.list_step_attempts(run_id),
@@ -275,8 +293,8 @@ def show(ctx: Context, run_id: str | None) -> None:
                                                    "processes write them, until Ctrl-C.")
 @click.option("--since-seq", type=click.IntRange(min=0), default=0,
               help="Start after this event sequence number.")
-@click.option("--interval", type=click.FloatRange(min=0.01), default=0.2, show_default=True,
-              help="Seconds between polls when following.")
+@click.option("--interval", type=click.FloatRange(min=0.01, max=60), default=0.2,
+              show_default=True, callback=_finite, help="Seconds between polls when following.")
 def events(ctx: Context, run_id: str | None, follow: bool, since_seq: int,
            interval: float) -> None:
     """Print the event trail (of one run, or of the whole ledger) in order."""
@@ -310,9 +328,9 @@ def _print_event(ctx: Context, event: dict[str, Any]) -> None:
     if ctx.as_json:
         emit_json_line(event)
     else:
-        import json
+        from uet.cli.output import cell
         click.echo(f"{event['seq']:>8}  {event['timestamp']}  {event['run_id'] or '-':26}  "
-                   f"{event['event_type']:<28} {json.dumps(event['data'], ensure_ascii=False)}")
+                   f"{cell(event['event_type']):<28} {cell(event['data'])}")
         sys.stdout.flush()
 
 

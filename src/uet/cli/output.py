@@ -47,6 +47,10 @@ STATE_STYLES = {"succeeded": "green", "PASSED": "green", "committed": "green",
                 "running": "cyan", "RUNNING": "cyan", "BUSY": "cyan"}
 
 
+# control characters (ESC above all) from recorded output must not reach the terminal
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0, 9), *range(11, 32), 127]}
+
+
 def cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -54,7 +58,7 @@ def cell(value: Any) -> str:
         value = value.value
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)
-    return str(value)
+    return str(value).translate(_CONTROLS)
 
 
 def emit_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]],

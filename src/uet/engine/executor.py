@@ -1,9 +1,10 @@
 """The step executor: run one command as a subprocess and record it in the ledger as a run
 with one step attempt — exit code, duration, the tail of its output, and how it ended.
 
-Output passes through live; cancellation (SIGINT/SIGTERM) stops the child and records
-`canceled`; a timeout kills it and records `failed`. The ledger never keeps a run
-`running` after this returns.
+Output passes through live; cancellation (SIGINT/SIGTERM) stops the command and records
+`canceled`; a timeout kills it and records `failed`. Signals are caught from before the run
+is created until it is finished, so the ledger never keeps a run `running` after this
+returns.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from uet.errors import UetError, ValidationError
 from uet.state import Database
 
 TAIL_BYTES = 8192
 GRACE_SECONDS = 5.0
+POLL_SECONDS = 0.05
 # How long output may keep coming after the command itself ended: a background process it
 # started can hold the pipes open for ever, and must not keep the run open with it.
 DRAIN_SECONDS = 2.0
+FINISH_TRIES = 3
 EXIT_TIMEOUT = 124
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
@@ -40,17 +44,14 @@ class CommandResult:
     error: str | None
 
 
-class _Cancel(Exception):
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-
-
 class _Pump(threading.Thread):
     """Copies one of the child's streams to ours as it comes, keeping the last bytes."""
 
-    def __init__(self, source: BinaryIO, sink: BinaryIO | None, keep: int) -> None:
+    def __init__(self, source: BinaryIO, sink: BinaryIO | None, keep: int,
+                 on_broken_sink) -> None:
         super().__init__(daemon=True)
         self.source, self.sink, self.keep = source, sink, keep
+        self.on_broken_sink = on_broken_sink
         self.tail = bytearray()
 
     def run(self) -> None:
@@ -60,8 +61,11 @@ class _Pump(threading.Thread):
                 try:
                     self.sink.write(chunk)
                     self.sink.flush()
+                except BrokenPipeError:
+                    self.sink = None  # whoever read our output is gone: so must the command
+                    self.on_broken_sink()
                 except (OSError, ValueError):
-                    self.sink = None  # our own output went away; keep recording
+                    self.sink = None  # our output is unusable; keep recording
             self.tail += chunk
             if len(self.tail) > 2 * self.keep:
                 del self.tail[:-self.keep]
@@ -69,6 +73,42 @@ class _Pump(threading.Thread):
     def text(self) -> str:
         tail = bytes(self.tail)  # one copy: the thread may still be appending
         return tail[-self.keep:].decode("utf-8", errors="replace")
+
+
+class _Signals:
+    """Catches SIGINT/SIGTERM for the whole life of a recorded command: the first one asks
+    the command to stop (forwarded to it), later ones are remembered and change nothing."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.child: subprocess.Popen | None = None
+        self.own_group = False
+
+    def __enter__(self) -> "_Signals":
+        self.previous = {sig: signal.signal(sig, self._handle)
+                         for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.received is None:
+            self.received = signum
+            if self.child is not None:
+                send(self.child, signum, self.own_group)
+
+
+def send(child: subprocess.Popen, signum: int, own_group: bool) -> None:
+    """Signal the command (its whole process group when it has its own)."""
+    try:
+        if own_group:
+            os.killpg(child.pid, signum)
+        else:
+            child.send_signal(signum)
+    except ProcessLookupError:
+        pass
 
 
 def run_command(db: Database, argv: list[str], *, project_id: str, phase_id: str,
@@ -79,90 +119,119 @@ def run_command(db: Database, argv: list[str], *, project_id: str, phase_id: str
 
     The child's output is copied to `stdout`/`stderr` (default: this process's) while the
     last `tail_bytes` of each are kept in the step attempt (`metadata`, and stderr in
-    `error_log`). SIGINT/SIGTERM received meanwhile stop the child and record `canceled`.
+    `error_log`). SIGINT/SIGTERM received meanwhile stop the command and record `canceled`.
+    When standard input is not a terminal the command gets its own process group, so that
+    stopping it stops what it started too; on a terminal it stays in the foreground group
+    (interactive tools keep their keyboard) and only the command itself is signalled.
     """
-    if not argv:
-        raise ValueError("run_command needs a command")
-    stdout = stdout if stdout is not None else sys.stdout.buffer
-    stderr = stderr if stderr is not None else sys.stderr.buffer
+    if not argv or not isinstance(argv[0], str) or not argv[0]:
+        raise ValidationError("uet run needs a command to run", field="command")
+    tool = tool_id or os.path.basename(argv[0].rstrip("/")) or argv[0]
+    stdout = stdout if stdout is not None else getattr(sys.stdout, "buffer", None)
+    stderr = stderr if stderr is not None else getattr(sys.stderr, "buffer", None)
     command_line = shlex.join(argv)
-    run_id = db.create_run({"project_id": project_id, "phase_id": phase_id,
-                            "workstream_id": workstream_id,
-                            "metadata": {"command": argv, "cwd": os.getcwd()}})
-    db.transition_run(run_id, "running", expected="pending")
-    step_id = db.create_step_attempt({
-        "run_id": run_id, "sequence": 1, "tool_id": tool_id or os.path.basename(argv[0]),
-        "metadata": {"command": argv}})
-    started = time.monotonic()
-
-    def finish(state: str, exit_code: int | None, error: str | None, outcome: int,
-               pumps: tuple[_Pump, _Pump] | None = None) -> CommandResult:
+    with _Signals() as signals:
+        run_id = db.create_run({"project_id": project_id, "phase_id": phase_id,
+                                "workstream_id": workstream_id,
+                                "metadata": {"command": argv, "cwd": os.getcwd()}})
+        try:
+            step_id = db.create_step_attempt({"run_id": run_id, "sequence": 1,
+                                              "tool_id": tool, "metadata": {"command": argv}})
+        except UetError:
+            db.transition_run(run_id, "canceled", error_message="could not record the step")
+            raise
+        db.transition_run(run_id, "running", expected="pending")
+        started = time.monotonic()
+        state, code, error, outcome, pumps = _execute(argv, command_line, timeout, signals,
+                                                      stdout, stderr, tail_bytes)
         duration = round(time.monotonic() - started, 6)
         metadata = {"command": argv, "duration_sec": duration}
         error_log = error
         if pumps is not None:
             metadata["stdout_tail"], metadata["stderr_tail"] = pumps[0].text(), pumps[1].text()
             error_log = "\n".join(p for p in (pumps[1].text(), error) if p) or None
-        db.update_step_attempt(step_id, {"state": state, "exit_code": exit_code,
-                                         "error_log": error_log, "metadata": metadata})
-        db.transition_run(run_id, state, exit_code=exit_code, error_message=error)
-        return CommandResult(run_id, step_id, state, outcome, duration, error)
+        _finish(db, run_id, step_id, state, code, error, error_log, metadata)
+    return CommandResult(run_id, step_id, state, outcome, duration, error)
 
+
+def _execute(argv, command_line, timeout, signals, stdout, stderr, tail_bytes):
+    """Run the command; (state, recorded exit code, error, uet's exit code, pumps)."""
+    if signals.received is not None:
+        name = signal.Signals(signals.received).name
+        return "canceled", None, f"canceled by {name} before it started", \
+            128 + signals.received, None
+    own_group = not os.isatty(0)
     try:
-        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 process_group=0 if own_group else None)
     except FileNotFoundError:
-        return finish("failed", EXIT_NOT_FOUND, f"command not found: {argv[0]}",
-                      EXIT_NOT_FOUND)
-    except (PermissionError, OSError) as exc:
-        return finish("failed", EXIT_CANNOT_EXECUTE,
-                      f"cannot execute {argv[0]}: {exc.strerror or exc}", EXIT_CANNOT_EXECUTE)
-    pumps = (_Pump(child.stdout, stdout, tail_bytes), _Pump(child.stderr, stderr, tail_bytes))
+        return "failed", EXIT_NOT_FOUND, f"command not found: {argv[0]}", EXIT_NOT_FOUND, None
+    except OSError as exc:
+        message = f"cannot execute {argv[0]}: {exc.strerror or exc}"
+        return "failed", EXIT_CANNOT_EXECUTE, message, EXIT_CANNOT_EXECUTE, None
+    signals.child, signals.own_group = child, own_group
+    broken = threading.Event()
+    pumps = (_Pump(child.stdout, stdout, tail_bytes, broken.set),
+             _Pump(child.stderr, stderr, tail_bytes, broken.set))
     for pump in pumps:
         pump.start()
-
-    def on_signal(signum, _frame):
-        raise _Cancel(signum)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    timed_out = False
+    stop_by = None  # when the grace period of a stop request ends
+    while child.poll() is None:
+        now = time.monotonic()
+        if signals.received is not None or timed_out or broken.is_set():
+            if stop_by is None:
+                stop_by = now + GRACE_SECONDS
+                if broken.is_set() and signals.received is None and not timed_out:
+                    send(child, signal.SIGPIPE, own_group)  # as a shell pipeline would
+                elif timed_out:
+                    send(child, signal.SIGTERM, own_group)
+            elif now > stop_by:
+                send(child, signal.SIGKILL, own_group)
+        elif deadline is not None and now >= deadline:
+            timed_out = True
+            continue
         try:
-            child.wait(timeout=timeout)
+            child.wait(POLL_SECONDS)
         except subprocess.TimeoutExpired:
-            _stop(child)
-            _drain(pumps)
-            return finish("failed", EXIT_TIMEOUT,
-                          f"timed out after {timeout:g} s: {command_line}", EXIT_TIMEOUT, pumps)
-        except _Cancel as cancel:
-            _stop(child, cancel.signum)
-            _drain(pumps)
-            name = signal.Signals(cancel.signum).name
-            return finish("canceled", None, f"canceled by {name}: {command_line}",
-                          128 + cancel.signum, pumps)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            pass
+    if own_group:  # what the command left behind in its group goes with it
+        send(child, signal.SIGKILL, True)
     _drain(pumps)
     code = child.returncode
+    if signals.received is not None:
+        name = signal.Signals(signals.received).name
+        return "canceled", None, f"canceled by {name}: {command_line}", \
+            128 + signals.received, pumps
+    if timed_out:
+        return "failed", EXIT_TIMEOUT, f"timed out after {timeout:g} s: {command_line}", \
+            EXIT_TIMEOUT, pumps
     if code == 0:
-        return finish("succeeded", 0, None, 0, pumps)
+        return "succeeded", 0, None, 0, pumps
     if code < 0:  # killed by a signal: report it the way shells do
         name = signal.Signals(-code).name
-        return finish("failed", 128 - code, f"killed by {name}: {command_line}", 128 - code,
-                      pumps)
-    return finish("failed", code, f"exited with {code}: {command_line}", code, pumps)
+        return "failed", 128 - code, f"killed by {name}: {command_line}", 128 - code, pumps
+    return "failed", code, f"exited with {code}: {command_line}", code, pumps
 
 
-def _stop(child: subprocess.Popen, signum: int = signal.SIGTERM) -> None:
-    """Ask the child to stop with `signum`, then kill it after a grace period."""
-    try:
-        child.send_signal(signum)
-        child.wait(timeout=GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
+def _finish(db, run_id, step_id, state, code, error, error_log, metadata) -> None:
+    """Record the end, retrying when the ledger is busy: a run must not stay running."""
+    for attempt in range(1, FINISH_TRIES + 1):
+        try:
+            step = db.get_step_attempt(step_id)
+            if step["state"] == "running":
+                db.update_step_attempt(step_id, {"state": state, "exit_code": code,
+                                                 "error_log": error_log, "metadata": metadata})
+            if db.get_run(run_id)["state"] == "running":
+                db.transition_run(run_id, state, exit_code=code, error_message=error)
+            return
+        except UetError:
+            if attempt == FINISH_TRIES:
+                raise
 
 
-def _drain(pumps: tuple[_Pump, _Pump]) -> None:
+def _drain(pumps) -> None:
     deadline = time.monotonic() + DRAIN_SECONDS
     for pump in pumps:
         pump.join(max(0.0, deadline - time.monotonic()))

@@ -19,7 +19,7 @@ from uet.state.ids import new_ulid, utc_now
 from uet.state.records import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
 from uet.state.sqlite_backend import (DEFAULT_BUSY_TIMEOUT, DURABILITY, MEMORY, QUERIES,
                                       SQLiteBackend, rows_of)
-from uet.state.sqlite_migrations import LATEST_VERSION, migrate
+from uet.state.sqlite_migrations import LATEST_VERSION, check_current, migrate
 
 DEFAULT_PATH = os.path.join(".ledger", "framework.db")
 ENV_VAR = "UET_DATABASE"
@@ -68,6 +68,8 @@ class Database:
             process dies) or "full" (synchronous FULL: also survives power loss, slower).
         busy_timeout: seconds a write waits for another process's write lock before
             raising DatabaseBusyError.
+        read_only: open an existing ledger for reading only: nothing is created, migrated
+            or switched to WAL, and every write raises StorageError (for inspection).
 
     Opening brings the ledger's schema up to date (adopting a seed ledger in place); a newer
     schema raises SchemaVersionError and a file that is not a ledger NotALedgerError, both
@@ -76,7 +78,8 @@ class Database:
 
     def __init__(self, db_path: str | os.PathLike | None = None, *,
                  durability: str = "normal",
-                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+                 read_only: bool = False) -> None:
         if not isinstance(durability, str) or durability not in DURABILITY:
             raise ValidationError(f"durability must be one of {', '.join(DURABILITY)}, "
                                   f"got {durability!r}", field="durability")
@@ -89,13 +92,17 @@ class Database:
         self._file = self.db_path if self.db_path == MEMORY else os.path.abspath(self.db_path)
         self.durability = durability
         self.busy_timeout = float(busy_timeout)
+        self.read_only = bool(read_only)
         self._backend = self._open()
 
     def _open(self) -> SQLiteBackend:
         backend = SQLiteBackend(self._file, durability=self.durability,
-                                busy_timeout=self.busy_timeout)
+                                busy_timeout=self.busy_timeout, read_only=self.read_only)
         try:
-            migrate(backend)
+            if self.read_only:
+                check_current(backend)
+            else:
+                migrate(backend)
         except BaseException:
             backend.close()
             raise
@@ -196,6 +203,8 @@ class Database:
         # a range over the primary key index: [prefix, prefix + highest code point)
         matches = [r["run_id"] for r in self._backend.query(
             QUERIES["run_ids_with_prefix"], (prefix, prefix + "\U0010ffff"))]
+        if not matches and prefix != prefix.upper():  # ULIDs are case-insensitive
+            return self.resolve_run_id(prefix.upper())
         if prefix in matches:
             return prefix
         if not matches:

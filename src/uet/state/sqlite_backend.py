@@ -115,8 +115,9 @@ class SQLiteBackend:
     engine = "sqlite"
 
     def __init__(self, path: str, *, durability: str = "normal",
-                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT, read_only: bool = False) -> None:
         self.path = path
+        self.read_only = read_only
         self.durability = durability
         self.busy_timeout = busy_timeout
         self.is_memory = path == MEMORY
@@ -134,7 +135,7 @@ class SQLiteBackend:
             return conn
         if self._closed:
             raise StorageError(f"ledger {self.path} is closed")
-        if not self.is_memory:
+        if not self.is_memory and not self.read_only:
             parent = os.path.dirname(self.path)
             if parent:
                 try:
@@ -142,8 +143,16 @@ class SQLiteBackend:
                 except OSError as exc:
                     raise StorageError(f"cannot create the folder of ledger {self.path}: "
                                        f"{exc.strerror}") from None
+        if not self.is_memory and os.path.isdir(self.path):
+            raise StorageError(f"cannot open ledger {self.path}: it is a folder, not a file")
+        target, uri = self.path, False
+        if self.read_only and not self.is_memory:
+            if not os.path.exists(self.path):
+                raise NotALedgerError(f"no ledger at {self.path}")
+            from urllib.parse import quote
+            target, uri = f"file:{quote(self.path)}?mode=ro", True
         try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout,
+            conn = sqlite3.connect(target, timeout=self.busy_timeout, uri=uri,
                                    isolation_level=None, check_same_thread=False,
                                    cached_statements=256)
         except sqlite3.Error as exc:

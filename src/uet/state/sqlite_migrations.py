@@ -83,13 +83,32 @@ def peek_version(path: str) -> int | None:
     if path == ":memory:" or not os.path.exists(path):
         return None
     from urllib.parse import quote  # only `uet migrate` needs it
-    conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True)
     try:
-        return _read_version(conn, path)
+        conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True)
+        try:
+            return _read_version(conn, path)
+        finally:
+            conn.close()
     except sqlite3.Error as exc:
         raise translate_error(exc, path, 0) from None
-    finally:
-        conn.close()
+
+
+def check_current(backend: SQLiteBackend) -> int:
+    """For a read-only open: the ledger must exist and be at this code's version."""
+    with backend._lock:
+        try:
+            version = _read_version(backend.connect(), backend.path)
+        except sqlite3.Error as exc:
+            raise translate_error(exc, backend.path, backend.busy_timeout) from None
+    check_version(version, backend.path)
+    if version is None:
+        raise NotALedgerError(f"{backend.path} is empty, not a ledger yet; create it with "
+                              "`uet init`")
+    if version < LATEST_VERSION:
+        raise SchemaVersionError(
+            f"ledger {backend.path} is at schema version {version}, older than this uet "
+            f"({LATEST_VERSION}); upgrade it with `uet migrate` (it was not changed)")
+    return version
 
 
 def check_version(version: int | None, path: str) -> None:
