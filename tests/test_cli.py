@@ -52,6 +52,14 @@ def test_console_script_prints_its_version(tmp_path):
     assert module.stdout == result.stdout
 
 
+def test_bare_uet_prints_help_and_usage_errors_are_one_line(tmp_path):
+    bare = uet(cwd=tmp_path)
+    assert bare.returncode == 0 and "Usage: uet" in bare.stdout and "run" in bare.stdout
+    for args in (["nosuch"], ["runs", "--limit", "zero"], ["run", "--projetc", "x", "--", "true"]):
+        result = uet(*args, cwd=tmp_path)
+        assert result.returncode == 2 and "--help" in one_line_error(result)
+
+
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_command_has_help_with_an_example(tmp_path, name):
     result = uet(name, "--help", cwd=tmp_path)

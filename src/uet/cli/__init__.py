@@ -76,18 +76,35 @@ def command(group: click.Group, name: str, *, epilog: str = "", json_option: boo
     return decorate
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+@click.group(name="uet", context_settings={"help_option_names": ["-h", "--help"]},
              epilog="Examples:\n\n\b\n  uet run --project demo -- pytest -q\n  uet runs --state "
                     "failed --since 1d\n  uet show 01HX\n  uet events --follow")
 @click.version_option(__version__, prog_name="uet", message="%(prog)s %(version)s")
-def main() -> None:
+def cli() -> None:
     """uet: the run ledger of AI coding pipelines — record commands as runs and see
     everything in the ledger."""
 
 
+def main(argv: list[str] | None = None) -> None:
+    """The console script: click parses; every error, usage errors included, is one line."""
+    try:
+        code = cli.main(args=argv, prog_name="uet", standalone_mode=False)
+    except getattr(click.exceptions, "NoArgsIsHelpError", ()) as exc:
+        click.echo(exc.ctx.get_help())  # bare `uet`: the help, not an error
+        sys.exit(0)
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        _fail(f"{exc.format_message()}{hint}", EXIT_USAGE)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 # -- set-up ----------------------------------------------------------------------------
 
-@command(main, "init", epilog="\b\nExample:\n  uet init --db /srv/ledger/framework.db")
+@command(cli, "init", epilog="\b\nExample:\n  uet init --db /srv/ledger/framework.db")
 def init(ctx: Context) -> None:
     """Create the ledger (or bring an existing one up to date)."""
     with ctx.open(create=True) as db:
@@ -98,7 +115,7 @@ def init(ctx: Context) -> None:
         click.echo(f"ledger {facts['database']} at schema version {facts['schema_version']}")
 
 
-@command(main, "migrate", epilog="\b\nExample:\n  uet migrate --db old-ledger.db")
+@command(cli, "migrate", epilog="\b\nExample:\n  uet migrate --db old-ledger.db")
 def migrate(ctx: Context) -> None:
     """Upgrade the ledger's schema; prints the version before and after."""
     from uet.state.db import resolve_path
@@ -119,7 +136,7 @@ def _version_text(version: int | None) -> str:
     return {None: "none (new ledger)", 0: "0 (seed ledger)"}.get(version, str(version))
 
 
-@command(main, "doctor", epilog="\b\nExample:\n  uet doctor --json")
+@command(cli, "doctor", epilog="\b\nExample:\n  uet doctor --json")
 def doctor(ctx: Context) -> None:
     """Check the ledger: file, schema version, pragmas, integrity, row counts.
     Exits 1 when something is wrong."""
@@ -154,7 +171,7 @@ def _finite(_ctx, param, value):
     return value
 
 
-@command(main, "run",
+@command(cli, "run",
          context_settings={"allow_interspersed_args": False},
          epilog="\b\nExamples:\n  uet run -- pytest -q\n  uet run --project api --phase PH-2 "
                 "--tool aider --timeout 600 -- aider --yes\n\nExits with the command's "
@@ -219,7 +236,7 @@ def duration(row: dict[str, Any]) -> str | None:
     return f"{(end - start).total_seconds():.2f}s"
 
 
-@command(main, "runs", epilog="\b\nExamples:\n  uet runs --project api --state failed\n"
+@command(cli, "runs", epilog="\b\nExamples:\n  uet runs --project api --state failed\n"
                               "  uet runs --since 2h --limit 20 --json")
 @click.option("--project", help="Only runs of this project.")
 @click.option("--phase", help="Only runs of this phase.")
@@ -242,7 +259,7 @@ def runs(ctx: Context, project, phase, workstream, state, since, limit) -> None:
                                        for r in rows))
 
 
-@command(main, "show", epilog="\b\nExamples:\n  uet show            # the newest run\n"
+@command(cli, "show", epilog="\b\nExamples:\n  uet show            # the newest run\n"
                               "  uet show 01HX --json")
 @click.argument("run_id", required=False)
 def show(ctx: Context, run_id: str | None) -> None:
@@ -286,7 +303,7 @@ def show(ctx: Context, run_id: str | None) -> None:
                 for e in document["events"]), state_column=None)
 
 
-@command(main, "events", epilog="\b\nExamples:\n  uet events 01HX\n"
+@command(cli, "events", epilog="\b\nExamples:\n  uet events 01HX\n"
                                 "  uet events --follow --json | jq .event_type")
 @click.argument("run_id", required=False)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as other "
@@ -334,7 +351,7 @@ def _print_event(ctx: Context, event: dict[str, Any]) -> None:
         sys.stdout.flush()
 
 
-@command(main, "workers", epilog="\b\nExample:\n  uet workers --state BUSY")
+@command(cli, "workers", epilog="\b\nExample:\n  uet workers --state BUSY")
 @click.option("--state", help="Only workers in this state (SPAWNING, IDLE, BUSY, DRAINING, "
                               "TERMINATED).")
 def workers(ctx: Context, state: str | None) -> None:
@@ -351,7 +368,7 @@ def workers(ctx: Context, state: str | None) -> None:
                      w.affinity] for w in rows))
 
 
-@command(main, "patches", epilog="\b\nExample:\n  uet patches --state quarantined")
+@command(cli, "patches", epilog="\b\nExample:\n  uet patches --state quarantined")
 @click.option("--state", help="Only entries in this state.")
 @click.option("--phase", help="Only entries of this phase.")
 def patches(ctx: Context, state: str | None, phase: str | None) -> None:
@@ -368,7 +385,7 @@ def patches(ctx: Context, state: str | None, phase: str | None) -> None:
                      e.updated_at] for e in rows))
 
 
-@command(main, "gates", epilog="\b\nExample:\n  uet gates --phase PH-1 --state FAILED")
+@command(cli, "gates", epilog="\b\nExample:\n  uet gates --phase PH-1 --state FAILED")
 @click.option("--phase", help="Only gates of this phase.")
 @click.option("--state", help="Only gates in this state.")
 @click.option("--run", "run_id", help="Only gates of this run (a unique id prefix will do).")
