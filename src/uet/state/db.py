@@ -19,7 +19,7 @@ from uet.state.ids import new_ulid, utc_now
 from uet.state.records import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
 from uet.state.sqlite_backend import (DEFAULT_BUSY_TIMEOUT, DURABILITY, MEMORY, QUERIES,
                                       SQLiteBackend, rows_of)
-from uet.state.sqlite_migrations import LATEST_VERSION, check_current, migrate
+from uet.state.sqlite_migrations import check_current, migrate
 
 DEFAULT_PATH = os.path.join(".ledger", "framework.db")
 ENV_VAR = "UET_DATABASE"

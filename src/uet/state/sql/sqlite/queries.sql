@@ -53,9 +53,6 @@ SELECT * FROM run_events WHERE seq > ? ORDER BY seq LIMIT ?;
 -- name: events_since_run
 SELECT * FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?;
 
--- name: last_event_seq
-SELECT coalesce(max(seq), 0) FROM run_events;
-
 -- name: insert_worker
 INSERT INTO workers (worker_id, worker_type, state, affinity, created_at)
 VALUES (?, ?, 'SPAWNING', ?, ?)
