@@ -85,8 +85,12 @@ class _Signals:
         self.own_group = False
 
     def __enter__(self) -> "_Signals":
-        self.previous = {sig: signal.signal(sig, self._handle)
-                         for sig in (signal.SIGINT, signal.SIGTERM)}
+        # Python lets only the main thread set handlers; elsewhere the caller's own
+        # handling applies (the command is still stopped on timeout).
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._handle)
+                             for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -235,5 +239,7 @@ def _drain(pumps) -> None:
     deadline = time.monotonic() + DRAIN_SECONDS
     for pump in pumps:
         pump.join(max(0.0, deadline - time.monotonic()))
-    # Pumps still reading belong to pipes a leftover background process holds; they are
-    # daemon threads, and what they copied so far is what gets recorded.
+        # A pump still reading belongs to a pipe a leftover background process holds: a
+        # daemon thread whose copy so far is what gets recorded; its pipe stays open.
+        if not pump.is_alive():
+            pump.source.close()
