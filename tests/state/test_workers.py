@@ -351,3 +351,14 @@ def test_a_step_attempt_names_a_live_worker(workers, db):
                                    "worker_id": "w2"})
     assert db.get_step_attempt(step)["worker_id"] == "w2"
     assert db.list_step_attempts(run_id) == [db.get_step_attempt(step)]
+
+
+def test_a_busy_worker_claiming_again_is_a_duplicate_transition(workers, db):
+    from uet.errors import DuplicateTransitionError
+    db.create_run({"project_id": "p", "phase_id": "ph"})
+    db.create_run({"project_id": "p", "phase_id": "ph"})
+    _worker_in(workers, "IDLE")
+    workers.claim_run("w1")
+    with pytest.raises(DuplicateTransitionError, match="already BUSY"):
+        workers.claim_run("w1")
+    assert [r["state"] for r in db.list_runs()].count("pending") == 1

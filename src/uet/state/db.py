@@ -122,6 +122,7 @@ class Database:
 
     @property
     def closed(self) -> bool:
+        """Whether `close()` was called (and `connect()` not since)."""
         return self._backend.closed
 
     def __enter__(self) -> "Database":

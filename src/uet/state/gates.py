@@ -139,6 +139,7 @@ class GateLedger:
         return expired
 
     def get_gate(self, gate_id: str) -> dict[str, Any] | None:
+        """The gate with its `depends_on` names, or None."""
         gate_id = text(gate_id, "gate_id")
         rows = self._backend.query(QUERIES["get_gate"], (gate_id,))
         if not rows:

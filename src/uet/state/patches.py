@@ -134,6 +134,7 @@ class PatchLedger:
         return patch_from_row(row)
 
     def get_patch(self, patch_id: str) -> PatchArtifact | None:
+        """The patch artifact, or None."""
         rows = self._backend.query(QUERIES["get_patch"], (text(patch_id, "patch_id"),))
         return patch_from_row(rows[0]) if rows else None
 
@@ -195,11 +196,13 @@ class PatchLedger:
         return entry_from_row(row)
 
     def get_entry(self, ledger_id: str) -> PatchLedgerEntry | None:
+        """The ledger entry, or None."""
         rows = self._backend.query(QUERIES["get_patch_entry"], (text(ledger_id, "ledger_id"),))
         return entry_from_row(rows[0]) if rows else None
 
     def get_patches_by_state(self, state: object,
                              phase_id: str | None = None) -> list[PatchLedgerEntry]:
+        """Entries in `state` (enum member or string), of one phase if given, oldest first."""
         state = state_value(PATCH, state)
         if phase_id is None:
             rows = self._backend.query(QUERIES["patch_entries_by_state"], (state,))

@@ -9,8 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from uet.errors import (AlreadyExistsError, ConstraintViolation, InvalidTransitionError,
-                        NotFoundError, ValidationError)
+from uet.errors import AlreadyExistsError, ConstraintViolation, NotFoundError, ValidationError
 from uet.state.db import Database, change_row, record_event
 from uet.state.events import WORKER_SPAWNED, WORKER_STATE_CHANGED
 from uet.state.ids import utc_now
@@ -104,9 +103,7 @@ class WorkerLifecycle:
             run_id = text(run_id, "run_id")
         with self._backend.transaction() as tx:
             worker = self._fetch(tx, worker_id)
-            if worker["state"] != "IDLE":
-                raise InvalidTransitionError("worker", worker_id, worker["state"], "BUSY",
-                                             WORKER.allowed_from(worker["state"]))
+            WORKER.check_transition(worker_id, worker["state"], "BUSY")  # IDLE only
             if run_id is None:
                 found = tx.execute(QUERIES["oldest_pending_run"]).fetchone()
                 if found is None:
@@ -149,6 +146,7 @@ class WorkerLifecycle:
     # -- queries -------------------------------------------------------------------------
 
     def get_worker(self, worker_id: str) -> WorkerRecord | None:
+        """The worker, or None."""
         rows = self._backend.query(QUERIES["get_worker"], (text(worker_id, "worker_id"),))
         return worker_from_row(rows[0]) if rows else None
 
@@ -159,10 +157,12 @@ class WorkerLifecycle:
         return [worker_from_row(r) for r in self._backend.query(QUERIES["all_workers"])]
 
     def get_workers_by_state(self, state: object) -> list[WorkerRecord]:
+        """Workers in `state` (enum member or string), oldest first."""
         rows = self._backend.query(QUERIES["workers_by_state"], (state_value(WORKER, state),))
         return [worker_from_row(r) for r in rows]
 
     def get_idle_workers(self, worker_type: str | None = None) -> list[WorkerRecord]:
+        """IDLE workers (of one type, if given), oldest first: who can claim work."""
         if worker_type is None:
             rows = self._backend.query(QUERIES["idle_workers"])
         else:
