@@ -125,7 +125,8 @@ class StorageError(UetError):
 
 
 __all__ = [
-    "UetError", "NotFoundError", "AmbiguousIdError", "ValidationError", "AlreadyExistsError", "ConstraintViolation",
+    "UetError", "NotFoundError", "AmbiguousIdError", "ValidationError", "AlreadyExistsError",
+    "ConstraintViolation",
     "InvalidTransitionError", "ConcurrentUpdateError", "DuplicateTransitionError",
     "SchemaVersionError",
     "NotALedgerError", "MigrationError", "DatabaseBusyError", "StorageError",

@@ -22,7 +22,7 @@ from uet.state.sqlite_backend import QUERIES, rows_of
 
 
 class WorkerLifecycle:
-    """Workers of one ledger. States: SPAWNING → IDLE → BUSY → (IDLE | DRAINING) → TERMINATED.
+    """Workers of one ledger: SPAWNING → IDLE → BUSY → (IDLE | DRAINING) → TERMINATED.
 
     Every state change is written to the event trail (run-independent: run_id None) in the
     same transaction; heartbeats only update the worker row.
