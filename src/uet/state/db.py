@@ -40,16 +40,6 @@ def resolve_path(db_path: object) -> str:
     return db_path
 
 
-def _check_id(value: object, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValidationError(f"{what} must be a non-empty string, got {value!r}", field=what)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError(f"{what} is not valid Unicode text", field=what) from None
-    return value
-
-
 def _check_int(value: object, what: str, minimum: int) -> int:
     if (not isinstance(value, int) or isinstance(value, bool)
             or not minimum <= value <= records.INT_MAX):
@@ -171,7 +161,7 @@ class Database:
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """The run as a dict (metadata decoded), or None."""
-        rows = self._backend.query(QUERIES["get_run"], (_check_id(run_id, "run_id"),))
+        rows = self._backend.query(QUERIES["get_run"], (records.text(run_id, "run_id"),))
         return rows[0] if rows else None
 
     def list_runs(self, filters: Mapping[str, Any] | None = None,
@@ -200,7 +190,7 @@ class Database:
     def resolve_run_id(self, prefix: str) -> str:
         """The run id that `prefix` starts (or is); NotFoundError when none does,
         AmbiguousIdError (listing them) when several do."""
-        prefix = _check_id(prefix, "run_id")
+        prefix = records.text(prefix, "run_id")
         # a range over the primary key index: [prefix, prefix + highest code point)
         matches = [r["run_id"] for r in self._backend.query(
             QUERIES["run_ids_with_prefix"], (prefix, prefix + "\U0010ffff"))]
@@ -225,7 +215,7 @@ class Database:
         Known columns only; run_id never changes. A `state` change must be a legal transition
         and writes its `run.state_changed` event in the same transaction.
         """
-        run_id = _check_id(run_id, "run_id")
+        run_id = records.text(run_id, "run_id")
         changes = records.prepare_update(RUNS, run_id, updates)
         return self._change(RUNS, run_id, changes, expected=None)
 
@@ -238,14 +228,14 @@ class Database:
         ConcurrentUpdateError and changes nothing. started_at/ended_at are stamped on entering
         running/terminal states (unless already set); the event is written atomically.
         """
-        run_id = _check_id(run_id, "run_id")
+        run_id = records.text(run_id, "run_id")
         changes = records.prepare_update(RUNS, run_id, {"state": to_state, **_given(
             exit_code=exit_code, error_message=error_message)})
         return self._change(RUNS, run_id, changes, expected=expected)
 
     def delete_run(self, run_id: str) -> None:
         """Remove the run with its step attempts and events, in one transaction."""
-        run_id = _check_id(run_id, "run_id")
+        run_id = records.text(run_id, "run_id")
         with self._backend.transaction() as tx:
             # keep the trail's seq from ever being handed out again (followers' cursors)
             tx.execute(QUERIES["delete_run_floor"], (run_id,))
@@ -281,19 +271,19 @@ class Database:
     def get_step_attempt(self, step_attempt_id: str) -> dict[str, Any] | None:
         """The step attempt as a dict, or None."""
         rows = self._backend.query(QUERIES["get_step_attempt"],
-                                   (_check_id(step_attempt_id, "step_attempt_id"),))
+                                   (records.text(step_attempt_id, "step_attempt_id"),))
         return rows[0] if rows else None
 
     def list_step_attempts(self, run_id: str) -> list[dict[str, Any]]:
         """A run's step attempts by sequence, then attempt number."""
         return self._backend.query(QUERIES["list_step_attempts"],
-                                   (_check_id(run_id, "run_id"),))
+                                   (records.text(run_id, "run_id"),))
 
     def update_step_attempt(self, step_attempt_id: str,
                             updates: Mapping[str, Any]) -> dict[str, Any]:
         """Change step attempt columns (state, ended_at, exit_code, output_patch_id,
         error_log, ...); a state change must be legal and writes its event atomically."""
-        step_attempt_id = _check_id(step_attempt_id, "step_attempt_id")
+        step_attempt_id = records.text(step_attempt_id, "step_attempt_id")
         changes = records.prepare_update(STEP_ATTEMPTS, step_attempt_id, updates)
         return self._change(STEP_ATTEMPTS, step_attempt_id, changes, expected=None)
 
@@ -302,7 +292,7 @@ class Database:
                                 error_log: str | None = None,
                                 output_patch_id: str | None = None) -> dict[str, Any]:
         """Move a step attempt to `to_state`; returns it. `expected` is compare-and-set."""
-        step_attempt_id = _check_id(step_attempt_id, "step_attempt_id")
+        step_attempt_id = records.text(step_attempt_id, "step_attempt_id")
         changes = records.prepare_update(STEP_ATTEMPTS, step_attempt_id, {
             "state": to_state, **_given(exit_code=exit_code, error_log=error_log,
                                         output_patch_id=output_patch_id)})
@@ -330,7 +320,7 @@ class Database:
 
     def list_events(self, run_id: str) -> list[dict[str, Any]]:
         """A run's events in the order they were recorded (by `seq`)."""
-        return self._backend.query(QUERIES["list_events"], (_check_id(run_id, "run_id"),))
+        return self._backend.query(QUERIES["list_events"], (records.text(run_id, "run_id"),))
 
     def events_since(self, cursor: int = 0, *, run_id: str | None = None,
                      limit: int = 1000) -> list[dict[str, Any]]:
@@ -341,7 +331,7 @@ class Database:
         if run_id is None:
             return self._backend.query(QUERIES["events_since"], (cursor, limit))
         return self._backend.query(QUERIES["events_since_run"],
-                                   (_check_id(run_id, "run_id"), cursor, limit))
+                                   (records.text(run_id, "run_id"), cursor, limit))
 
     # -- internals -----------------------------------------------------------------------
 

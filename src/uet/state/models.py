@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from uet.errors import ValidationError
 from uet.state.ids import normalize_timestamp
 from uet.state.machines import GATE, PATCH, WORKER, Machine
-from uet.state.records import MAX_VALUE_BYTES, encode_json
+from uet.state.records import encode_json, text
 
 
 class WorkerState(str, enum.Enum):
@@ -140,21 +140,6 @@ def state_value(machine: Machine, state: object, field: str = "state") -> str:
     if isinstance(state, enum.Enum):
         state = state.value
     return machine.check_state(state, field)
-
-
-def text(value: object, field: str, *, required: bool = True) -> str | None:
-    """A non-empty string (or None when not required)."""
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ValidationError(f"{field} must be a non-empty string, got {value!r}", field=field)
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ValidationError(f"{field} is not valid Unicode text", field=field) from None
-    if size > MAX_VALUE_BYTES:
-        raise ValidationError(f"{field} is larger than {MAX_VALUE_BYTES:,} bytes", field=field)
-    return value
 
 
 def output(value: object, field: str) -> str | None:

@@ -192,6 +192,21 @@ def _check_text(table: Table, column: Column, value: str) -> None:
                               f"{MAX_VALUE_BYTES:,} bytes", field=column.name)
 
 
+def text(value: object, field: str, *, required: bool = True) -> str | None:
+    """A non-empty string (or None when not required)."""
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{field} must be a non-empty string, got {value!r}", field=field)
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValidationError(f"{field} is not valid Unicode text", field=field) from None
+    if size > MAX_VALUE_BYTES:
+        raise ValidationError(f"{field} is larger than {MAX_VALUE_BYTES:,} bytes", field=field)
+    return value
+
+
 def _too_deep(value: object) -> bool:
     """Whether a JSON-serialisable value nests lists/dicts deeper than MAX_JSON_DEPTH."""
     stack = [(value, 1)]
