@@ -10,6 +10,8 @@ import os
 import sqlite3
 import sys
 import time
+from collections import Counter
+from pathlib import Path
 
 # The seed's original implementation created exactly this (no version table).
 SEED_DDL = """
@@ -87,24 +89,48 @@ def ack(log, line: str) -> None:
     os.fsync(log.fileno())
 
 
+def attempt_all(ids: list[str], attempt, out: str) -> None:
+    """Call attempt(id) for each id; log won / lost (ConcurrentUpdateError) / error lines."""
+    from uet.errors import ConcurrentUpdateError
+    lines = []
+    for entity_id in ids:
+        try:
+            attempt(entity_id)
+            lines.append(f"won {entity_id}")
+        except ConcurrentUpdateError:
+            lines.append(f"lost {entity_id}")
+        except Exception as exc:  # the test counts these: any is a failure
+            lines.append(f"error {entity_id} {type(exc).__name__}: {exc}")
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def race_outcomes(outs: list[str]) -> tuple[Counter, Counter]:
+    """What racers logged: (count per outcome kind, wins per id); no racer may have erred."""
+    outcomes = [line.split(" ", 2) for out in outs for line in Path(out).read_text().splitlines()]
+    errors = [o for o in outcomes if o[0] == "error"]
+    assert errors == [], errors
+    return Counter(o[0] for o in outcomes), Counter(o[1] for o in outcomes if o[0] == "won")
+
+
+def start_when_ready(outs: list[str], go: str, timeout: float = 60.0) -> None:
+    """Give the start signal once every racer has written `<out>.ready`."""
+    deadline = time.monotonic() + timeout
+    while not all(os.path.exists(out + ".ready") for out in outs):
+        assert time.monotonic() < deadline, "racers never got ready"
+        time.sleep(0.01)
+    open(go, "w").close()
+
+
 def race(db_path: str, go: str, out: str) -> None:
     """Try to move every pending run to running with compare-and-set; log each outcome."""
-    from uet.errors import ConcurrentUpdateError
     from uet.state import Database
     db = Database(db_path)
     run_ids = [r["run_id"] for r in db.list_runs(limit=None)]
+    open(out + ".ready", "w").close()
     wait_for(go)
-    lines = []
-    for run_id in run_ids:
-        try:
-            db.transition_run(run_id, "running", expected="pending")
-            lines.append(f"won {run_id}")
-        except ConcurrentUpdateError:
-            lines.append(f"lost {run_id}")
-        except Exception as exc:  # the test counts these: any is a failure
-            lines.append(f"error {run_id} {type(exc).__name__}: {exc}")
-    with open(out, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    attempt_all(run_ids, lambda run_id: db.transition_run(run_id, "running",
+                                                          expected="pending"), out)
 
 
 def append(db_path: str, run_id: str, count: str, go: str) -> None:
@@ -191,7 +217,6 @@ def patch_race(db_path: str, ids_file: str, go: str, out: str, target: str = "va
                versioned: str = "") -> None:
     """Try to move each listed patch entry to `target` (with the version read before the
     start signal as compare-and-set, when `versioned`); log each outcome."""
-    from uet.errors import ConcurrentUpdateError
     from uet.state import Database, PatchLedger
     ledger = PatchLedger(Database(db_path))
     with open(ids_file) as f:
@@ -199,18 +224,8 @@ def patch_race(db_path: str, ids_file: str, go: str, out: str, target: str = "va
     versions = {i: ledger.get_entry(i).version for i in ids} if versioned else {}
     open(out + ".ready", "w").close()
     wait_for(go)
-    lines = []
-    for ledger_id in ids:
-        try:
-            ledger.transition_state(ledger_id, target, f"pid {os.getpid()}",
-                                    expected_version=versions.get(ledger_id))
-            lines.append(f"won {ledger_id}")
-        except ConcurrentUpdateError:
-            lines.append(f"lost {ledger_id}")
-        except Exception as exc:  # the test counts these: any is a failure
-            lines.append(f"error {ledger_id} {type(exc).__name__}: {exc}")
-    with open(out, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    attempt_all(ids, lambda ledger_id: ledger.transition_state(
+        ledger_id, target, f"pid {os.getpid()}", expected_version=versions.get(ledger_id)), out)
 
 
 def claim(db_path: str, worker_id: str, go: str, out: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import race_outcomes, start_when_ready
 from uet.errors import DatabaseBusyError, ValidationError
 from uet.state import Database, get_db, init_db
 
@@ -123,14 +124,11 @@ def test_processes_racing_for_the_same_runs_get_exactly_one_winner(file_db, tmp_
     outs = [str(tmp_path / f"out{i}") for i in range(4)]
     procs = [subprocess.Popen([sys.executable, HELPERS, "race", db.db_path, go, out])
              for out in outs]
-    time.sleep(0.5)
-    Path(go).touch()
+    start_when_ready(outs, go)
     assert [p.wait(timeout=120) for p in procs] == [0] * 4
-    outcomes = [line.split(" ", 2) for out in outs for line in Path(out).read_text().splitlines()]
-    assert [o for o in outcomes if o[0] == "error"] == []
-    won = Counter(o[1] for o in outcomes if o[0] == "won")
+    kinds, won = race_outcomes(outs)
     assert set(won) == run_ids and set(won.values()) == {1}
-    assert len(outcomes) == 4 * 200
+    assert kinds == {"won": 200, "lost": 600}
     for run_id in run_ids:
         changes = [e for e in db.list_events(run_id) if e["event_type"] == "run.state_changed"]
         assert len(changes) == 1 and db.get_run(run_id)["state"] == "running"

@@ -5,14 +5,13 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from uet.errors import ConcurrentUpdateError, InvalidTransitionError, NotFoundError, ValidationError
 from uet.state import PATCH, PatchArtifact, PatchLedger, PatchLedgerEntry, PatchState
+from helpers import race_outcomes, start_when_ready
 from uet.state.patches import parse_unified_diff
 
 HELPERS = str(Path(__file__).parent.parent / "helpers.py")
@@ -64,14 +63,6 @@ def _entry_in(patches, state, diff=DIFF):
     for target in PATH[state]:
         patches.transition_state(entry.ledger_id, target, reason=f"to {target}")
     return entry.ledger_id
-
-
-def _start_when_ready(outs: list[str], go: str) -> None:
-    deadline = time.monotonic() + 60
-    while not all(Path(out + ".ready").exists() for out in outs):
-        assert time.monotonic() < deadline, "racers never got ready"
-        time.sleep(0.01)
-    Path(go).touch()
 
 
 def test_machine_matches_the_spec():
@@ -271,13 +262,11 @@ def test_processes_racing_for_the_same_transition_get_one_winner(file_db, tmp_pa
     outs = [str(tmp_path / f"out{i}") for i in range(4)]
     procs = [subprocess.Popen([sys.executable, HELPERS, "patch_race", file_db.db_path,
                                str(ids_file), go, out]) for out in outs]
-    _start_when_ready(outs, go)
+    start_when_ready(outs, go)
     assert [p.wait(timeout=120) for p in procs] == [0] * 4
-    outcomes = [line.split(" ", 2) for out in outs for line in Path(out).read_text().splitlines()]
-    assert [o for o in outcomes if o[0] == "error"] == []
-    won = Counter(o[1] for o in outcomes if o[0] == "won")
+    kinds, won = race_outcomes(outs)
     assert set(won) == ids and set(won.values()) == {1}
-    assert Counter(o[0] for o in outcomes) == {"won": 60, "lost": 180}
+    assert kinds == {"won": 60, "lost": 180}
     for ledger_id in ids:
         history = patches.get_entry(ledger_id).state_history
         assert [h["state"] for h in history] == ["created", "validated"]
@@ -314,12 +303,11 @@ def test_processes_racing_with_expected_versions_get_one_winner(file_db, tmp_pat
     procs = [subprocess.Popen([sys.executable, HELPERS, "patch_race", file_db.db_path,
                                str(ids_file), go, out, target, "versioned"])
              for out, target in zip(outs, targets)]
-    _start_when_ready(outs, go)
+    start_when_ready(outs, go)
     assert [p.wait(timeout=120) for p in procs] == [0] * 4
-    outcomes = [line.split(" ", 2) for out in outs for line in Path(out).read_text().splitlines()]
-    assert [o for o in outcomes if o[0] == "error"] == []
-    won = Counter(o[1] for o in outcomes if o[0] == "won")
+    kinds, won = race_outcomes(outs)
     assert set(won) == ids and set(won.values()) == {1}
+    assert kinds == {"won": 40, "lost": 120}
     for ledger_id in ids:
         entry = patches.get_entry(ledger_id)
         assert len(entry.state_history) == 2 and entry.version == 2
