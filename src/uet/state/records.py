@@ -135,7 +135,7 @@ def encode_value(table: Table, column: Column, value: object, *,
         if (column.required or column.generate) and not value and not filtering:
             raise ValidationError(f"{table.entity} field {column.name!r} cannot be empty",
                                   field=column.name)
-        _check_text(table, column, value)
+        _check_text(value, f"{table.entity} field {column.name!r}", column.name)
         return value
     if kind == INT:
         if not isinstance(value, int) or isinstance(value, bool):
@@ -180,16 +180,15 @@ def encode_json(value: object, what: str, field: str) -> str:
     return text
 
 
-def _check_text(table: Table, column: Column, value: str) -> None:
+def _check_text(value: str, what: str, field: str) -> None:
+    """A string SQLite can store: valid Unicode, within the size limit."""
     try:
         size = len(value.encode("utf-8"))
     except UnicodeEncodeError:
-        raise ValidationError(
-            f"{table.entity} field {column.name!r} is not valid Unicode text "
-            "(it contains a lone surrogate)", field=column.name) from None
+        raise ValidationError(f"{what} is not valid Unicode text (it contains a lone "
+                              "surrogate)", field=field) from None
     if size > MAX_VALUE_BYTES:
-        raise ValidationError(f"{table.entity} field {column.name!r} is larger than "
-                              f"{MAX_VALUE_BYTES:,} bytes", field=column.name)
+        raise ValidationError(f"{what} is larger than {MAX_VALUE_BYTES:,} bytes", field=field)
 
 
 def text(value: object, field: str, *, required: bool = True) -> str | None:
@@ -198,12 +197,7 @@ def text(value: object, field: str, *, required: bool = True) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         raise ValidationError(f"{field} must be a non-empty string, got {value!r}", field=field)
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ValidationError(f"{field} is not valid Unicode text", field=field) from None
-    if size > MAX_VALUE_BYTES:
-        raise ValidationError(f"{field} is larger than {MAX_VALUE_BYTES:,} bytes", field=field)
+    _check_text(value, field, field)
     return value
 
 
