@@ -19,7 +19,8 @@ from typing import Any, Callable
 import click
 
 from uet import __version__
-from uet.cli.output import emit_fields, emit_json, emit_json_line, emit_table, progress
+from uet.cli.output import (cell, emit_fields, emit_json, emit_json_line, emit_table,
+                            progress)
 from uet.errors import UetError, ValidationError
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
@@ -345,7 +346,6 @@ def _print_event(ctx: Context, event: dict[str, Any]) -> None:
     if ctx.as_json:
         emit_json_line(event)
     else:
-        from uet.cli.output import cell
         click.echo(f"{event['seq']:>8}  {event['timestamp']}  {event['run_id'] or '-':26}  "
                    f"{cell(event['event_type']):<28} {cell(event['data'])}")
         sys.stdout.flush()
