@@ -413,6 +413,17 @@ def test_escape_sequences_from_the_ledger_do_not_reach_the_terminal(tmp_path):
     assert "\x1b" not in shown and "\\x1b" in shown
 
 
+@pytest.mark.parametrize("typed", ["a\x0bb", "a\rb", "a\x1b[2Jb", "a\u2028b", "a\x9bb"])
+def test_an_error_quoting_the_callers_input_stays_one_clean_line(tmp_path, ledger, typed):
+    # found by bench/reliability.py: usage errors echoed arguments with control characters
+    for args in (("show", "x", typed), ("show", typed), ("runs", "--state", typed),
+                 ("events", "--run", typed)):
+        result = uet(*args, cwd=tmp_path)
+        message = one_line_error(result)
+        assert len(message.splitlines()) == 1
+        assert not any(ord(c) < 32 and c != "\n" or 127 <= ord(c) < 160 for c in message)
+
+
 def test_id_prefixes_are_case_insensitive(tmp_path, ledger):
     with init_db(str(ledger)) as db:
         run_id = db.create_run({"project_id": "p", "phase_id": "ph"})

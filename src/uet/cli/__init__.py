@@ -47,7 +47,9 @@ class Context:
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"uet: error: {message}", err=True)
+    # the message may quote the caller's input: keep it one line, with no control codes
+    from uet.cli.output import one_line
+    click.echo(f"uet: error: {one_line(message)}", err=True)
     sys.exit(code)
 
 

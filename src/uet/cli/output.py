@@ -47,8 +47,16 @@ STATE_STYLES = {"succeeded": "green", "PASSED": "green", "committed": "green",
                 "running": "cyan", "RUNNING": "cyan", "BUSY": "cyan"}
 
 
-# control characters (ESC above all) from recorded output must not reach the terminal
-_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0, 9), *range(11, 32), 127]}
+# control characters (ESC above all, and the C1 set: 0x9b is CSI to some terminals) from
+# recorded output must not reach the terminal; a cell keeps its line breaks
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0, 9), *range(11, 32), *range(127, 160)]}
+# one line: also the line breaks, and the Unicode line and paragraph separators
+_LINE_BREAKS = {**_CONTROLS, 10: "\\n", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def one_line(text: str) -> str:
+    """`text` with every control character and line break escaped: one terminal line."""
+    return text.translate(_LINE_BREAKS)
 
 
 def cell(value: Any) -> str:
@@ -57,7 +65,7 @@ def cell(value: Any) -> str:
     if isinstance(value, enum.Enum):
         value = value.value
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
+        return json.dumps(value, ensure_ascii=False).translate(_CONTROLS)
     return str(value).translate(_CONTROLS)
 
 
