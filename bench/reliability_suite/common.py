@@ -1,0 +1,248 @@
+"""What every check shares: modes, figures, child processes, and reading a ledger file
+directly with sqlite3 (so that a broken uet cannot hide its own damage)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROGRAMS = str(HERE / "programs.py")
+MUTANT_VAR = "UET_RELIABILITY_MUTANT"
+
+# The keys of the final RELIABILITY line, in order.
+SUMMARY_KEYS = ("corrupt", "lost", "missing_events", "double", "locked", "partial", "untyped",
+                "half_migrated", "stranded")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How hard each check pushes: quick (the test suite, CI) or soak (on demand)."""
+    name: str
+    crash_rounds: int
+    crash_writers: int
+    race_processes: int
+    race_runs: int
+    race_entries: int
+    bad_input_cases: int
+    migration_kills: int
+    stale_workers: int
+    stale_rounds: int
+    heartbeat_s: float
+    lock_hold_s: float
+
+
+QUICK = Mode("quick", crash_rounds=10, crash_writers=3, race_processes=8, race_runs=1000,
+             race_entries=200, bad_input_cases=2400, migration_kills=4, stale_workers=4,
+             stale_rounds=1, heartbeat_s=0.5, lock_hold_s=1.0)
+SOAK = Mode("soak", crash_rounds=200, crash_writers=4, race_processes=8, race_runs=1000,
+            race_entries=1000, bad_input_cases=50_000, migration_kills=60, stale_workers=6,
+            stale_rounds=5, heartbeat_s=0.5, lock_hold_s=2.0)
+MODES = {"quick": QUICK, "soak": SOAK}
+
+
+@dataclass
+class Figure:
+    """One measured number. `key` names the RELIABILITY-line count it adds to (None: shown
+    in the table only); `zero` says the number must be 0 for the check to pass."""
+    name: str
+    value: float
+    key: str | None = None
+    zero: bool = True
+    note: str = ""
+
+    @property
+    def bad(self) -> bool:
+        return self.zero and self.value != 0
+
+
+@dataclass
+class Result:
+    check: str
+    figures: list[Figure] = field(default_factory=list)
+    seconds: float = 0.0
+    details: list[str] = field(default_factory=list)  # what went wrong, for the reader
+
+    def add(self, name: str, value: float, key: str | None = None, *, zero: bool = True,
+            note: str = "") -> None:
+        self.figures.append(Figure(name, value, key, zero, note))
+
+    @property
+    def failed(self) -> bool:
+        return any(f.bad for f in self.figures)
+
+    def to_json(self) -> dict:
+        return {"check": self.check, "seconds": self.seconds,
+                "figures": [vars(f) for f in self.figures], "details": self.details}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Result":
+        return cls(data["check"], [Figure(**f) for f in data["figures"]], data["seconds"],
+                   data.get("details", []))
+
+
+# -- child processes -----------------------------------------------------------------------
+
+def child_env(mutant: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop(MUTANT_VAR, None)
+    if mutant:
+        env[MUTANT_VAR] = mutant
+    return env
+
+
+def spawn(command: str, *args: str, mutant: str | None = None, **popen) -> subprocess.Popen:
+    """Start `programs.py COMMAND ARGS` in a new Python process (the mutant applied there)."""
+    return subprocess.Popen([sys.executable, PROGRAMS, command, *args], env=child_env(mutant),
+                            **popen)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def ack(log, line: str) -> None:
+    """Record that a call returned: written and fsynced before the next call starts."""
+    log.write(line + "\n")
+    log.flush()
+    os.fsync(log.fileno())
+
+
+def acked_lines(path: str | Path) -> list[list[str]]:
+    """The whole lines of an ack log (the last one may be torn by a kill: not acknowledged)."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else ""
+    return [line.split(" ") for line in text.split("\n")[:-1]]
+
+
+# -- reading a ledger file directly ----------------------------------------------------------
+
+def connect_raw(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    return conn
+
+
+def integrity_ok(path: str) -> bool:
+    """`PRAGMA integrity_check` is ok and, in a uet ledger, no foreign key dangles (a seed
+    ledger not yet upgraded may: the seed never enforced them)."""
+    conn = connect_raw(path)
+    try:
+        if [r[0] for r in conn.execute("PRAGMA integrity_check")] != ["ok"]:
+            return False
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_migrations'"
+                        ).fetchone() is None:
+            return True
+        return conn.execute("PRAGMA foreign_key_check").fetchone() is None
+    except sqlite3.DatabaseError:
+        return False
+    finally:
+        conn.close()
+
+
+# Each record whose state the trail must explain: (table, key column, created event, changed
+# event, where the key is in the event's data, where the created state is in the data).
+TRAILS = (
+    ("runs", "run_id", "run.created", "run.state_changed", "run_id", "$.state"),
+    ("step_attempts", "step_attempt_id", "step_attempt.created", "step_attempt.state_changed",
+     "$.step_attempt_id", "$.state"),
+    ("workers", "worker_id", "worker.spawned", "worker.state_changed", "$.worker_id",
+     "$.state"),
+    ("patch_ledger_entries", "ledger_id", "patch_entry.created", "patch_entry.state_changed",
+     "$.ledger_id", "$.state"),
+    ("test_gates", "gate_id", "gate.defined", "gate.state_changed", "$.gate_id", "$.state"),
+)
+
+
+def trail_violations(path: str) -> list[str]:
+    """Records whose state the event trail does not explain: each must have exactly one
+    creation event, and its state must be the `to` of its last state-change event (or the
+    state its creation event names, when it never changed)."""
+    conn = connect_raw(path)
+    problems = []
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table, key, created, changed, where, state_path in TRAILS:
+            if table not in tables:
+                continue
+            # names come from the constant above, never from input
+            ref = "e.run_id" if where == "run_id" else f"json_extract(e.data, '{where}')"
+            rows = conn.execute(f"""
+                SELECT t.{key}, t.state,
+                  (SELECT count(*) FROM run_events e WHERE e.event_type = ? AND {ref} = t.{key}),
+                  (SELECT json_extract(e.data, '$.to') FROM run_events e
+                    WHERE e.event_type = ? AND {ref} = t.{key} ORDER BY e.seq DESC LIMIT 1),
+                  (SELECT json_extract(e.data, '{state_path}') FROM run_events e
+                    WHERE e.event_type = ? AND {ref} = t.{key} ORDER BY e.seq LIMIT 1)
+                FROM {table} t""", (created, changed, created)).fetchall()
+            for entity, state, n_created, last_to, first_state in rows:
+                explained = last_to if last_to is not None else first_state
+                if n_created != 1 or explained != state:
+                    problems.append(f"{table} {entity}: state {state}, {n_created} creation "
+                                    f"events, trail says {explained}")
+    finally:
+        conn.close()
+    return problems
+
+
+_VOLATILE = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z$|^[0-9A-HJKMNP-TV-Z]{26}$")
+_VOLATILE_COLUMNS = {"seq", "duration_sec"}
+
+
+def logical_snapshot(path: str) -> str:
+    """The ledger's rows, table by table, with what differs between two identical runs of the
+    same calls masked (generated ids, timestamps, seq) — to compare outcomes of a call."""
+    conn = connect_raw(path)
+    try:
+        out = {}
+        for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND "
+                                     "name NOT LIKE 'sqlite_%' ORDER BY name").fetchall():
+            cursor = conn.execute(f'SELECT * FROM "{table}"')  # names from sqlite_master
+            names = [d[0] for d in cursor.description]
+            rows = []
+            for row in cursor.fetchall():
+                rows.append([_mask(n, v) for n, v in zip(names, row)])
+            out[table] = sorted(json.dumps(r, default=repr) for r in rows)
+        return json.dumps(out, sort_keys=True)
+    finally:
+        conn.close()
+
+
+def _mask(name: str, value: object) -> object:
+    if name in _VOLATILE_COLUMNS:
+        return "<v>"
+    if isinstance(value, str):
+        if _VOLATILE.match(value):
+            return "<v>"
+        if value.startswith(("{", "[")):
+            try:
+                return json.dumps(_mask_json(json.loads(value)), sort_keys=True)
+            except ValueError:
+                return value
+    return value
+
+
+def _mask_json(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _mask(k, _mask_json(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_json(v) for v in value]
+    return _mask("", value)
+
+
+def copy_ledger(source: str, target: str) -> None:
+    """Copy a closed ledger file (its WAL already checkpointed away)."""
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(target + suffix):
+            os.remove(target + suffix)
+    Path(target).write_bytes(Path(source).read_bytes())

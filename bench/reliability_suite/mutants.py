@@ -1,0 +1,216 @@
+"""Deliberately broken builds of uet, made by patching the real code in one process.
+
+Each mutant is a bug a ledger could plausibly ship with. `--self-test` runs the checks named
+in CAUGHT_BY against each one and requires a non-zero figure: a check never seen failing
+proves nothing. Child processes apply the mutant named in $UET_RELIABILITY_MUTANT.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+
+
+def deferred_begin() -> None:
+    """Transactions start with a plain BEGIN: the read-then-write upgrade fails with
+    "database is locked" under concurrency instead of waiting."""
+    from uet.state import sqlite_backend as m
+
+    @contextmanager
+    def transaction(self):
+        with self._lock:
+            conn = self.connect()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback(conn)
+                if isinstance(exc, sqlite3.Error):
+                    raise m.translate_error(exc, self.path, self.busy_timeout) from None
+                raise
+    m.SQLiteBackend.transaction = transaction
+
+
+def split_event() -> None:
+    """A state change commits in one transaction and its event in a second one."""
+    from uet.state import db as m
+    original = m.record_event
+
+    def _change(self, table, entity_id, changes, *, expected):
+        pending = []
+        m.record_event = lambda tx, *args: pending.append(args)
+        try:
+            with self._backend.transaction() as tx:
+                row = m.change_row(tx, table, entity_id, changes, expected=expected)
+        finally:
+            m.record_event = original
+        with self._backend.transaction() as tx:
+            for args in pending:
+                original(tx, *args)
+        return row
+    m.Database._change = _change
+
+
+def lazy_commit() -> None:
+    """A write returns before its COMMIT, which waits for the next write (the classic
+    "forgot to commit" of Python's implicit transactions)."""
+    from uet.state import sqlite_backend as m
+
+    @contextmanager
+    def transaction(self):
+        with self._lock:
+            conn = self.connect()
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+    m.SQLiteBackend.transaction = transaction
+
+
+def no_cas() -> None:
+    """Transitions check the state they read before the write transaction, then write
+    unconditionally: two racers both see `pending` and both win."""
+    from uet.state import db as m
+    from uet.state.sqlite_backend import rows_of
+
+    def _change(self, table, entity_id, changes, *, expected):
+        found = self._backend.query(m.QUERIES[f"get_{table.entity}"], (entity_id,))
+        if not found:
+            raise m.NotFoundError(table.entity, entity_id)
+        old = found[0]["state"]
+        if expected is not None and old != expected:
+            raise m.ConcurrentUpdateError(table.entity, entity_id, expected, old)
+        new = changes.get("state")
+        if new is not None:
+            table.machine.check_transition(entity_id, old, new)
+        columns = tuple(name for name in table.names if name in changes)
+        with self._backend.transaction() as tx:
+            row = rows_of(tx.execute(m._update_sql(table, columns),
+                                     [changes[name] for name in columns] + [entity_id]))[0]
+            if new is not None:
+                m.record_event(tx, row["run_id"], f"{table.entity}.state_changed",
+                               {"from": old, "to": new})
+        return row
+    m.Database._change = _change
+
+
+def no_whitelist() -> None:
+    """create_run passes unknown keys through and builds its INSERT from the caller's keys."""
+    from uet.state import db, records
+
+    def create_run(self, run_data):
+        data = dict(run_data) if isinstance(run_data, dict) else run_data
+        extra = {k: v for k, v in data.items() if k not in records.RUNS.by_name} \
+            if isinstance(data, dict) else {}
+        row = records.prepare_insert(records.RUNS, {k: v for k, v in data.items()
+                                                    if k not in extra})
+        row.update(extra)
+        columns = list(row)
+        # the bug: caller-supplied names in SQL text
+        sql = (f"INSERT INTO runs ({', '.join(columns)}) "
+               f"VALUES ({', '.join('?' for _ in columns)})")
+        with self._backend.transaction() as tx:
+            tx.execute(sql, [row[c] for c in columns])
+            db.record_event(tx, row["run_id"], "run.created", {"state": row["state"]})
+        return row["run_id"]
+    db.Database.create_run = create_run
+
+
+def raw_errors() -> None:
+    """Driver exceptions reach the caller untranslated (sqlite3.OperationalError ...)."""
+    from uet.state import sqlite_backend as m
+
+    def translate_error(exc, path, busy_timeout):
+        return exc
+    m.translate_error = translate_error
+
+
+def no_foreign_keys() -> None:
+    """Connections are opened without `PRAGMA foreign_keys=ON`."""
+    from uet.state import sqlite_backend as m
+    original = m.SQLiteBackend.connect
+
+    def connect(self):
+        fresh = self._conn is None
+        conn = original(self)
+        if fresh:
+            conn.execute("PRAGMA foreign_keys=OFF")
+        return conn
+    m.SQLiteBackend.connect = connect
+
+
+def shared_fork() -> None:
+    """No fork handling: a forked child keeps using its parent's open connection."""
+    from uet.state import sqlite_backend as m
+    m._live_backends.clear()
+    m._live_backends.add = lambda backend: None
+
+
+def migration_autocommit() -> None:
+    """Migrations run statement by statement without a transaction around them."""
+    from uet.state import sqlite_migrations as m
+
+    def _apply(backend, conn, migration, *, adopt_seed):
+        if adopt_seed:
+            conn.execute("PRAGMA foreign_keys=OFF")
+            m._adopt_seed(conn, migration, backend.path)
+            conn.execute("PRAGMA foreign_keys=ON")
+        else:
+            for statement in migration.statements():
+                conn.execute(statement)
+        conn.execute("INSERT INTO schema_migrations (version, name, applied_at) "
+                     "VALUES (?, ?, ?)", (migration.version, migration.name, m.utc_now()))
+        return migration.version
+    m._apply = _apply
+
+
+def reaper_forgets_work() -> None:
+    """Reaping terminates a stale worker but leaves the runs and steps it held running."""
+    from uet.state import workers as m
+    m.WorkerLifecycle._fail_held_work = staticmethod(lambda tx, worker_id, reason: None)
+
+
+def slow_reaper() -> None:
+    """Staleness is judged against ten heartbeat intervals instead of two."""
+    from uet.state import workers as m
+    original = m.WorkerLifecycle._cutoff
+
+    def _cutoff(heartbeat_interval_s, now):
+        return original(heartbeat_interval_s * 5, now)
+    m.WorkerLifecycle._cutoff = staticmethod(_cutoff)
+
+
+MUTANTS = {
+    "deferred_begin": deferred_begin,
+    "split_event": split_event,
+    "lazy_commit": lazy_commit,
+    "no_cas": no_cas,
+    "no_whitelist": no_whitelist,
+    "raw_errors": raw_errors,
+    "no_foreign_keys": no_foreign_keys,
+    "shared_fork": shared_fork,
+    "migration_autocommit": migration_autocommit,
+    "reaper_forgets_work": reaper_forgets_work,
+    "slow_reaper": slow_reaper,
+}
+
+# Which checks must report a non-zero figure against each mutant.
+CAUGHT_BY = {
+    "deferred_begin": ("races",),
+    "split_event": ("boundaries",),
+    "lazy_commit": ("crash", "boundaries"),
+    "no_cas": ("races",),
+    "no_whitelist": ("bad_input",),
+    "raw_errors": ("bad_input", "disk", "waiting"),
+    "no_foreign_keys": ("waiting",),
+    "shared_fork": ("waiting",),
+    "migration_autocommit": ("migration",),
+    "reaper_forgets_work": ("stale",),
+    "slow_reaper": ("stale",),
+}
+
+
+def apply(name: str | None) -> None:
+    if name:
+        MUTANTS[name]()

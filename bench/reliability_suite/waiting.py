@@ -1,0 +1,158 @@
+"""Check 8: waiting, not failing. Calls wait for another process's write lock and succeed
+within the busy timeout, and past it fail with the typed DatabaseBusyError; a write retried
+after its caller missed the acknowledgement creates no duplicate; a ledger opened before
+os.fork() never shares its connection with the children; every connection (library and
+command line) runs with WAL, foreign keys and the busy timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+from pathlib import Path
+
+from reliability_suite.common import Mode, Result, connect_raw, spawn, wait_for
+
+TYPED_BUSY = "uet.errors.DatabaseBusyError"
+DIFF = "--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+b\n"
+
+
+def _under_lock(path: str, workdir: Path, hold: float, busy_timeout: float, writers: int,
+                mutant: str | None, tag: str) -> list[str]:
+    ready = str(workdir / f"held-{tag}")
+    holder = spawn("hold_lock", path, str(hold), ready, mutant=mutant)
+    wait_for(lambda: os.path.exists(ready), 60, "the lock holder")
+    procs = [spawn("write_once", path, str(busy_timeout), mutant=mutant,
+                   stdout=subprocess.PIPE, text=True) for _ in range(writers)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    holder.wait(timeout=60)
+    return outs
+
+
+def _retries(path: str) -> tuple[int, int]:
+    """Each create call made twice with the same ids, as a caller does that saw an error
+    although the first call committed. Returns (calls, duplicates made)."""
+    from uet.state import Database, PatchLedger, WorkerLifecycle
+    with Database(path) as db:
+        db.create_run({"run_id": "retry-run", "project_id": "p", "phase_id": "ph"})
+        calls = [
+            lambda: db.create_run({"run_id": "r-1", "project_id": "p", "phase_id": "ph"}),
+            lambda: db.create_step_attempt({"step_attempt_id": "s-1", "run_id": "retry-run",
+                                            "sequence": 1, "tool_id": "t"}),
+            lambda: db.create_event({"event_id": "e-1", "run_id": "retry-run",
+                                     "event_type": "note"}),
+            lambda: db.transition_run("retry-run", "running", expected="pending"),
+            lambda: WorkerLifecycle(db).spawn_worker("w-1", "t", {}),
+            lambda: PatchLedger(db).record_patch(DIFF, run_id="retry-run",
+                                                 step_attempt_id="s-1"),
+        ]
+        duplicates = 0
+        for call in calls:
+            call()
+            first = _counts(path)
+            try:
+                call()  # the retry
+            except Exception as exc:  # the documented answers to a repeated write
+                from uet.errors import AlreadyExistsError, ConcurrentUpdateError
+                if not isinstance(exc, (AlreadyExistsError, ConcurrentUpdateError)):
+                    duplicates += 1
+            after = _counts(path)
+            duplicates += sum(1 for table in after if after[table] != first[table])
+        return len(calls), duplicates
+
+
+def _counts(path: str) -> dict[str, int]:
+    conn = connect_raw(path)
+    try:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # fixed names
+                for t in ("runs", "step_attempts", "run_events", "workers", "patches")}
+    finally:
+        conn.close()
+
+
+def _fork(path: str, children: int) -> tuple[int, int]:
+    """A Database opened in the parent, used by forked children and the parent at once.
+    Returns (children sharing the parent's connection, acknowledged events missing)."""
+    from uet.state import Database
+    db = Database(path)
+    run_id = db.create_run({"project_id": "fork", "phase_id": "ph"})
+    parent_conn = db._backend._conn
+    pids, reads = [], []
+    for n in range(children):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child leaves with os._exit
+            code = 0
+            try:
+                os.close(read_end)
+                ids = [db.create_event({"run_id": run_id, "event_type": "child"})
+                       for _ in range(20)]
+                code = 3 if db._backend._conn is parent_conn else 0
+                os.write(write_end, " ".join(ids).encode())
+            except BaseException:  # reported through the exit code
+                code = 4
+            os._exit(code)
+        os.close(write_end)
+        pids.append(pid)
+        reads.append(read_end)
+    acked = [db.create_event({"run_id": run_id, "event_type": "parent"}) for _ in range(20)]
+    shared = 0
+    for pid, read_end in zip(pids, reads):
+        with os.fdopen(read_end) as f:
+            acked += f.read().split()
+        _, status = os.waitpid(pid, 0)
+        shared += os.WEXITSTATUS(status) != 0
+    db.close()
+    conn = connect_raw(path)
+    try:
+        present = {r[0] for r in conn.execute("SELECT event_id FROM run_events")}
+    finally:
+        conn.close()
+    return shared, sum(1 for event_id in acked if event_id not in present)
+
+
+def _settings(path: str, mutant: str | None) -> tuple[int, int]:
+    """(connections checked, connections without WAL, foreign keys or the busy timeout)."""
+    seen = []
+    library = spawn("settings", path, mutant=mutant, stdout=subprocess.PIPE, text=True)
+    seen.append(json.loads(library.communicate(timeout=60)[0]))
+    cli = spawn("uet", "doctor", "--json", "--db", path, mutant=mutant,
+                stdout=subprocess.PIPE, text=True)
+    report = json.loads(cli.communicate(timeout=60)[0])
+    seen.append({k: report[k] for k in ("journal_mode", "foreign_keys", "busy_timeout_ms")})
+    bad = sum(1 for s in seen if str(s["journal_mode"]).lower() != "wal"
+              or not s["foreign_keys"] or s["busy_timeout_ms"] < 1000)
+    return len(seen), bad
+
+
+def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Result:
+    from uet.state import init_db
+    from uet.state.sqlite_backend import DEFAULT_BUSY_TIMEOUT
+    result = Result("waiting")
+    path = str(workdir / "wait.db")
+    init_db(path).close()
+    waited = _under_lock(path, workdir, mode.lock_hold_s, DEFAULT_BUSY_TIMEOUT, 4, mutant,
+                         "long")
+    failed_waiting = [o for o in waited if not o.startswith("ok")]
+    past = _under_lock(path, workdir, 1.5, 0.3, 2, mutant, "short")
+    untyped = [o for o in past if not o.startswith(f"error {TYPED_BUSY} ")]
+    calls, duplicates = _retries(path)
+    shared, fork_lost = _fork(path, 4)
+    connections, misconfigured = _settings(path, mutant)
+    result.add("writes waiting for a held lock", len(waited), zero=False,
+               note=f"lock held {mode.lock_hold_s:g} s, busy timeout {DEFAULT_BUSY_TIMEOUT:g} s")
+    waits = [float(o.split()[1]) for o in waited if o.startswith("ok")]
+    result.add("longest wait that then succeeded (s)", round(max(waits, default=0), 2),
+               zero=False)
+    result.add("that failed instead of waiting", len(failed_waiting), "locked")
+    result.add("past the timeout: not DatabaseBusyError", len(untyped), "untyped",
+               note="lock held 1.5 s, busy timeout 0.3 s")
+    result.add("writes retried with the same ids", calls, zero=False)
+    result.add("duplicates made by retries", duplicates, "double")
+    result.add("forked children sharing a connection", shared)
+    result.add("acknowledged writes lost around fork", fork_lost, "lost")
+    result.add("connections checked (library, CLI)", connections, zero=False)
+    result.add("without WAL, foreign keys or busy timeout", misconfigured)
+    result.details = failed_waiting + untyped
+    return result
