@@ -10,6 +10,7 @@ import pytest
 from uet.state import Database, init_db
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py for subprocess scripts
+sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))  # the reliability suite
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
-"""Programs the tests run as separate processes (races, kills, concurrent openers), and the
-seed's original schema for building legacy ledgers.
+"""Programs the tests run as separate processes (races, concurrent openers), and what the
+tests share with the reliability suite (bench/reliability_suite): the seed's original
+schema, the racer loop, waiting for a start signal.
 
 Run as `python tests/helpers.py COMMAND ARGS...`.
 """
@@ -7,102 +8,25 @@ Run as `python tests/helpers.py COMMAND ARGS...`.
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-# The seed's original implementation created exactly this (no version table).
-SEED_DDL = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    project_id TEXT NOT NULL,
-    phase_id TEXT NOT NULL,
-    workstream_id TEXT,
-    execution_request_id TEXT,
-    created_at TEXT NOT NULL,
-    started_at TEXT,
-    ended_at TEXT,
-    state TEXT NOT NULL CHECK(state IN (
-        'pending', 'running', 'succeeded', 'failed',
-        'quarantined', 'canceled'
-    )),
-    exit_code INTEGER,
-    error_message TEXT,
-    metadata TEXT
-);
-CREATE TABLE IF NOT EXISTS step_attempts (
-    step_attempt_id TEXT PRIMARY KEY,
-    run_id TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
-    tool_id TEXT NOT NULL,
-    tool_run_id TEXT,
-    execution_request_id TEXT,
-    prompt_id TEXT,
-    started_at TEXT NOT NULL,
-    ended_at TEXT,
-    state TEXT NOT NULL CHECK(state IN (
-        'running', 'succeeded', 'failed', 'canceled'
-    )),
-    exit_code INTEGER,
-    input_prompt TEXT,
-    output_patch_id TEXT,
-    error_log TEXT,
-    metadata TEXT,
-    FOREIGN KEY(run_id) REFERENCES runs(run_id)
-);
-CREATE TABLE IF NOT EXISTS run_events (
-    event_id TEXT PRIMARY KEY,
-    run_id TEXT NOT NULL,
-    timestamp TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    data TEXT,
-    FOREIGN KEY(run_id) REFERENCES runs(run_id)
-);
-CREATE INDEX IF NOT EXISTS idx_runs_project ON runs(project_id);
-CREATE INDEX IF NOT EXISTS idx_runs_state ON runs(state);
-CREATE INDEX IF NOT EXISTS idx_steps_run ON step_attempts(run_id);
-CREATE INDEX IF NOT EXISTS idx_events_run ON run_events(run_id);
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-
-def make_seed_ledger(path: str) -> None:
-    conn = sqlite3.connect(path)
-    conn.executescript(SEED_DDL)
-    conn.commit()
-    conn.close()
+from reliability_suite.common import attempt_each  # noqa: E402
+from reliability_suite.common import wait_for as _wait_until  # noqa: E402
 
 
 def wait_for(path: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"start signal {path} never came")
-        time.sleep(0.001)
-
-
-def ack(log, line: str) -> None:
-    """Record that a call returned: written and fsynced before the next call starts."""
-    log.write(line + "\n")
-    log.flush()
-    os.fsync(log.fileno())
+    _wait_until(lambda: os.path.exists(path), timeout, f"start signal {path}")
 
 
 def attempt_all(ids: list[str], attempt, out: str) -> None:
     """Call attempt(id) for each id; log won / lost (ConcurrentUpdateError) / error lines."""
-    from uet.errors import ConcurrentUpdateError
-    lines = []
-    for entity_id in ids:
-        try:
-            attempt(entity_id)
-            lines.append(f"won {entity_id}")
-        except ConcurrentUpdateError:
-            lines.append(f"lost {entity_id}")
-        except Exception as exc:  # the test counts these: any is a failure
-            lines.append(f"error {entity_id} {type(exc).__name__}: {exc}")
     with open(out, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(attempt_each(ids, attempt)) + "\n")
 
 
 def race_outcomes(outs: list[str]) -> tuple[Counter, Counter]:
@@ -143,74 +67,12 @@ def append(db_path: str, run_id: str, count: str, go: str) -> None:
                                                                               "i": i}})
 
 
-def writer(db_path: str, acklog: str) -> None:
-    """Write runs, transitions, steps and events until killed; ack each returned call."""
-    from uet.state import Database
-    db = Database(db_path)
-    with open(acklog, "a") as log:
-        while True:
-            run_id = db.create_run({"project_id": "crash", "phase_id": "ph",
-                                    "metadata": {"pad": "x" * 200}})
-            ack(log, f"run {run_id} pending")
-            db.transition_run(run_id, "running", expected="pending")
-            ack(log, f"run {run_id} running")
-            step_id = db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "t"})
-            ack(log, f"step {step_id} running")
-            event_id = db.create_event({"run_id": run_id, "event_type": "note"})
-            ack(log, f"event {event_id}")
-            db.transition_step_attempt(step_id, "succeeded", exit_code=0)
-            ack(log, f"step {step_id} succeeded")
-            db.transition_run(run_id, "succeeded", exit_code=0)
-            ack(log, f"run {run_id} succeeded")
-
-
 def open_ledger(db_path: str, go: str) -> None:
     """Open (and so create or migrate) a ledger; print its schema version."""
     from uet.state import Database
     wait_for(go)
     with Database(db_path) as db:
         print(db.schema_version())
-
-
-def hold_lock(db_path: str, seconds: str, ready: str, mode: str = "IMMEDIATE") -> None:
-    """Hold the ledger's write lock for a while, as a slow writer in another process would;
-    the transaction leaves a marker row that commits when the lock is released."""
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    conn.execute({"IMMEDIATE": "BEGIN IMMEDIATE", "EXCLUSIVE": "BEGIN EXCLUSIVE"}[mode])
-    conn.execute("INSERT INTO ledger_counters (name, value) VALUES ('lock_holder', 1)")
-    open(ready, "w").close()
-    time.sleep(float(seconds))
-    conn.execute("COMMIT")
-
-
-def fill_disk(db_path: str, out: str) -> None:
-    """Write until the file-size limit stops SQLite; report what the caller saw, then show
-    that the ledger is usable again once the limit is lifted."""
-    import resource
-    import signal
-    from uet.errors import StorageError
-    from uet.state import Database
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write() returns EFBIG instead
-    db = Database(db_path)
-    run_id = db.create_run({"project_id": "disk", "phase_id": "ph"})
-    acked = []
-    size = max(os.path.getsize(db_path), os.path.getsize(db_path + "-wal"))
-    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 256 * 1024, hard))
-    error = None
-    for i in range(100_000):
-        try:
-            acked.append(db.create_event({"run_id": run_id, "event_type": "fill",
-                                          "data": {"pad": "x" * 4000, "i": i}}))
-        except StorageError as exc:
-            error = exc
-            break
-    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
-    after = db.create_event({"run_id": run_id, "event_type": "after"})
-    stored = {e["event_id"] for e in db.list_events(run_id)}
-    with open(out, "w") as f:
-        f.write(f"{type(error).__name__}\n{error}\n{len(acked)}\n"
-                f"{int(set(acked) <= stored)}\n{int(after in stored)}\n")
 
 
 def patch_race(db_path: str, ids_file: str, go: str, out: str, target: str = "validated",
@@ -259,6 +121,5 @@ def try_write(db_path: str) -> None:
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"race": race, "append": append, "writer": writer, "open": open_ledger,
-     "hold_lock": hold_lock, "fill_disk": fill_disk, "patch_race": patch_race, "claim": claim,
-     "try_write": try_write}[command](*args)
+    {"race": race, "append": append, "open": open_ledger, "patch_race": patch_race,
+     "claim": claim, "try_write": try_write}[command](*args)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_seed_ledger
+from reliability_suite.migration import make_seed_ledger
 from uet import __version__
 from uet.state import GateLedger, PatchLedger, WorkerLifecycle, init_db
 

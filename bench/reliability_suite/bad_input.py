@@ -15,7 +15,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from reliability_suite.common import Mode, Result
+from reliability_suite.common import Mode, Result, populate
 
 INJECTIONS = ["1; DROP TABLE runs", "run_id = run_id --", "' OR '1'='1", "metadata)",
               "\"; DELETE FROM run_events; --", "x' UNION SELECT * FROM runs --",
@@ -24,7 +24,8 @@ STATES = ["pending", "running", "succeeded", "failed", "canceled", "quarantined"
           "SPAWNING", "IDLE", "BUSY", "DRAINING", "TERMINATED", "created", "validated",
           "queued", "applied", "verified", "committed", "dropped", "PENDING", "RUNNING",
           "PASSED", "FAILED", "BLOCKED", "SKIPPED", "Running", "done", "null"]
-IDS = ["run-1", "run-2", "step-1", "w-idle", "w-busy", "w-new", "LINT", "gone", "run-"]
+IDS = ["run-p", "run-r", "run-w", "step-r", "w-idle", "w-busy", "w-new", "LINT", "gone",
+       "run-"]
 
 
 def _strategies():
@@ -59,7 +60,7 @@ def _targets(st, _names, value, record):
         return st.tuples(st.tuples(*strategies), st.fixed_dictionaries(
             {}, optional=dict(keywords)))
 
-    runs, steps = ident(["run-1", "run-2"]), ident(["step-1"])
+    runs, steps = ident(["run-p", "run-r", "run-w"]), ident(["step-r", "step-w"])
     dangling_run = st.sampled_from(["gone", "run-404"]) | st.text(min_size=1, max_size=30)
 
     def near(**base):
@@ -87,7 +88,7 @@ def _targets(st, _names, value, record):
         ("list_runs", args(record, ident([1, 10, None]), since=value),
          lambda c, a, k: db(c).list_runs(*a, **k)),
         ("resolve_run_id", args(runs), lambda c, a, k: db(c).resolve_run_id(*a, **k)),
-        ("create_step_attempt", args(near(run_id="run-2", sequence=1, tool_id="t")),
+        ("create_step_attempt", args(near(run_id="run-r", sequence=1, tool_id="t")),
          lambda c, a, k: db(c).create_step_attempt(*a, **k)),
         ("update_step_attempt", args(steps, near(exit_code=0, state="succeeded")),
          lambda c, a, k: db(c).update_step_attempt(*a, **k)),
@@ -102,7 +103,7 @@ def _targets(st, _names, value, record):
         ("create_event (dangling)", args(st.fixed_dictionaries(
             {"run_id": dangling_run, "event_type": st.just("note")})),
          lambda c, a, k: db(c).create_event(*a, **k)),
-        ("create_event", args(near(run_id="run-1", event_type="note")), lambda c, a, k: db(c).create_event(*a, **k)),
+        ("create_event", args(near(run_id="run-p", event_type="note")), lambda c, a, k: db(c).create_event(*a, **k)),
         ("list_events", args(runs), lambda c, a, k: db(c).list_events(*a, **k)),
         ("events_since", args(value, run_id=runs, limit=value),
          lambda c, a, k: db(c).events_since(*a, **k)),
@@ -143,7 +144,7 @@ def _targets(st, _names, value, record):
          lambda c, a, k: g(c).define_gate(*a, **k)),
         ("gate transition_state", args(ident(["gate"]), state, exit_code=value, stdout=value,
                                        stderr=value),
-         lambda c, a, k: g(c).transition_state(*(c["gate"] if x == "gate" else x
+         lambda c, a, k: g(c).transition_state(*(c["lint"] if x == "gate" else x
                                                  for x in a), **k)),
         ("expire_timeouts", args(value), lambda c, a, k: g(c).expire_timeouts(*a, **k)),
         ("list_gates", args(value, state), lambda c, a, k: g(c).list_gates(*a, **k)),
@@ -152,23 +153,9 @@ def _targets(st, _names, value, record):
 
 def _fresh():
     """An in-memory ledger with a little of everything for the calls to hit."""
-    from uet.state import GateLedger, PatchLedger, WorkerLifecycle, init_db
+    from uet.state import init_db
     db = init_db(":memory:")
-    db.create_run({"run_id": "run-1", "project_id": "p", "phase_id": "ph"})
-    db.create_run({"run_id": "run-2", "project_id": "p", "phase_id": "ph"})
-    db.transition_run("run-2", "running")
-    db.create_step_attempt({"step_attempt_id": "step-1", "run_id": "run-2", "sequence": 1,
-                            "tool_id": "t"})
-    workers = WorkerLifecycle(db)
-    workers.spawn_worker("w-new", "t", {})
-    workers.spawn_worker("w-idle", "t", {})
-    workers.transition_state("w-idle", "IDLE")
-    patches = PatchLedger(db)
-    patch = patches.record_patch("--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+b\n", run_id="run-2")
-    entry = patches.create_entry(patch, "ph")
-    gate = GateLedger(db).define_gate("LINT", "ph", "ruff .")
-    return {"db": db, "patch": patch.patch_id, "entry": entry.ledger_id,
-            "gate": gate["gate_id"]}
+    return {"db": db, **populate(db)}
 
 
 def _image(db) -> bytes:
@@ -230,7 +217,7 @@ def _fuzz_api(cases: int, seed: int, counts: Counter, details: list[str]) -> int
 CLI_COMMANDS = ["runs", "show", "events", "workers", "patches", "gates", "doctor"]
 CLI_TOKENS = ["--json", "--limit", "--state", "--project", "--phase", "--run", "--since",
               "--db", "--type", "--debug", "--help", "-n", "0", "-1", "1", "99999999999999999",
-              "run-1", "RUN", "pending", "bogus", "2026-01-01", "yesterday", "--", "-"]
+              "run-p", "RUN", "pending", "bogus", "2026-01-01", "yesterday", "--", "-"]
 
 
 def _fuzz_cli(cases: int, seed: int, workdir: Path, counts: Counter,
@@ -242,8 +229,7 @@ def _fuzz_cli(cases: int, seed: int, workdir: Path, counts: Counter,
     from uet.state import init_db
     path = str(workdir / "cli.db")
     with init_db(path) as db:
-        db.create_run({"run_id": "run-1", "project_id": "p", "phase_id": "ph"})
-        db.create_event({"run_id": "run-1", "event_type": "note"})
+        populate(db)
     image = Path(path).read_bytes()
     token = st.sampled_from(CLI_TOKENS + INJECTIONS[:-4]) | st.text(max_size=12).filter(
         lambda t: "\x00" not in t)

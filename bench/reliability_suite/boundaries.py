@@ -15,10 +15,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from reliability_suite.common import (Mode, Result, copy_ledger, integrity_ok,
-                                      logical_snapshot, trail_violations)
+from reliability_suite.common import (DIFF, Mode, Result, copy_ledger, integrity_ok,
+                                      logical_snapshot, populate, trail_violations)
 
-DIFF = "--- a/src/app.py\n+++ b/src/app.py\n@@ -1 +1 @@\n-old\n+new\n"
 LATER = datetime.now(timezone.utc) + timedelta(days=1)
 
 
@@ -32,36 +31,9 @@ class Scenario:
     upgrade: bool = False                 # an upgrade: each whole version in between is fine
 
 
-def _base(db) -> None:
-    """Rows most scenarios start from."""
-    from uet.state import GateLedger, PatchLedger, WorkerLifecycle
-    db.create_run({"run_id": "run-p", "project_id": "p", "phase_id": "ph"})
-    db.create_run({"run_id": "run-r", "project_id": "p", "phase_id": "ph"})
-    db.transition_run("run-r", "running")
-    db.create_step_attempt({"step_attempt_id": "step-r", "run_id": "run-r", "sequence": 1,
-                            "tool_id": "aider"})
-    workers = WorkerLifecycle(db)
-    workers.spawn_worker("w-new", "t", {"lang": "py"})
-    workers.spawn_worker("w-idle", "t", {})
-    workers.transition_state("w-idle", "IDLE")
-    workers.spawn_worker("w-busy", "t", {})
-    workers.transition_state("w-busy", "IDLE")
-    db.create_run({"run_id": "run-w", "project_id": "p", "phase_id": "ph"})
-    workers.claim_run("w-busy", "run-w")
-    db.create_step_attempt({"step_attempt_id": "step-w", "run_id": "run-w", "sequence": 1,
-                            "tool_id": "t", "worker_id": "w-busy"})
-    patches = PatchLedger(db)
-    patch = patches.record_patch(DIFF, step_attempt_id="step-r")
-    patches.create_entry(patch, "ph")
-    gates = GateLedger(db)
-    lint = gates.define_gate("LINT", "ph", "ruff .", timeout_sec=1)
-    gates.define_gate("UNIT", "ph", "pytest", depends_on=["LINT"])
-    gates.transition_state(lint["gate_id"], "RUNNING")
-
-
 def _finished(db) -> None:
     """The base, with the busy worker's run finished (so it may be released)."""
-    _base(db)
+    populate(db)
     db.transition_run("run-w", "succeeded", exit_code=0)
 
 
@@ -114,51 +86,51 @@ def _make_v1(path: str) -> None:
 
 
 SCENARIOS = [
-    Scenario("create_run", _base, _with(lambda db: db.create_run(
+    Scenario("create_run", populate, _with(lambda db: db.create_run(
         {"run_id": "run-new", "project_id": "p", "phase_id": "ph", "metadata": {"k": 1}}))),
-    Scenario("update_run", _base, _with(lambda db: db.update_run(
+    Scenario("update_run", populate, _with(lambda db: db.update_run(
         "run-r", {"metadata": {"k": 2}, "state": "succeeded", "exit_code": 0}))),
-    Scenario("transition_run (claim)", _base, _with(lambda db: db.transition_run(
+    Scenario("transition_run (claim)", populate, _with(lambda db: db.transition_run(
         "run-p", "running", expected="pending"))),
-    Scenario("transition_run (finish)", _base, _with(lambda db: db.transition_run(
+    Scenario("transition_run (finish)", populate, _with(lambda db: db.transition_run(
         "run-r", "failed", exit_code=1, error_message="boom"))),
-    Scenario("delete_run", _base, _with(lambda db: db.delete_run("run-p"))),
-    Scenario("create_step_attempt", _base, _with(lambda db: db.create_step_attempt(
+    Scenario("delete_run", populate, _with(lambda db: db.delete_run("run-p"))),
+    Scenario("create_step_attempt", populate, _with(lambda db: db.create_step_attempt(
         {"step_attempt_id": "step-new", "run_id": "run-r", "sequence": 1, "tool_id": "t"}))),
-    Scenario("update_step_attempt", _base, _with(lambda db: db.update_step_attempt(
+    Scenario("update_step_attempt", populate, _with(lambda db: db.update_step_attempt(
         "step-r", {"state": "succeeded", "exit_code": 0, "output_patch_id": "x"}))),
-    Scenario("transition_step_attempt", _base, _with(lambda db: db.transition_step_attempt(
+    Scenario("transition_step_attempt", populate, _with(lambda db: db.transition_step_attempt(
         "step-r", "failed", exit_code=2, error_log="bad"))),
-    Scenario("create_event", _base, _with(lambda db: db.create_event(
+    Scenario("create_event", populate, _with(lambda db: db.create_event(
         {"event_id": "ev-new", "run_id": "run-r", "event_type": "note", "data": {"a": 1}}))),
-    Scenario("spawn_worker", _base, _with(lambda db: _workers(db).spawn_worker(
+    Scenario("spawn_worker", populate, _with(lambda db: _workers(db).spawn_worker(
         "w-2", "t", {"gpu": True}))),
-    Scenario("worker transition_state", _base, _with(lambda db: _workers(db).transition_state(
+    Scenario("worker transition_state", populate, _with(lambda db: _workers(db).transition_state(
         "w-new", "IDLE"))),
-    Scenario("terminate_worker (drain)", _base, _with(
+    Scenario("terminate_worker (drain)", populate, _with(
         lambda db: _workers(db).terminate_worker("w-busy"))),
-    Scenario("worker TERMINATED (fails held work)", _base, _with(
+    Scenario("worker TERMINATED (fails held work)", populate, _with(
         lambda db: _workers(db).transition_state("w-busy", "TERMINATED"))),
-    Scenario("heartbeat", _base, _with(lambda db: _workers(db).heartbeat("w-idle")),
+    Scenario("heartbeat", populate, _with(lambda db: _workers(db).heartbeat("w-idle")),
              visible=False),
-    Scenario("claim_run", _base, _with(lambda db: _workers(db).claim_run("w-idle"))),
+    Scenario("claim_run", populate, _with(lambda db: _workers(db).claim_run("w-idle"))),
     Scenario("release", _finished, _with(lambda db: _workers(db).release("w-busy"))),
-    Scenario("reap_stale", _base, _with(lambda db: _workers(db).reap_stale(1, now=LATER))),
-    Scenario("record_patch", _base, _with(lambda db: _patches(db).record_patch(
+    Scenario("reap_stale", populate, _with(lambda db: _workers(db).reap_stale(1, now=LATER))),
+    Scenario("record_patch", populate, _with(lambda db: _patches(db).record_patch(
         DIFF + "+more\n", run_id="run-r"))),
-    Scenario("create_entry", _base, _with(lambda db: _patches(db).create_entry(
+    Scenario("create_entry", populate, _with(lambda db: _patches(db).create_entry(
         _ids(db)["patch"], "ph", "ws"))),
-    Scenario("patch transition_state", _base, _with(lambda db: _patches(db).transition_state(
+    Scenario("patch transition_state", populate, _with(lambda db: _patches(db).transition_state(
         _ids(db)["entry"], "validated", "ok", expected_version=1))),
-    Scenario("quarantine", _base, _with(lambda db: _patches(db).quarantine(
+    Scenario("quarantine", populate, _with(lambda db: _patches(db).quarantine(
         _ids(db)["entry"], "scope violation"))),
-    Scenario("set_validation", _base, _with(lambda db: _patches(db).set_validation(
+    Scenario("set_validation", populate, _with(lambda db: _patches(db).set_validation(
         _ids(db)["entry"], format=True, tests=False))),
-    Scenario("define_gate", _base, _with(lambda db: _gates(db).define_gate(
+    Scenario("define_gate", populate, _with(lambda db: _gates(db).define_gate(
         "SECURITY", "ph", "bandit", depends_on=["LINT", "UNIT"]))),
-    Scenario("gate FAILED (blocks dependents)", _base, _with(
+    Scenario("gate FAILED (blocks dependents)", populate, _with(
         lambda db: _gates(db).transition_state(_ids(db)["lint"], "FAILED", exit_code=1))),
-    Scenario("expire_timeouts", _base, _with(lambda db: _gates(db).expire_timeouts(now=LATER))),
+    Scenario("expire_timeouts", populate, _with(lambda db: _gates(db).expire_timeouts(now=LATER))),
     # opening an older ledger upgrades it; its old rows predate the event trail
     Scenario("migrate seed ledger", None, _with(lambda db: None), trail=False,
              upgrade=True),

@@ -119,11 +119,64 @@ def ack(log, line: str) -> None:
     os.fsync(log.fileno())
 
 
+def attempt_each(ids: list[str], attempt) -> list[str]:
+    """Call attempt(id) for each id; one line per call: won / lost (the documented
+    ConcurrentUpdateError) / error with the exception's type and message."""
+    from uet.errors import ConcurrentUpdateError
+    lines = []
+    for entity_id in ids:
+        try:
+            attempt(entity_id)
+            lines.append(f"won {entity_id}")
+        except ConcurrentUpdateError:
+            lines.append(f"lost {entity_id}")
+        except Exception as exc:  # the caller counts every one of these
+            lines.append(f"error {entity_id} {type(exc).__module__}.{type(exc).__name__}: "
+                         f"{exc}")
+    return lines
+
+
 def acked_lines(path: str | Path) -> list[list[str]]:
     """The whole lines of an ack log (the last one may be torn by a kill: not acknowledged)."""
     path = Path(path)
     text = path.read_text() if path.exists() else ""
     return [line.split(" ") for line in text.split("\n")[:-1]]
+
+
+# -- ledgers to work on -------------------------------------------------------------------
+
+DIFF = "--- a/src/app.py\n+++ b/src/app.py\n@@ -1 +1 @@\n-old\n+new\n"
+
+
+def populate(db) -> dict[str, str]:
+    """A little of everything for calls to hit: runs pending (run-p) and running (run-r,
+    run-w), step attempts, workers new / idle / busy (holding run-w), a patch with its
+    ledger entry, and gates LINT (running) and UNIT (depending on it). Returns the
+    generated ids: patch, entry, lint."""
+    from uet.state import GateLedger, PatchLedger, WorkerLifecycle
+    db.create_run({"run_id": "run-p", "project_id": "p", "phase_id": "ph"})
+    db.create_run({"run_id": "run-r", "project_id": "p", "phase_id": "ph"})
+    db.transition_run("run-r", "running")
+    db.create_step_attempt({"step_attempt_id": "step-r", "run_id": "run-r", "sequence": 1,
+                            "tool_id": "aider"})
+    workers = WorkerLifecycle(db)
+    workers.spawn_worker("w-new", "t", {"lang": "py"})
+    workers.spawn_worker("w-idle", "t", {})
+    workers.transition_state("w-idle", "IDLE")
+    workers.spawn_worker("w-busy", "t", {})
+    workers.transition_state("w-busy", "IDLE")
+    db.create_run({"run_id": "run-w", "project_id": "p", "phase_id": "ph"})
+    workers.claim_run("w-busy", "run-w")
+    db.create_step_attempt({"step_attempt_id": "step-w", "run_id": "run-w", "sequence": 1,
+                            "tool_id": "t", "worker_id": "w-busy"})
+    patches = PatchLedger(db)
+    patch = patches.record_patch(DIFF, step_attempt_id="step-r")
+    entry = patches.create_entry(patch, "ph")
+    gates = GateLedger(db)
+    lint = gates.define_gate("LINT", "ph", "ruff .", timeout_sec=1)
+    gates.define_gate("UNIT", "ph", "pytest", depends_on=["LINT"])
+    gates.transition_state(lint["gate_id"], "RUNNING")
+    return {"patch": patch.patch_id, "entry": entry.ledger_id, "lint": lint["gate_id"]}
 
 
 # -- reading a ledger file directly ----------------------------------------------------------

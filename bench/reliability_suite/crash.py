@@ -3,7 +3,6 @@ and leave no state change without its event."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import time

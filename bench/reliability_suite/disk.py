@@ -16,6 +16,7 @@ from reliability_suite.common import (Mode, Result, acked_lines, connect_raw, in
                                       spawn, wait_for)
 
 TYPED = "uet.errors.StorageError"
+HINTS = ("free space", "permissions", "file-size limits")
 
 
 def _judge(path: str, lines: list[list[str]], counts: dict) -> None:
@@ -30,7 +31,10 @@ def _judge(path: str, lines: list[list[str]], counts: dict) -> None:
             counts["lost"] += line[1] not in present
         elif line[0] == "error":
             counts["errors"] += 1
-            counts["untyped"] += line[2] != TYPED
+            kind, _, message = " ".join(line[2:]).partition(":")
+            counts["untyped"] += kind != TYPED
+            # a message a person can act on: what happened and what to check
+            counts["unclear"] += not any(hint in message for hint in HINTS)
             counts["partial"] += line[1] in present  # the failed call left its row
     counts["corrupt"] += not integrity_ok(path)
     counts["silent"] += not any(line[0] == "error" for line in lines)
@@ -97,7 +101,7 @@ def _read_only(workdir: Path, mutant: str | None, counts: dict) -> bool:
 def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Result:
     result = Result("disk")
     counts = dict.fromkeys(("acked", "lost", "errors", "untyped", "partial", "corrupt",
-                            "recovered", "runs", "died", "silent"), 0)
+                            "recovered", "runs", "died", "silent", "unclear"), 0)
     _fill(workdir, mutant, counts)
     read_only_ran = _read_only(workdir, mutant, counts)
     result.add("writers cut off", counts["runs"], zero=False,
@@ -105,6 +109,7 @@ def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Re
                                    else "; read-only files need root and chattr: not run"))
     result.add("failed calls seen", counts["errors"], zero=False)
     result.add("errors not StorageError", counts["untyped"], "untyped")
+    result.add("errors without advice (space, permissions)", counts["unclear"], "untyped")
     result.add("failed calls that left rows", counts["partial"], "partial")
     result.add("acknowledged but missing", counts["lost"], "lost")
     result.add("corrupted ledgers", counts["corrupt"], "corrupt")

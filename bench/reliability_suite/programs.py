@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reliability_suite.common import MUTANT_VAR, ack, wait_for  # noqa: E402
+from reliability_suite.common import MUTANT_VAR, ack, attempt_each, wait_for  # noqa: E402
 from reliability_suite.mutants import apply  # noqa: E402
 
 apply(os.environ.get(MUTANT_VAR))
@@ -60,7 +60,6 @@ def writer(db_path: str, acklog: str, seed: str) -> None:
 def racer(db_path: str, ids_file: str, go: str, out: str, kind: str, seed: str) -> None:
     """Race to move each listed run (pending → running) or patch entry (→ validated, with
     the version read before the start as compare-and-set); log each outcome."""
-    from uet.errors import ConcurrentUpdateError
     from uet.state import Database, PatchLedger
     db = Database(db_path)
     ids = Path(ids_file).read_text().split()
@@ -77,17 +76,7 @@ def racer(db_path: str, ids_file: str, go: str, out: str, kind: str, seed: str) 
                                     expected_version=versions[entity_id])
     open(out + ".ready", "w").close()
     wait_for(lambda: os.path.exists(go), 60, "the start signal")
-    lines = []
-    for entity_id in ids:
-        try:
-            attempt(entity_id)
-            lines.append(f"won {entity_id}")
-        except ConcurrentUpdateError:
-            lines.append(f"lost {entity_id}")
-        except Exception as exc:  # the check counts every one of these
-            lines.append(f"error {entity_id} {type(exc).__module__}.{type(exc).__name__} "
-                         f"{str(exc)!r}")
-    Path(out).write_text("\n".join(lines) + "\n")
+    Path(out).write_text("\n".join(attempt_each(ids, attempt)) + "\n")
 
 
 def migrate(db_path: str) -> None:
@@ -137,8 +126,8 @@ def fill_disk(db_path: str, acklog: str) -> None:
                                  "event_type": "fill", "data": {"pad": "x" * 4000}})
                 ack(log, f"event {event_id}")
             except Exception as exc:  # the check judges the type
-                ack(log, f"error {event_id} {type(exc).__module__}.{type(exc).__name__} "
-                    f"{str(exc)!r}")
+                ack(log, f"error {event_id} {type(exc).__module__}.{type(exc).__name__}: "
+                    f"{exc}".replace("\n", " "))
                 errors += 1
                 if errors >= 3:
                     break
@@ -165,21 +154,24 @@ def steady_writer(db_path: str, acklog: str, stop: str) -> None:
                 db.create_event({"event_id": event_id, "run_id": run_id, "event_type": "w"})
                 ack(log, f"event {event_id}")
             except Exception as exc:  # the check judges the type
-                ack(log, f"error {event_id} {type(exc).__module__}.{type(exc).__name__} "
-                    f"{str(exc)!r}")
+                ack(log, f"error {event_id} {type(exc).__module__}.{type(exc).__name__}: "
+                    f"{exc}".replace("\n", " "))
                 time.sleep(0.02)
     db.close()
 
 
-def hold_lock(db_path: str, seconds: str, ready: str) -> None:
-    """Hold the ledger's write lock for a while, as a slow writer in another process would."""
+def hold_lock(db_path: str, seconds: str, ready: str, mode: str = "IMMEDIATE") -> None:
+    """Hold the ledger's write lock for a while, as a slow writer in another process would;
+    its transaction leaves a marker row (ledger_counters 'lock_holder') that commits when
+    the lock is released."""
     import sqlite3
     conn = sqlite3.connect(db_path, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    conn.execute("INSERT INTO ledger_counters (name, value) VALUES ('lock_holder', 1)")
+    conn.execute({"IMMEDIATE": "BEGIN IMMEDIATE", "EXCLUSIVE": "BEGIN EXCLUSIVE"}[mode])
+    conn.execute("INSERT OR REPLACE INTO ledger_counters (name, value) "
+                 "VALUES ('lock_holder', 1)")
     open(ready, "w").close()
     time.sleep(float(seconds))
-    conn.execute("ROLLBACK")
+    conn.execute("COMMIT")
     conn.close()
 
 

@@ -18,6 +18,8 @@ from uet.errors import DatabaseBusyError, ValidationError
 from uet.state import Database, get_db, init_db
 
 HELPERS = str(Path(__file__).parent.parent / "helpers.py")
+# the reliability suite's processes (hold_lock: a slow writer in another process)
+PROGRAMS = str(Path(__file__).parent.parent.parent / "bench" / "reliability_suite" / "programs.py")
 
 
 def test_get_db_under_16_threads_creates_one_instance(tmp_path):
@@ -235,7 +237,7 @@ def test_a_relative_path_keeps_naming_the_same_file_after_chdir(tmp_path, monkey
 def test_writer_waits_for_a_lock_held_shorter_than_the_busy_timeout(file_db, tmp_path):
     db = file_db
     ready = str(tmp_path / "ready")
-    holder = subprocess.Popen([sys.executable, HELPERS, "hold_lock", db.db_path, "0.5", ready])
+    holder = subprocess.Popen([sys.executable, PROGRAMS, "hold_lock", db.db_path, "0.5", ready])
     while not os.path.exists(ready):
         time.sleep(0.005)
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})  # waits, then succeeds
@@ -252,7 +254,7 @@ def test_writer_past_the_busy_timeout_gets_a_typed_error_and_writes_nothing(db_p
     init_db(db_path).close()
     db = Database(db_path, busy_timeout=0.2)
     ready = str(tmp_path / "ready")
-    holder = subprocess.Popen([sys.executable, HELPERS, "hold_lock", db_path, "3", ready])
+    holder = subprocess.Popen([sys.executable, PROGRAMS, "hold_lock", db_path, "3", ready])
     try:
         while not os.path.exists(ready):
             time.sleep(0.005)
@@ -272,7 +274,7 @@ def test_reads_are_not_blocked_by_another_process_holding_an_exclusive_lock(db_p
         db.create_run({"run_id": "r", "project_id": "p", "phase_id": "ph"})
     reader = Database(db_path, busy_timeout=0)  # any wait would be a DatabaseBusyError
     ready = str(tmp_path / "ready")
-    holder = subprocess.Popen([sys.executable, HELPERS, "hold_lock", db_path, "2", ready,
+    holder = subprocess.Popen([sys.executable, PROGRAMS, "hold_lock", db_path, "2", ready,
                                "EXCLUSIVE"])
     try:
         while not os.path.exists(ready):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SEED_DDL, make_seed_ledger
+from reliability_suite.migration import SEED_DDL, make_seed_ledger
 from uet.errors import MigrationError, NotALedgerError, SchemaVersionError
 from uet.state import LATEST_VERSION, Database, init_db
 from uet.state.sqlfiles import load_migrations, load_queries, split_statements
