@@ -77,7 +77,15 @@ def _targets(st, _names, value, record):
     w = lambda c: WorkerLifecycle(c["db"])  # noqa: E731
     p = lambda c: PatchLedger(c["db"])  # noqa: E731
     g = lambda c: GateLedger(c["db"])  # noqa: E731
+    def open_ledger(c, a, k):
+        from uet.state import Database
+        Database(*a, **k).close()
+
+    # never None or a real path: those would open the default or a file in the folder
+    where = st.just(":memory:") | st.integers() | st.binary(max_size=4) | st.just("")
     return [
+        ("Database(...)", args(where, durability=value | st.sampled_from(["normal", "full"]),
+                               busy_timeout=value, read_only=value), open_ledger),
         ("create_run", args(near(project_id="p", phase_id="ph")), lambda c, a, k: db(c).create_run(*a, **k)),
         ("update_run", args(runs, near(metadata={}, state="running")), lambda c, a, k: db(c).update_run(*a, **k)),
         ("transition_run", args(runs, state, expected=state, exit_code=value,
@@ -165,9 +173,9 @@ def _image(db) -> bytes:
 def _documented(exc: BaseException) -> bool:
     """The errors bad input may raise: about the input, never about the storage."""
     from uet.errors import (AmbiguousIdError, ConcurrentUpdateError, InvalidTransitionError,
-                            NotFoundError, ValidationError)
+                            NotALedgerError, NotFoundError, ValidationError)
     return isinstance(exc, (ValidationError, NotFoundError, AmbiguousIdError,
-                            InvalidTransitionError, ConcurrentUpdateError))
+                            InvalidTransitionError, ConcurrentUpdateError, NotALedgerError))
 
 
 def _fuzz_api(cases: int, seed: int, counts: Counter, details: list[str]) -> int:

@@ -203,46 +203,57 @@ def integrity_ok(path: str) -> bool:
         conn.close()
 
 
-# Each record whose state the trail must explain: (table, key column, created event, changed
-# event, where the key is in the event's data, where the created state is in the data).
+# Each record whose state the trail must explain: (table, key column, creation event, state
+# change event, the event data field holding the key; None: the event's run_id column).
 TRAILS = (
-    ("runs", "run_id", "run.created", "run.state_changed", "run_id", "$.state"),
+    ("runs", "run_id", "run.created", "run.state_changed", None),
     ("step_attempts", "step_attempt_id", "step_attempt.created", "step_attempt.state_changed",
-     "$.step_attempt_id", "$.state"),
-    ("workers", "worker_id", "worker.spawned", "worker.state_changed", "$.worker_id",
-     "$.state"),
+     "step_attempt_id"),
+    ("workers", "worker_id", "worker.spawned", "worker.state_changed", "worker_id"),
     ("patch_ledger_entries", "ledger_id", "patch_entry.created", "patch_entry.state_changed",
-     "$.ledger_id", "$.state"),
-    ("test_gates", "gate_id", "gate.defined", "gate.state_changed", "$.gate_id", "$.state"),
+     "ledger_id"),
+    ("test_gates", "gate_id", "gate.defined", "gate.state_changed", "gate_id"),
 )
 
 
 def trail_violations(path: str) -> list[str]:
     """Records whose state the event trail does not explain: each must have exactly one
     creation event, and its state must be the `to` of its last state-change event (or the
-    state its creation event names, when it never changed)."""
+    state its creation event names, when it never changed). One pass over the trail."""
     conn = connect_raw(path)
     problems = []
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        for table, key, created, changed, where, state_path in TRAILS:
+        if "schema_migrations" not in tables:
+            return []  # not a uet ledger (yet): no trail to check
+        kinds = {}
+        for table, _, created, changed, data_field in TRAILS:
+            kinds[created] = (table, data_field, True)
+            kinds[changed] = (table, data_field, False)
+        created_count: dict[tuple, int] = {}
+        explained: dict[tuple, str] = {}
+        for run_id, event_type, data in conn.execute(
+                "SELECT run_id, event_type, data FROM run_events ORDER BY seq"):
+            if event_type not in kinds:
+                continue
+            table, data_field, is_creation = kinds[event_type]
+            body = json.loads(data) if data else {}
+            key = (table, run_id if data_field is None else body.get(data_field))
+            if is_creation:
+                created_count[key] = created_count.get(key, 0) + 1
+                explained.setdefault(key, body.get("state"))
+            else:
+                explained[key] = body.get("to")
+        for table, key_column, *_ in TRAILS:
             if table not in tables:
                 continue
             # names come from the constant above, never from input
-            ref = "e.run_id" if where == "run_id" else f"json_extract(e.data, '{where}')"
-            rows = conn.execute(f"""
-                SELECT t.{key}, t.state,
-                  (SELECT count(*) FROM run_events e WHERE e.event_type = ? AND {ref} = t.{key}),
-                  (SELECT json_extract(e.data, '$.to') FROM run_events e
-                    WHERE e.event_type = ? AND {ref} = t.{key} ORDER BY e.seq DESC LIMIT 1),
-                  (SELECT json_extract(e.data, '{state_path}') FROM run_events e
-                    WHERE e.event_type = ? AND {ref} = t.{key} ORDER BY e.seq LIMIT 1)
-                FROM {table} t""", (created, changed, created)).fetchall()
-            for entity, state, n_created, last_to, first_state in rows:
-                explained = last_to if last_to is not None else first_state
-                if n_created != 1 or explained != state:
-                    problems.append(f"{table} {entity}: state {state}, {n_created} creation "
-                                    f"events, trail says {explained}")
+            for entity, state in conn.execute(f"SELECT {key_column}, state FROM {table}"):
+                key = (table, entity)
+                if created_count.get(key) != 1 or explained.get(key) != state:
+                    problems.append(f"{table} {entity}: state {state}, "
+                                    f"{created_count.get(key, 0)} creation events, trail "
+                                    f"says {explained.get(key)}")
     finally:
         conn.close()
     return problems

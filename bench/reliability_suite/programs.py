@@ -188,15 +188,19 @@ def write_once(db_path: str, busy_timeout: str) -> None:
 
 
 def settings(db_path: str) -> None:
-    """Print the settings of the connection a library Database uses, as JSON."""
+    """Print, as JSON, the settings of the connections a library Database uses (read-write
+    and read-only)."""
     import json
     from uet.state import Database
-    with Database(db_path) as db:
-        conn = db._backend.connect()
-        print(json.dumps({
-            "journal_mode": conn.execute("PRAGMA journal_mode").fetchone()[0],
-            "foreign_keys": conn.execute("PRAGMA foreign_keys").fetchone()[0],
-            "busy_timeout_ms": conn.execute("PRAGMA busy_timeout").fetchone()[0]}))
+    seen = []
+    for read_only in (False, True):
+        with Database(db_path, read_only=read_only) as db:
+            conn = db._backend.connect()
+            seen.append({
+                "journal_mode": conn.execute("PRAGMA journal_mode").fetchone()[0],
+                "foreign_keys": conn.execute("PRAGMA foreign_keys").fetchone()[0],
+                "busy_timeout_ms": conn.execute("PRAGMA busy_timeout").fetchone()[0]})
+    print(json.dumps(seen))
 
 
 def uet_cli(*args: str) -> None:

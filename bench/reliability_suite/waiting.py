@@ -116,7 +116,7 @@ def _settings(path: str, mutant: str | None) -> tuple[int, int]:
     """(connections checked, connections without WAL, foreign keys or the busy timeout)."""
     seen = []
     library = spawn("settings", path, mutant=mutant, stdout=subprocess.PIPE, text=True)
-    seen.append(json.loads(library.communicate(timeout=60)[0]))
+    seen.extend(json.loads(library.communicate(timeout=60)[0]))
     cli = spawn("uet", "doctor", "--json", "--db", path, mutant=mutant,
                 stdout=subprocess.PIPE, text=True)
     report = json.loads(cli.communicate(timeout=60)[0])
@@ -152,7 +152,8 @@ def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Re
     result.add("duplicates made by retries", duplicates, "double")
     result.add("forked children sharing a connection", shared)
     result.add("acknowledged writes lost around fork", fork_lost, "lost")
-    result.add("connections checked (library, CLI)", connections, zero=False)
+    result.add("connections checked", connections, zero=False,
+               note="library read-write and read-only, CLI")
     result.add("without WAL, foreign keys or busy timeout", misconfigured)
     result.details = failed_waiting + untyped
     return result
