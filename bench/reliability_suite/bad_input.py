@@ -262,9 +262,10 @@ def _fuzz_cli(cases: int, seed: int, workdir: Path, counts: Counter,
             except Exception as exc:  # counted: the CLI must turn every error into a line
                 code = f"{type(exc).__name__}: {exc}"
         lines = err.getvalue().strip().splitlines()
-        one_line_error = code in (0,) or (len(lines) == 1 and lines[0].startswith(
-            "uet: error:"))
-        if code not in (0, 1, 2) or "Traceback" in err.getvalue() or not one_line_error:
+        # --debug asks for the traceback; otherwise an error is one clean line
+        one_line_error = code == 0 or "--debug" in rest or (
+            len(lines) == 1 and lines[0].startswith("uet: error:"))
+        if code not in (0, 1, 2) or not one_line_error:
             counts["untyped"] += 1
             details.append(f"uet {command} {' '.join(rest)!r:.80}: exit {code}, "
                            f"{err.getvalue().strip()[:120]!r}")
