@@ -43,7 +43,7 @@ def missing_acknowledged(path: str, acked: list[list[str]]) -> list[str]:
         elif kind == "event":
             ok = entity_id in events
         else:
-            continue  # "busy" lines: counted apart
+            continue  # "error" lines: counted apart
         if not ok:
             missing.append(" ".join([kind, entity_id, *state]))
     return missing
@@ -58,29 +58,37 @@ def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Re
     corrupt = 0
     lost: set[str] = set()            # distinct writes, however many rounds saw them missing
     missing_events: set[str] = set()  # distinct records
-    for round_no in range(mode.crash_rounds):
+    died_otherwise = 0
+    for _ in range(mode.crash_rounds):
         starts = [len(acked_lines(log)) for log in logs]
         writers = [spawn("writer", path, str(log), str(rng.randrange(2**31)), mutant=mutant)
                    for log in logs]
-        # let each round's writers get going, then kill each at its own random instant
-        deadline = time.monotonic() + 20
-        while (sum(len(acked_lines(log)) for log in logs) < sum(starts) + 20
-               and time.monotonic() < deadline):
-            time.sleep(0.005)
-        kill_at = sorted((rng.uniform(0.0, 0.25), w) for w in writers)
-        began = time.monotonic()
-        for at, writer in kill_at:
-            time.sleep(max(0.0, began + at - time.monotonic()))
-            writer.send_signal(signal.SIGKILL)
-        for writer in writers:
-            writer.wait(timeout=60)
+        try:
+            # let each round's writers get going, then kill each at its own random instant
+            deadline = time.monotonic() + 20
+            while (sum(len(acked_lines(log)) for log in logs) < sum(starts) + 20
+                   and time.monotonic() < deadline):
+                time.sleep(0.005)
+            kill_at = sorted(rng.uniform(0.0, 0.25) for _ in writers)
+            began = time.monotonic()
+            for at, writer in zip(kill_at, writers):
+                time.sleep(max(0.0, began + at - time.monotonic()))
+                writer.send_signal(signal.SIGKILL)
+        finally:
+            for writer in writers:
+                writer.kill()
+                # a writer must die by our SIGKILL, never on its own
+                died_otherwise += writer.wait(timeout=60) != -signal.SIGKILL
         if not integrity_ok(path):
             corrupt += 1
             continue
         acked = [line for log in logs for line in acked_lines(log)]
         lost.update(missing_acknowledged(path, acked))
         missing_events.update(v.split(":")[0] for v in trail_violations(path))
-    busy = sum(1 for log in logs for line in acked_lines(log) if line[0] == "busy")
+    errors = [" ".join(line[2:]) for log in logs for line in acked_lines(log)
+              if line[0] == "error"]
+    busy = sum("DatabaseBusyError" in e or "locked" in e for e in errors)
+    result.details = errors[:10]
     # the ledger opens (and stays usable) after all that
     with init_db(path) as db:
         db.create_run({"project_id": "after", "phase_id": "ph"})
@@ -92,4 +100,6 @@ def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Re
     result.add("acknowledged but missing", len(lost), "lost")
     result.add("state changes without event", len(missing_events), "missing_events")
     result.add("'database is locked' surfaced", busy, "locked")
+    result.add("other errors, or writers dying on their own", len(errors) - busy
+               + died_otherwise, "untyped")
     return result

@@ -114,6 +114,7 @@ def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Re
     result.add("acknowledged but missing", counts["lost"], "lost")
     result.add("corrupted ledgers", counts["corrupt"], "corrupt")
     result.add("not usable once space returned", counts["runs"] - counts["recovered"]
-               + counts["died"], "lost")
-    result.add("writers that never felt the trouble", counts["silent"])
+               + counts["died"], "corrupt")
+    # a write that "succeeded" on a full disk would mean an error was swallowed
+    result.add("writers that never felt the trouble", counts["silent"], "untyped")
     return result

@@ -140,6 +140,21 @@ def no_foreign_keys() -> None:
     m.SQLiteBackend.connect = connect
 
 
+def no_busy_timeout() -> None:
+    """Connections are opened without a busy timeout: a writer that finds the lock taken
+    fails at once with "database is locked"."""
+    from uet.state import sqlite_backend as m
+    original = m.SQLiteBackend.connect
+
+    def connect(self):
+        fresh = self._conn is None
+        conn = original(self)
+        if fresh:
+            conn.execute("PRAGMA busy_timeout=0")
+        return conn
+    m.SQLiteBackend.connect = connect
+
+
 def shared_fork() -> None:
     """No fork handling: a forked child keeps using its parent's open connection."""
     from uet.state import sqlite_backend as m
@@ -189,6 +204,7 @@ MUTANTS = {
     "no_whitelist": no_whitelist,
     "raw_errors": raw_errors,
     "no_foreign_keys": no_foreign_keys,
+    "no_busy_timeout": no_busy_timeout,
     "shared_fork": shared_fork,
     "migration_autocommit": migration_autocommit,
     "reaper_forgets_work": reaper_forgets_work,
@@ -204,6 +220,7 @@ CAUGHT_BY = {
     "no_whitelist": ("bad_input",),
     "raw_errors": ("bad_input", "disk", "waiting"),
     "no_foreign_keys": ("waiting",),
+    "no_busy_timeout": ("waiting", "races"),
     "shared_fork": ("waiting",),
     "migration_autocommit": ("migration",),
     "reaper_forgets_work": ("stale",),

@@ -22,7 +22,6 @@ apply(os.environ.get(MUTANT_VAR))
 def writer(db_path: str, acklog: str, seed: str) -> None:
     """Create runs, move them on, add steps, events, patches; ack each call that returned.
     Runs until killed."""
-    from uet.errors import DatabaseBusyError
     from uet.state import Database, PatchLedger
     rng = random.Random(int(seed))
     db = Database(db_path)
@@ -53,8 +52,9 @@ def writer(db_path: str, acklog: str, seed: str) -> None:
                 ack(log, f"step {step_id} {final}")
                 db.transition_run(run_id, final, exit_code=0)
                 ack(log, f"run {run_id} {final}")
-            except DatabaseBusyError as exc:  # counted by the check, never expected
-                ack(log, f"busy {type(exc).__name__}")
+            except Exception as exc:  # counted by the check: none is expected
+                ack(log, f"error {type(exc).__module__}.{type(exc).__name__}: "
+                    f"{exc}".replace("\n", " "))
 
 
 def racer(db_path: str, ids_file: str, go: str, out: str, kind: str, seed: str) -> None:
@@ -175,11 +175,15 @@ def hold_lock(db_path: str, seconds: str, ready: str, mode: str = "IMMEDIATE") -
     conn.close()
 
 
-def write_once(db_path: str, busy_timeout: str) -> None:
-    """One create_run with the given busy timeout; print how it went."""
+def write_once(db_path: str, busy_timeout: str, ready: str, go: str) -> None:
+    """Open the ledger, say ready, wait for the start signal, then one create_run with the
+    given busy timeout; print how it went."""
     from uet.state import Database
     try:
         with Database(db_path, busy_timeout=float(busy_timeout)) as db:
+            db.schema_version()
+            open(ready, "w").close()
+            wait_for(lambda: os.path.exists(go), 60, "the start signal")
             start = time.monotonic()
             db.create_run({"project_id": "wait", "phase_id": "ph"})
             print(f"ok {time.monotonic() - start:.3f}")

@@ -33,10 +33,15 @@ def _race(path: str, ids: list[str], kind: str, workdir: Path, processes: int,
     outs = [str(workdir / f"{kind}-{i}.out") for i in range(processes)]
     racers = [spawn("racer", path, str(ids_file), go, out, kind, str(rng.randrange(2**31)),
                     mutant=mutant) for out in outs]
-    wait_for(lambda: all(os.path.exists(o + ".ready") for o in outs), 120, "racers ready")
-    open(go, "w").close()
-    for racer in racers:
-        racer.wait(timeout=600)
+    try:
+        wait_for(lambda: all(os.path.exists(o + ".ready") for o in outs), 120, "racers ready")
+        open(go, "w").close()
+        for racer in racers:
+            racer.wait(timeout=600)
+    finally:
+        for racer in racers:
+            racer.kill()
+            racer.wait()
     return [line.split(" ", 2) for out in outs if os.path.exists(out)
             for line in Path(out).read_text().splitlines()]
 
@@ -92,5 +97,5 @@ def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Re
     result.add("unexpected errors", counts["errors"] - counts["locked"], "untyped")
     result.add("'database is locked' surfaced", counts["locked"], "locked")
     expected = mode.race_processes * (len(run_ids) + len(entry_ids))
-    result.add("racers that did not finish", expected - attempts, "lost")
+    result.add("racers that did not finish", expected - attempts, "untyped")
     return result
