@@ -12,10 +12,11 @@ import contextlib
 import io
 import os
 import random
+import sqlite3
 from collections import Counter
 from pathlib import Path
 
-from reliability_suite.common import Mode, Result, populate
+from reliability_suite.common import Mode, Result, logical_snapshot, populate
 
 INJECTIONS = ["1; DROP TABLE runs", "run_id = run_id --", "' OR '1'='1", "metadata)",
               "\"; DELETE FROM run_events; --", "x' UNION SELECT * FROM runs --",
@@ -24,6 +25,7 @@ STATES = ["pending", "running", "succeeded", "failed", "canceled", "quarantined"
           "SPAWNING", "IDLE", "BUSY", "DRAINING", "TERMINATED", "created", "validated",
           "queued", "applied", "verified", "committed", "dropped", "PENDING", "RUNNING",
           "PASSED", "FAILED", "BLOCKED", "SKIPPED", "Running", "done", "null"]
+MINIMUM_CASES = {"quick": 2_000, "soak": 50_000}
 IDS = ["run-p", "run-r", "run-w", "step-r", "w-idle", "w-busy", "w-new", "LINT", "gone",
        "run-"]
 
@@ -228,55 +230,119 @@ CLI_TOKENS = ["--json", "--limit", "--state", "--project", "--phase", "--run", "
               "run-p", "RUN", "pending", "bogus", "2026-01-01", "yesterday", "--", "-"]
 
 
+# Writing commands get options from fixed lists (a free-text token could otherwise become
+# the command `uet run` executes, or a ledger path outside the work folder).
+RUN_OPTIONS = ["--project", "--phase", "--workstream", "--tool", "--timeout"]
+RUN_FLAGS = ["--json"]
+LEDGER_PATHS = ["cli.db", "new.db", "sub/dir/new.db", "", ".", "..", "cli.db/inner.db",
+                "sub", "not-a-ledger.txt"]
+
+
+def _invoke(argv: list[str]) -> tuple[object, str]:
+    """Run the `uet` command line in this process: (exit code, stderr)."""
+    from uet.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    code: object = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except Exception as exc:  # counted: the CLI must turn every error into a line
+            code = f"{type(exc).__name__}: {exc}"
+    return code, err.getvalue()
+
+
+def _contents(path: str) -> object:
+    """What a file holds: its rows if it is a ledger, else its bytes (None: no file)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        return logical_snapshot(path)
+    except sqlite3.DatabaseError:
+        return Path(path).read_bytes()
+
+
+def _judge_cli(argv: list[str], code: object, err: str, allowed: tuple, counts: Counter,
+               details: list[str]) -> None:
+    lines = err.strip().splitlines()
+    # --debug asks for the traceback; otherwise an error is one clean line, the last
+    # (progress notes may come before it); `uet run` passes on the command's own codes
+    clean = code == 0 or "--debug" in argv or (argv[0] == "run" and code == 124) or (
+        lines and lines[-1].startswith("uet: error:")
+        and sum(line.startswith("uet: error:") for line in lines) == 1
+        and "Traceback" not in err)
+    if code not in allowed or not clean:
+        counts["untyped"] += 1
+        details.append(f"uet {' '.join(argv)!r:.100}: exit {code}, {err.strip()[:120]!r}")
+
+
 def _fuzz_cli(cases: int, seed: int, workdir: Path, counts: Counter,
               details: list[str]) -> None:
+    """Inspection commands with random tokens (the ledger must stay byte-identical), then
+    `uet run`, `init` and `migrate` with random option values (an error changes nothing)."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hypothesis_seed
     from hypothesis import strategies as st
-    from uet.cli import main
     from uet.state import init_db
     path = str(workdir / "cli.db")
     with init_db(path) as db:
         populate(db)
+    (workdir / "not-a-ledger.txt").write_text("hello")
     image = Path(path).read_bytes()
-    token = st.sampled_from(CLI_TOKENS + INJECTIONS[:-4]) | st.text(max_size=12).filter(
-        lambda t: "\x00" not in t)
-    argv = st.tuples(st.sampled_from(CLI_COMMANDS), st.lists(token, max_size=6))
+    free_text = st.text(max_size=12).filter(lambda t: "\x00" not in t)
+    token = st.sampled_from(CLI_TOKENS + INJECTIONS[:-4]) | free_text
+    inspect = st.tuples(st.sampled_from(CLI_COMMANDS), st.lists(token, max_size=6))
+    value = (st.sampled_from(["0", "-1", "1e-9", "nan", "inf", "1e400", "31536001", "x" * 5000,
+                              "\x1b[2J", "a\nb", "\u2028", "' OR 1=1 --"])
+             | free_text).filter(lambda v: not v.startswith("-") or v == "-1")
+    option = st.tuples(st.sampled_from(RUN_OPTIONS), value).map(list) | st.sampled_from(
+        RUN_FLAGS).map(lambda f: [f])
+    writing = st.one_of(
+        st.lists(option, max_size=4).map(lambda opts: ["run", "--db", path,
+                                                       *[t for o in opts for t in o],
+                                                       "--", "true"]),
+        st.tuples(st.sampled_from(["init", "migrate"]), st.sampled_from(LEDGER_PATHS),
+                  st.lists(st.sampled_from(RUN_FLAGS + ["--debug"]), max_size=2)).map(
+            lambda t: [t[0], "--db", t[1], *t[2]]))
+    settings_ = settings(max_examples=cases // 2, deadline=None, database=None,
+                         phases=[Phase.generate], suppress_health_check=list(HealthCheck))
 
     @hypothesis_seed(seed)
-    @settings(max_examples=cases, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
-    @given(argv)
-    def case(arguments):
+    @settings_
+    @given(inspect)
+    def inspection(arguments):
         command, rest = arguments
         if "--follow" in rest or "-f" in rest:
             return
         counts["cases"] += 1
-        out, err = io.StringIO(), io.StringIO()
-        code = 0
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main([command, "--db", path, *rest])
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            except Exception as exc:  # counted: the CLI must turn every error into a line
-                code = f"{type(exc).__name__}: {exc}"
-        lines = err.getvalue().strip().splitlines()
-        # --debug asks for the traceback; otherwise an error is one clean line
-        one_line_error = code == 0 or "--debug" in rest or (
-            len(lines) == 1 and lines[0].startswith("uet: error:"))
-        if code not in (0, 1, 2) or not one_line_error:
-            counts["untyped"] += 1
-            details.append(f"uet {command} {' '.join(rest)!r:.80}: exit {code}, "
-                           f"{err.getvalue().strip()[:120]!r}")
+        argv = [command, "--db", path, *rest]
+        code, err = _invoke(argv)
+        _judge_cli(argv, code, err, (0, 1, 2), counts, details)
         if Path(path).read_bytes() != image:
             counts["changed"] += 1
             details.append(f"uet {command} {rest!r:.80} changed the ledger")
 
+    @hypothesis_seed(seed)
+    @settings_
+    @given(writing)
+    def writes(argv):
+        counts["cases"] += 1
+        target = path if argv[0] == "run" else str(workdir / argv[2])
+        before = _contents(target)
+        code, err = _invoke(argv)
+        # uet run passes on the command's own code: 124 is a timeout, recorded as a run
+        _judge_cli(argv, code, err, (0, 1, 2, 124) if argv[0] == "run" else (0, 1, 2),
+                   counts, details)
+        if code not in (0, 124) and before is not None and _contents(target) != before:
+            counts["changed"] += 1
+            details.append(f"uet {' '.join(argv)!r:.80} failed but changed the ledger")
+
     cwd = os.getcwd()
-    os.chdir(workdir)  # a stray path argument lands here, never in the caller's folder
+    os.chdir(workdir)  # relative ledger paths land here, never in the caller's folder
     try:
-        case()
+        inspection()
+        writes()
     finally:
         os.chdir(cwd)
 
@@ -289,8 +355,12 @@ def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Re
     cli_cases = max(100, mode.bad_input_cases // 12)
     targets = _fuzz_api(mode.bad_input_cases - cli_cases, seed, counts, details)
     _fuzz_cli(cli_cases, seed, workdir, counts, details)
+    required = MINIMUM_CASES[mode.name]
+    if counts["cases"] < required:  # a check that did not do its job must not pass
+        raise RuntimeError(f"only {counts['cases']} bad-input cases ran; {mode.name} mode "
+                           f"needs at least {required}")
     result.add("cases tried", counts["cases"], zero=False,
-               note=f"{targets} API calls and {len(CLI_COMMANDS)} commands")
+               note=f"{targets} API calls and {len(CLI_COMMANDS) + 3} commands")
     result.add("refused with a documented error", counts["refused"], zero=False)
     result.add("ledger changed after an error", counts["changed"], "partial")
     result.add("untyped or storage errors escaping", counts["untyped"], "untyped")

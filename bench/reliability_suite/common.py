@@ -218,8 +218,9 @@ TRAILS = (
 
 def trail_violations(path: str) -> list[str]:
     """Records whose state the event trail does not explain: each must have exactly one
-    creation event, and its state must be the `to` of its last state-change event (or the
-    state its creation event names, when it never changed). One pass over the trail."""
+    creation event, each state change must start where the one before it ended, and the
+    record's state must be the `to` of its last change (or the state its creation event
+    names, when it never changed). One pass over the trail."""
     conn = connect_raw(path)
     problems = []
     try:
@@ -243,6 +244,10 @@ def trail_violations(path: str) -> list[str]:
                 created_count[key] = created_count.get(key, 0) + 1
                 explained.setdefault(key, body.get("state"))
             else:
+                # each change starts where the trail left the record: none is missing
+                if body.get("from") != explained.get(key):
+                    problems.append(f"{key[0]} {key[1]}: a change from {body.get('from')} "
+                                    f"follows {explained.get(key)} in the trail")
                 explained[key] = body.get("to")
         for table, key_column, *_ in TRAILS:
             if table not in tables:

@@ -9,7 +9,8 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from reliability_suite.common import Mode, Result, connect_raw, spawn, wait_for
+from reliability_suite.common import (Mode, Result, connect_raw, spawn, trail_violations,
+                                      wait_for)
 
 DIFF = "--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+{}\n"
 
@@ -96,6 +97,10 @@ def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Re
     result.add("lost updates", counts["lost"], "lost")
     result.add("unexpected errors", counts["errors"] - counts["locked"], "untyped")
     result.add("'database is locked' surfaced", counts["locked"], "locked")
+    violations = trail_violations(path)
+    result.add("state changes without (or with extra) events", len(violations),
+               "missing_events")
+    result.details = violations[:10]
     expected = mode.race_processes * (len(run_ids) + len(entry_ids))
     result.add("racers that did not finish", expected - attempts, "untyped")
     return result
