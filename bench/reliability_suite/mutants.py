@@ -222,7 +222,7 @@ CAUGHT_BY = {
     "no_foreign_keys": ("waiting",),
     "no_busy_timeout": ("waiting", "races"),
     "shared_fork": ("waiting",),
-    "migration_autocommit": ("migration",),
+    "migration_autocommit": ("migration", "boundaries"),
     "reaper_forgets_work": ("stale",),
     "slow_reaper": ("stale",),
 }
