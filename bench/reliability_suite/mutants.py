@@ -126,8 +126,8 @@ def raw_errors() -> None:
     m.translate_error = translate_error
 
 
-def no_foreign_keys() -> None:
-    """Connections are opened without `PRAGMA foreign_keys=ON`."""
+def _on_every_new_connection(statement: str) -> None:
+    """Run `statement` on each connection uet opens, right after uet set it up."""
     from uet.state import sqlite_backend as m
     original = m.SQLiteBackend.connect
 
@@ -135,24 +135,20 @@ def no_foreign_keys() -> None:
         fresh = self._conn is None
         conn = original(self)
         if fresh:
-            conn.execute("PRAGMA foreign_keys=OFF")
+            conn.execute(statement)
         return conn
     m.SQLiteBackend.connect = connect
+
+
+def no_foreign_keys() -> None:
+    """Connections are opened without `PRAGMA foreign_keys=ON`."""
+    _on_every_new_connection("PRAGMA foreign_keys=OFF")
 
 
 def no_busy_timeout() -> None:
     """Connections are opened without a busy timeout: a writer that finds the lock taken
     fails at once with "database is locked"."""
-    from uet.state import sqlite_backend as m
-    original = m.SQLiteBackend.connect
-
-    def connect(self):
-        fresh = self._conn is None
-        conn = original(self)
-        if fresh:
-            conn.execute("PRAGMA busy_timeout=0")
-        return conn
-    m.SQLiteBackend.connect = connect
+    _on_every_new_connection("PRAGMA busy_timeout=0")
 
 
 def shared_fork() -> None:
