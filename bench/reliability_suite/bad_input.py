@@ -25,6 +25,7 @@ STATES = ["pending", "running", "succeeded", "failed", "canceled", "quarantined"
           "SPAWNING", "IDLE", "BUSY", "DRAINING", "TERMINATED", "created", "validated",
           "queued", "applied", "verified", "committed", "dropped", "PENDING", "RUNNING",
           "PASSED", "FAILED", "BLOCKED", "SKIPPED", "Running", "done", "null"]
+RESERVED = ["run.created", "run.state_changed", "worker.spawned", "gate.state_changed"]
 MINIMUM_CASES = {"quick": 2_000, "soak": 50_000}
 IDS = ["run-p", "run-r", "run-w", "step-r", "w-idle", "w-busy", "w-new", "LINT", "gone",
        "run-"]
@@ -41,7 +42,7 @@ def _strategies():
             st.text(max_size=5), children, max_size=3), max_leaves=8)
     scalar = (st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
               | st.floats(allow_nan=True) | st.text(max_size=20) | st.binary(max_size=8)
-              | st.sampled_from(STATES + IDS + INJECTIONS)
+              | st.sampled_from(STATES + IDS + INJECTIONS + RESERVED)
               | st.sampled_from(["2026-01-01T00:00:00Z", "2026-13-45", "yesterday",
                                  "x" * 70_000, "\u2028" * 3, "{not json"])
               | st.datetimes() | st.builds(object) | st.just(float("inf")))
@@ -66,12 +67,13 @@ def _targets(st, _names, value, record):
     dangling_run = st.sampled_from(["gone", "run-404"]) | st.text(min_size=1, max_size=30)
 
     def near(**base):
-        """A valid dict with a few keys replaced, added or dangling."""
-        keys, dangling = st.sampled_from(list(base)), st.sampled_from(["gone", "run-404"])
+        """A valid dict with a few keys replaced (often by a dangling reference or a
+        reserved name), added or dropped."""
+        keys, edge = st.sampled_from(list(base)), st.sampled_from(["gone", "run-404", *RESERVED])
         return st.builds(lambda change, drop: {k: v for k, v in {**base, **change}.items()
                                                if k not in drop},
                          st.dictionaries(st.one_of(keys, keys, keys, _names),
-                                         st.one_of(dangling, dangling, value), max_size=2),
+                                         st.one_of(edge, edge, value), max_size=2),
                          st.sets(st.sampled_from(list(base)), max_size=1))
     workers = ident(["w-idle", "w-busy", "w-new"])
     state = ident(STATES)
@@ -112,6 +114,10 @@ def _targets(st, _names, value, record):
          lambda c, a, k: db(c).create_step_attempt(*a, **k)),
         ("create_event (dangling)", args(st.fixed_dictionaries(
             {"run_id": dangling_run, "event_type": st.just("note")})),
+         lambda c, a, k: db(c).create_event(*a, **k)),
+        # the ledger's own event types may not be forged
+        ("create_event (reserved type)", args(st.fixed_dictionaries(
+            {"run_id": st.just("run-r"), "event_type": st.sampled_from(RESERVED)})),
          lambda c, a, k: db(c).create_event(*a, **k)),
         ("create_event", args(near(run_id="run-p", event_type="note")), lambda c, a, k: db(c).create_event(*a, **k)),
         ("list_events", args(runs), lambda c, a, k: db(c).list_events(*a, **k)),

@@ -68,6 +68,36 @@ def lazy_commit() -> None:
     m.SQLiteBackend.transaction = transaction
 
 
+def commit_on_error() -> None:
+    """The transaction helper commits in `finally` (also when the block raised), and
+    create_event refuses a reserved event type only after inserting it."""
+    from uet.errors import ValidationError
+    from uet.state import db, records
+    from uet.state import sqlite_backend as m
+    from uet.state.events import RESERVED_EVENT_TYPES
+
+    @contextmanager
+    def transaction(self):
+        with self._lock:
+            conn = self.connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+    m.SQLiteBackend.transaction = transaction
+
+    def create_event(self, event_data):
+        row = records.prepare_insert(records.RUN_EVENTS, event_data)
+        with self._backend.transaction() as tx:
+            tx.execute(m.QUERIES["insert_event"], row)
+            if row["event_type"] in RESERVED_EVENT_TYPES:
+                raise ValidationError(f"event type {row['event_type']!r} is reserved",
+                                      field="event_type")
+        return row["event_id"]
+    db.Database.create_event = create_event
+
+
 def no_cas() -> None:
     """Transitions check the state they read before the write transaction, then write
     unconditionally: two racers both see `pending` and both win."""
@@ -196,6 +226,7 @@ MUTANTS = {
     "deferred_begin": deferred_begin,
     "split_event": split_event,
     "lazy_commit": lazy_commit,
+    "commit_on_error": commit_on_error,
     "no_cas": no_cas,
     "no_whitelist": no_whitelist,
     "raw_errors": raw_errors,
@@ -212,6 +243,7 @@ CAUGHT_BY = {
     "deferred_begin": ("races",),
     "split_event": ("boundaries",),
     "lazy_commit": ("crash", "boundaries"),
+    "commit_on_error": ("bad_input",),
     "no_cas": ("races",),
     "no_whitelist": ("bad_input",),
     "raw_errors": ("bad_input", "disk", "waiting"),
