@@ -117,7 +117,8 @@ def _targets(st, _names, value, record):
          lambda c, a, k: db(c).create_event(*a, **k)),
         # the ledger's own event types may not be forged
         ("create_event (reserved type)", args(st.fixed_dictionaries(
-            {"run_id": st.just("run-r"), "event_type": st.sampled_from(RESERVED)})),
+            {"run_id": st.sampled_from(["run-p", "run-r", "run-w"]),
+             "event_type": st.sampled_from(RESERVED)}, optional={"data": value})),
          lambda c, a, k: db(c).create_event(*a, **k)),
         ("create_event", args(near(run_id="run-p", event_type="note")), lambda c, a, k: db(c).create_event(*a, **k)),
         ("list_events", args(runs), lambda c, a, k: db(c).list_events(*a, **k)),

@@ -43,7 +43,7 @@ QUICK = Mode("quick", crash_rounds=10, crash_writers=3, race_processes=8, race_r
              race_entries=200, bad_input_cases=2400, migration_kills=4, stale_workers=4,
              stale_rounds=1, heartbeat_s=1.0, lock_hold_s=1.0)
 SOAK = Mode("soak", crash_rounds=200, crash_writers=4, race_processes=8, race_runs=1000,
-            race_entries=1000, bad_input_cases=51_000, migration_kills=60, stale_workers=6,
+            race_entries=1000, bad_input_cases=52_000, migration_kills=60, stale_workers=6,
             stale_rounds=5, heartbeat_s=0.5, lock_hold_s=2.0)
 MODES = {"quick": QUICK, "soak": SOAK}
 
