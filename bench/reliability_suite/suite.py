@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import random
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 from reliability_suite import mutants
-from reliability_suite.common import MODES, MUTANT_VAR, SUMMARY_KEYS, Result
+from reliability_suite.common import MODES, SUMMARY_KEYS, Result, child_env
 
 # check name -> module with run(mode, workdir, mutant, rng), in the issue's order
 CHECKS = {
@@ -53,13 +52,13 @@ def run_check(name: str, mode_name: str, seed: int, mutant: str | None = None) -
 def run_isolated(name: str, mode_name: str, seed: int, mutant: str | None) -> Result:
     """One check in a fresh process, so that a mutant cannot leak into anything else."""
     script = Path(__file__).resolve().parent.parent / "reliability.py"
-    env = dict(os.environ)
-    env.pop(MUTANT_VAR, None)
     command = [sys.executable, str(script), "--check", name, "--seed", str(seed), "--json",
                "--mode", mode_name]
     if mutant:
         command += ["--mutant", mutant]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
+    # the mutant is applied by the child itself, from --mutant
+    done = subprocess.run(command, capture_output=True, text=True, env=child_env(None),
+                          timeout=1800)
     try:
         return Result.from_json(json.loads(done.stdout.splitlines()[-1])[0])
     except (IndexError, ValueError, KeyError):
