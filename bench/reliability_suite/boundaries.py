@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from reliability_suite.common import (DIFF, Mode, Result, copy_ledger, integrity_ok,
-                                      logical_snapshot, populate, trail_violations)
+                                      logical_snapshot, on_new_connections, populate,
+                                      trail_violations)
 
 LATER = datetime.now(timezone.utc) + timedelta(days=1)
 
@@ -159,17 +160,7 @@ class _Tracer:
 
 def _install(tracer: _Tracer):
     """Route every new uet connection's statements through `tracer`; returns an undo."""
-    from uet.state import sqlite_backend
-    original = sqlite_backend.SQLiteBackend.connect
-
-    def connect(self):
-        fresh = self._conn is None
-        conn = original(self)
-        if fresh:
-            conn.set_trace_callback(tracer)
-        return conn
-    sqlite_backend.SQLiteBackend.connect = connect
-    return lambda: setattr(sqlite_backend.SQLiteBackend, "connect", original)
+    return on_new_connections(lambda conn: conn.set_trace_callback(tracer))
 
 
 def _template(scenario: Scenario, path: str) -> None:

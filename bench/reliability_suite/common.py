@@ -104,6 +104,22 @@ def spawn(command: str, *args: str, mutant: str | None = None, **popen) -> subpr
                             **popen)
 
 
+def on_new_connections(action):
+    """Call action(connection) on each connection uet opens, right after uet set it up
+    (this process only); returns a function that undoes it."""
+    from uet.state import sqlite_backend
+    original = sqlite_backend.SQLiteBackend.connect
+
+    def connect(self):
+        fresh = self._conn is None
+        conn = original(self)
+        if fresh:
+            action(conn)
+        return conn
+    sqlite_backend.SQLiteBackend.connect = connect
+    return lambda: setattr(sqlite_backend.SQLiteBackend, "connect", original)
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

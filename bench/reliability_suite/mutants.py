@@ -158,16 +158,8 @@ def raw_errors() -> None:
 
 def _on_every_new_connection(statement: str) -> None:
     """Run `statement` on each connection uet opens, right after uet set it up."""
-    from uet.state import sqlite_backend as m
-    original = m.SQLiteBackend.connect
-
-    def connect(self):
-        fresh = self._conn is None
-        conn = original(self)
-        if fresh:
-            conn.execute(statement)
-        return conn
-    m.SQLiteBackend.connect = connect
+    from reliability_suite.common import on_new_connections
+    on_new_connections(lambda conn: conn.execute(statement))
 
 
 def no_foreign_keys() -> None:
