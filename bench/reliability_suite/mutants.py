@@ -22,7 +22,7 @@ def deferred_begin() -> None:
             conn = self.connect()
             conn.execute("BEGIN")
             try:
-                yield conn
+                yield m.SQLiteTx(conn)
                 conn.execute("COMMIT")
             except BaseException as exc:
                 self._rollback(conn)
@@ -64,7 +64,7 @@ def lazy_commit() -> None:
             if conn.in_transaction:
                 conn.execute("COMMIT")
             conn.execute("BEGIN IMMEDIATE")
-            yield conn
+            yield m.SQLiteTx(conn)
     m.SQLiteBackend.transaction = transaction
 
 
@@ -82,7 +82,7 @@ def commit_on_error() -> None:
             conn = self.connect()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
+                yield m.SQLiteTx(conn)
             finally:
                 conn.execute("COMMIT")
     m.SQLiteBackend.transaction = transaction
@@ -90,7 +90,7 @@ def commit_on_error() -> None:
     def create_event(self, event_data):
         row = records.prepare_insert(records.RUN_EVENTS, event_data)
         with self._backend.transaction() as tx:
-            tx.execute(m.QUERIES["insert_event"], row)
+            tx.run("insert_event", row)
             if row["event_type"] in RESERVED_EVENT_TYPES:
                 raise ValidationError(f"event type {row['event_type']!r} is reserved",
                                       field="event_type")
@@ -102,10 +102,9 @@ def no_cas() -> None:
     """Transitions check the state they read before the write transaction, then write
     unconditionally: two racers both see `pending` and both win."""
     from uet.state import db as m
-    from uet.state.sqlite_backend import rows_of
 
     def _change(self, table, entity_id, changes, *, expected):
-        found = self._backend.query(m.QUERIES[f"get_{table.entity}"], (entity_id,))
+        found = self._backend.read(f"get_{table.entity}", (entity_id,))
         if not found:
             raise m.NotFoundError(table.entity, entity_id)
         old = found[0]["state"]
@@ -116,8 +115,8 @@ def no_cas() -> None:
             table.machine.check_transition(entity_id, old, new)
         columns = tuple(name for name in table.names if name in changes)
         with self._backend.transaction() as tx:
-            row = rows_of(tx.execute(m._update_sql(table, columns),
-                                     [changes[name] for name in columns] + [entity_id]))[0]
+            row = tx.query(m._update_sql(table, columns, tx.placeholder),
+                           [changes[name] for name in columns] + [entity_id])[0]
             if new is not None:
                 m.record_event(tx, row["run_id"], f"{table.entity}.state_changed",
                                {"from": old, "to": new})

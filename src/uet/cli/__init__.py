@@ -8,11 +8,11 @@ own code (124 timeout, 126 cannot execute, 127 not found, 128+N stopped by signa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
@@ -24,7 +24,8 @@ from uet.cli.output import (cell, emit_fields, emit_json, emit_json_line, emit_t
 from uet.errors import UetError, ValidationError
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
-DB_HELP = "Ledger file (default: $UET_DATABASE, else .ledger/framework.db)."
+DB_HELP = ("Ledger: a SQLite file, or a postgresql:// URL (default: $UET_DATABASE, else "
+           ".ledger/framework.db).")
 
 
 class Context:
@@ -36,11 +37,11 @@ class Context:
         inspection, which never creates, migrates or otherwise changes a ledger."""
         from uet.errors import NotALedgerError
         from uet.state import Database
-        from uet.state.db import MEMORY, resolve_path
+        from uet.state.db import MEMORY, is_postgres_url, resolve_path
         path = resolve_path(self.db_path)
         if create:
             return Database(path)
-        if path != MEMORY and not os.path.exists(path):
+        if path != MEMORY and not is_postgres_url(path) and not os.path.exists(path):
             raise NotALedgerError(f"no ledger at {path}; create one with `uet init` (or name "
                                   "another with --db)")
         return Database(path, read_only=True)
@@ -110,8 +111,9 @@ def main(argv: list[str] | None = None) -> None:
 @command(cli, "init", epilog="\b\nExample:\n  uet init --db /srv/ledger/framework.db")
 def init(ctx: Context) -> None:
     """Create the ledger (or bring an existing one up to date)."""
+    from uet.state.db import display_name
     with ctx.open(create=True) as db:
-        facts = {"database": db.db_path, "schema_version": db.schema_version()}
+        facts = {"database": display_name(db.db_path), "schema_version": db.schema_version()}
     if ctx.as_json:
         emit_json(facts)
     else:
@@ -121,10 +123,10 @@ def init(ctx: Context) -> None:
 @command(cli, "migrate", epilog="\b\nExample:\n  uet migrate --db old-ledger.db")
 def migrate(ctx: Context) -> None:
     """Upgrade the ledger's schema; prints the version before and after."""
-    from uet.state.db import resolve_path
-    from uet.state.sqlite_migrations import peek_version
+    from uet.state.db import display_name, peek_version, resolve_path
     path = resolve_path(ctx.db_path)
     before = peek_version(path)
+    path = display_name(path)  # a URL's password is never printed
     if not ctx.as_json:
         click.echo(f"{path}: schema version {_version_text(before)}; migrating ...", err=True)
     with progress(f"migrating {path}"), ctx.open(create=True) as db:
@@ -314,34 +316,39 @@ def show(ctx: Context, run_id: str | None) -> None:
 @click.option("--since-seq", type=click.IntRange(min=0), default=0,
               help="Start after this event sequence number.")
 @click.option("--interval", type=click.FloatRange(min=0.01, max=60), default=0.2,
-              show_default=True, callback=_finite, help="Seconds between polls when following.")
+              show_default=True, callback=_finite, help="Seconds between reads when following (on PostgreSQL new events wake the "
+                   "follower at once; this is then only the longest wait).")
 def events(ctx: Context, run_id: str | None, follow: bool, since_seq: int,
            interval: float) -> None:
     """Print the event trail (of one run, or of the whole ledger) in order."""
     with ctx.open() as db:
         if run_id is not None:
             run_id = db.resolve_run_id(run_id)
-        cursor = since_seq
-        batch = db.events_since(cursor, run_id=run_id, limit=10_000)
-        if ctx.as_json and not follow:
-            rows = list(batch)
-            while batch:
-                batch = db.events_since(rows[-1]["seq"], run_id=run_id, limit=10_000)
-                rows.extend(batch)
-            emit_json(rows)
+        if follow:
+            # contextlib.closing: the follower's connection (LISTEN on PostgreSQL) is
+            # released when the command stops
+            with contextlib.closing(db.follow_events(since_seq, run_id=run_id,
+                                                     poll_interval=interval)) as trail:
+                try:
+                    for event in trail:
+                        _print_event(ctx, event)
+                except KeyboardInterrupt:
+                    return
             return
-        try:
-            while True:
+        cursor = since_seq
+        rows = []
+        while True:
+            batch = db.events_since(cursor, run_id=run_id, limit=10_000)
+            if not batch:
+                break
+            cursor = batch[-1]["seq"]
+            if ctx.as_json:
+                rows.extend(batch)
+            else:
                 for event in batch:
                     _print_event(ctx, event)
-                    cursor = event["seq"]
-                if not follow and not batch:
-                    return
-                if follow and not batch:
-                    time.sleep(interval)
-                batch = db.events_since(cursor, run_id=run_id, limit=10_000)
-        except KeyboardInterrupt:
-            return
+        if ctx.as_json:
+            emit_json(rows)
 
 
 def _print_event(ctx: Context, event: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from uet.errors import (AlreadyExistsError, AmbiguousIdError, ConcurrentUpdateError,
                         ConstraintViolation, NotFoundError, ValidationError)
@@ -17,12 +17,11 @@ from uet.state.events import (RESERVED_EVENT_TYPES, RUN_CREATED, RUN_STATE_CHANG
                               STEP_ATTEMPT_CREATED, STEP_ATTEMPT_STATE_CHANGED)
 from uet.state.ids import new_ulid, utc_now
 from uet.state.records import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
-from uet.state.sqlite_backend import (DEFAULT_BUSY_TIMEOUT, DURABILITY, MEMORY, QUERIES,
-                                      SQLiteBackend, rows_of)
-from uet.state.sqlite_migrations import check_current, migrate
+from uet.state.sqlite_backend import DEFAULT_BUSY_TIMEOUT, DURABILITY, MEMORY, SQLiteBackend
 
 DEFAULT_PATH = os.path.join(".ledger", "framework.db")
 ENV_VAR = "UET_DATABASE"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 
@@ -34,10 +33,33 @@ def resolve_path(db_path: object) -> str:
         db_path = os.fspath(db_path)
     if not isinstance(db_path, str) or not db_path or "\x00" in db_path:
         raise ValidationError(f"a database must be named by a non-empty path, got {db_path!r}")
-    if db_path.startswith(("postgresql://", "postgres://")):
-        raise ValidationError("the PostgreSQL backend is not available in this version of uet; "
-                              "use a SQLite file path or ':memory:'")
     return db_path
+
+
+def is_postgres_url(db_path: str) -> bool:
+    """Whether a resolved database name selects the PostgreSQL backend."""
+    return db_path.startswith(POSTGRES_SCHEMES)
+
+
+def display_name(db_path: str) -> str:
+    """The database's name as shown to people: a URL without its password."""
+    if not is_postgres_url(db_path):
+        return db_path
+    from uet.state.pg_url import redact
+    return redact(db_path)
+
+
+def peek_version(db_path: str) -> int | None:
+    """A ledger's schema version without changing anything (None: no ledger there yet)."""
+    if is_postgres_url(db_path):
+        from uet.state.pg_url import backend_class
+        backend = backend_class()(db_path, busy_timeout=DEFAULT_BUSY_TIMEOUT, read_only=True)
+        try:
+            return backend.peek_version()
+        finally:
+            backend.close()
+    from uet.state.sqlite_migrations import peek_version as sqlite_peek_version
+    return sqlite_peek_version(db_path)
 
 
 def _check_int(value: object, what: str, minimum: int) -> int:
@@ -79,24 +101,35 @@ class Database:
                                   f"got {busy_timeout!r}", field="busy_timeout")
         self.db_path = resolve_path(db_path)
         # The absolute path, so that a later chdir (or a forked child's) reopens this file.
-        self._file = self.db_path if self.db_path == MEMORY else os.path.abspath(self.db_path)
+        self._file = (self.db_path if self.db_path == MEMORY or is_postgres_url(self.db_path)
+                      else os.path.abspath(self.db_path))
         self.durability = durability
         self.busy_timeout = float(busy_timeout)
         self.read_only = bool(read_only)
         self._backend = self._open()
 
-    def _open(self) -> SQLiteBackend:
-        backend = SQLiteBackend(self._file, durability=self.durability,
-                                busy_timeout=self.busy_timeout, read_only=self.read_only)
+    def _open(self):
+        if is_postgres_url(self._file):
+            from uet.state.pg_url import backend_class
+            backend = backend_class()(self._file, busy_timeout=self.busy_timeout,
+                                      read_only=self.read_only)
+        else:
+            backend = SQLiteBackend(self._file, durability=self.durability,
+                                    busy_timeout=self.busy_timeout, read_only=self.read_only)
         try:
             if self.read_only:
-                check_current(backend)
+                backend.check_current()
             else:
-                migrate(backend)
+                backend.migrate()
         except BaseException:
             backend.close()
             raise
         return backend
+
+    @property
+    def engine(self) -> str:
+        """The backend in use: "sqlite" or "postgresql"."""
+        return self._backend.engine
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -122,7 +155,7 @@ class Database:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Database({self.db_path!r})"
+        return f"Database({display_name(self.db_path)!r})"
 
     def schema_version(self) -> int:
         """The schema version recorded in the ledger."""
@@ -131,7 +164,7 @@ class Database:
     def migrate(self) -> tuple[int | None, int]:
         """Apply pending migrations; (version before, version after). Opening already does."""
         before = self.schema_version()
-        _, after = migrate(self._backend)
+        _, after = self._backend.migrate()
         return before, after
 
     # -- runs ----------------------------------------------------------------------------
@@ -153,7 +186,7 @@ class Database:
         _stamp(RUNS, state, row, row)
         try:
             with self._backend.transaction() as tx:
-                tx.execute(QUERIES["insert_run"], row)
+                tx.run("insert_run", row)
                 record_event(tx, row["run_id"], RUN_CREATED, {"state": state})
         except ConstraintViolation as exc:
             raise self._explain(exc, RUNS, row) from None
@@ -161,7 +194,7 @@ class Database:
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """The run as a dict (metadata decoded), or None."""
-        rows = self._backend.query(QUERIES["get_run"], (records.text(run_id, "run_id"),))
+        rows = self._backend.read("get_run", (records.text(run_id, "run_id"),))
         return rows[0] if rows else None
 
     def list_runs(self, filters: Mapping[str, Any] | None = None,
@@ -180,11 +213,11 @@ class Database:
             since_value = records.encode_value(RUNS, RUNS.by_name["created_at"], since,
                                                filtering=True)
         sql = _list_runs_sql(tuple((name, value is None) for name, value in conditions),
-                             since_value is not None)
+                             since_value is not None, self._backend.placeholder)
         params = [value for _, value in conditions if value is not None]
         if since_value is not None:
             params.append(since_value)
-        params.append(-1 if limit is None else limit)
+        params.append(self._backend.no_limit if limit is None else limit)
         return self._backend.query(sql, params)
 
     def resolve_run_id(self, prefix: str) -> str:
@@ -192,8 +225,8 @@ class Database:
         AmbiguousIdError (listing them) when several do."""
         prefix = records.text(prefix, "run_id")
         # a range over the primary key index: [prefix, prefix + highest code point)
-        matches = [r["run_id"] for r in self._backend.query(
-            QUERIES["run_ids_with_prefix"], (prefix, prefix + "\U0010ffff"))]
+        matches = [r["run_id"] for r in self._backend.read(
+            "run_ids_with_prefix", (prefix, prefix + "\U0010ffff"))]
         if not matches and prefix != prefix.upper():  # ULIDs are case-insensitive
             return self.resolve_run_id(prefix.upper())
         if prefix in matches:
@@ -238,8 +271,8 @@ class Database:
         run_id = records.text(run_id, "run_id")
         with self._backend.transaction() as tx:
             # keep the trail's seq from ever being handed out again (followers' cursors)
-            tx.execute(QUERIES["delete_run_floor"], (run_id,))
-            if tx.execute(QUERIES["delete_run"], (run_id,)).rowcount == 0:
+            tx.run("delete_run_floor", (run_id,))
+            if tx.run("delete_run", (run_id,)).rowcount == 0:
                 raise NotFoundError("run", run_id)
 
     # -- step attempts -------------------------------------------------------------------
@@ -260,7 +293,7 @@ class Database:
             with self._backend.transaction() as tx:
                 if row["worker_id"] is not None:
                     _check_worker_can_work(tx, row["worker_id"])
-                attempt = tx.execute(QUERIES["insert_step_attempt"], row).fetchone()[0]
+                attempt = tx.run("insert_step_attempt", row).fetchone()[0]
                 record_event(tx, row["run_id"], STEP_ATTEMPT_CREATED, {
                     "step_attempt_id": row["step_attempt_id"], "sequence": row["sequence"],
                     "attempt": attempt, "tool_id": row["tool_id"], "state": row["state"]})
@@ -270,14 +303,12 @@ class Database:
 
     def get_step_attempt(self, step_attempt_id: str) -> dict[str, Any] | None:
         """The step attempt as a dict, or None."""
-        rows = self._backend.query(QUERIES["get_step_attempt"],
-                                   (records.text(step_attempt_id, "step_attempt_id"),))
+        rows = self._backend.read("get_step_attempt", (records.text(step_attempt_id, "step_attempt_id"),))
         return rows[0] if rows else None
 
     def list_step_attempts(self, run_id: str) -> list[dict[str, Any]]:
         """A run's step attempts by sequence, then attempt number."""
-        return self._backend.query(QUERIES["list_step_attempts"],
-                                   (records.text(run_id, "run_id"),))
+        return self._backend.read("list_step_attempts", (records.text(run_id, "run_id"),))
 
     def update_step_attempt(self, step_attempt_id: str,
                             updates: Mapping[str, Any]) -> dict[str, Any]:
@@ -313,14 +344,14 @@ class Database:
                 "record changes; change the record instead", field="event_type")
         try:
             with self._backend.transaction() as tx:
-                tx.execute(QUERIES["insert_event"], row)
+                tx.run("insert_event", row)
         except ConstraintViolation as exc:
             raise self._explain(exc, RUN_EVENTS, row) from None
         return row["event_id"]
 
     def list_events(self, run_id: str) -> list[dict[str, Any]]:
         """A run's events in the order they were recorded (by `seq`)."""
-        return self._backend.query(QUERIES["list_events"], (records.text(run_id, "run_id"),))
+        return self._backend.read("list_events", (records.text(run_id, "run_id"),))
 
     def events_since(self, cursor: int = 0, *, run_id: str | None = None,
                      limit: int = 1000) -> list[dict[str, Any]]:
@@ -329,9 +360,39 @@ class Database:
         _check_int(cursor, "cursor", 0)
         _check_int(limit, "limit", 1)
         if run_id is None:
-            return self._backend.query(QUERIES["events_since"], (cursor, limit))
-        return self._backend.query(QUERIES["events_since_run"],
-                                   (records.text(run_id, "run_id"), cursor, limit))
+            return self._backend.read("events_since", (cursor, limit))
+        return self._backend.read("events_since_run", (records.text(run_id, "run_id"), cursor, limit))
+
+    def follow_events(self, cursor: int = 0, *, run_id: str | None = None,
+                      poll_interval: float = 0.2, batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every event after `cursor`, in `seq` order, then each new one as other threads or
+        processes commit it, without end (close the generator to stop).
+
+        On PostgreSQL a LISTEN connection wakes the follower as soon as events commit
+        (`poll_interval` is then only the longest wait between reads); on SQLite the trail
+        is read again every `poll_interval` seconds. Either way the trail itself is read by
+        cursor, so no event is ever skipped or repeated.
+        """
+        _check_int(cursor, "cursor", 0)
+        _check_int(batch, "batch", 1)
+        if run_id is not None:
+            run_id = records.text(run_id, "run_id")
+        if (not isinstance(poll_interval, (int, float)) or isinstance(poll_interval, bool)
+                or not 0 < poll_interval <= 3600):
+            raise ValidationError(f"poll_interval must be a number of seconds in (0, 3600], "
+                                  f"got {poll_interval!r}", field="poll_interval")
+        return self._follow(cursor, run_id, float(poll_interval), batch)
+
+    def _follow(self, cursor: int, run_id: str | None, poll_interval: float,
+                batch: int) -> Iterator[dict[str, Any]]:
+        with self._backend.listen() as wait:  # listening before the first read
+            while True:
+                events = self.events_since(cursor, run_id=run_id, limit=batch)
+                for event in events:
+                    cursor = event["seq"]
+                    yield event
+                if len(events) < batch:
+                    wait(poll_interval)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -378,7 +439,7 @@ def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
     machine = table.machine
     if expected is not None:
         machine.check_state(expected, "expected")
-    found = rows_of(tx.execute(QUERIES[f"get_{table.entity}"], (entity_id,)))
+    found = tx.rows(f"lock_{table.entity}", (entity_id,))
     if not found:
         raise NotFoundError(table.entity, entity_id)
     current = found[0]
@@ -392,9 +453,8 @@ def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
     if not changes:
         return current
     columns = tuple(name for name in table.names if name in changes)
-    cursor = tx.execute(_update_sql(table, columns),
-                        [changes[name] for name in columns] + [entity_id])
-    row = rows_of(cursor)[0]
+    row = tx.query(_update_sql(table, columns, tx.placeholder),
+                   [changes[name] for name in columns] + [entity_id])[0]
     if new_state is not None:
         data: dict[str, Any] = {"from": old_state, "to": new_state}
         if table is STEP_ATTEMPTS:
@@ -408,7 +468,7 @@ def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
 
 
 def _check_worker_can_work(tx, worker_id: str) -> None:
-    found = rows_of(tx.execute(QUERIES["get_worker"], (worker_id,)))
+    found = tx.rows("get_worker", (worker_id,))
     if not found:
         raise ValidationError(f"worker {worker_id!r} does not exist", field="worker_id")
     if found[0]["state"] == "TERMINATED":
@@ -422,7 +482,7 @@ def record_event(tx, run_id: str | None, event_type: str, data: dict[str, Any]) 
     Records that belong to no run (workers, most patches and gates) write run_id None: their
     events are in the same ordered trail, found by `events_since`.
     """
-    tx.execute(QUERIES["insert_event"], {
+    tx.run("insert_event", {
         "event_id": new_ulid(), "run_id": run_id, "timestamp": utc_now(),
         "event_type": event_type,
         "data": records.encode_value(RUN_EVENTS, RUN_EVENTS.by_name["data"], data)})
@@ -435,27 +495,28 @@ def _given(**values: object) -> dict[str, object]:
 _sql_cache: dict[tuple, str] = {}
 
 
-def _update_sql(table: Table, columns: tuple[str, ...]) -> str:
-    """UPDATE for a set of whitelisted columns (names come from `Table`, never a caller)."""
-    key = ("update", table.name, columns)
+def _update_sql(table: Table, columns: tuple[str, ...], mark: str) -> str:
+    """UPDATE for a set of whitelisted columns (names come from `Table`, never a caller);
+    `mark` is the backend's parameter placeholder."""
+    key = ("update", table.name, columns, mark)
     sql = _sql_cache.get(key)
     if sql is None:
-        assignments = ", ".join(f"{table.by_name[name].name} = ?" for name in columns)
-        sql = f"UPDATE {table.name} SET {assignments} WHERE {table.key} = ? RETURNING *"
+        assignments = ", ".join(f"{table.by_name[name].name} = {mark}" for name in columns)
+        sql = f"UPDATE {table.name} SET {assignments} WHERE {table.key} = {mark} RETURNING *"
         _sql_cache[key] = sql
     return sql
 
 
-def _list_runs_sql(conditions: tuple[tuple[str, bool], ...], since: bool = False) -> str:
-    key = ("list_runs", conditions, since)
+def _list_runs_sql(conditions: tuple[tuple[str, bool], ...], since: bool, mark: str) -> str:
+    key = ("list_runs", conditions, since, mark)
     sql = _sql_cache.get(key)
     if sql is None:
         where = " AND ".join(
             [f"{RUNS.by_name[name].name} IS NULL" if is_null
-             else f"{RUNS.by_name[name].name} = ?" for name, is_null in conditions]
-            + (["created_at >= ?"] if since else []))
+             else f"{RUNS.by_name[name].name} = {mark}" for name, is_null in conditions]
+            + ([f"created_at >= {mark}"] if since else []))
         sql = ("SELECT * FROM runs" + (f" WHERE {where}" if where else "")
-               + " ORDER BY created_at DESC, run_id DESC LIMIT ?")
+               + f" ORDER BY created_at DESC, run_id DESC LIMIT {mark}")
         _sql_cache[key] = sql
     return sql
 
@@ -475,7 +536,7 @@ os.register_at_fork(after_in_child=_reset_lock_in_child)
 
 
 def _instance_key(path: str) -> str:
-    return path if path == MEMORY else os.path.realpath(path)
+    return path if path == MEMORY or is_postgres_url(path) else os.path.realpath(path)
 
 
 def get_db(db_path: str | os.PathLike | None = None, *, durability: str | None = None,

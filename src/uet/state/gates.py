@@ -21,7 +21,6 @@ from uet.state.machines import GATE
 from uet.state.models import (GateType, moment, output, parse_stamp, positive_seconds,
                               seconds_between, state_value, stamp, text)
 from uet.state.records import INT_MAX, INT_MIN
-from uet.state.sqlite_backend import QUERIES, rows_of
 
 TIMEOUT_EXIT_CODE = 124  # what timeout(1) exits with
 
@@ -68,8 +67,7 @@ class GateLedger:
             with self._backend.transaction() as tx:
                 blocked_by = None
                 for dep in deps:
-                    latest = rows_of(tx.execute(QUERIES["latest_gate_named"],
-                                                {**scope, "name": dep}))
+                    latest = tx.rows("latest_gate_named", {**scope, "name": dep})
                     if not latest:
                         raise ValidationError(f"depends_on names gate {dep!r}, which is not "
                                               "defined in this phase/run/patch scope",
@@ -77,11 +75,11 @@ class GateLedger:
                     if blocked_by is None and latest[0]["state"] in ("FAILED", "BLOCKED"):
                         blocked_by = dep
                 self._refuse_cycle(tx, scope, name, deps)
-                gate = rows_of(tx.execute(QUERIES["insert_gate"], (
+                gate = tx.rows("insert_gate", (
                     gate_id, kind, name, scope["phase_id"], command, timeout,
-                    scope["run_id"], scope["ledger_id"], utc_now())))[0]
+                    scope["run_id"], scope["ledger_id"], utc_now()))[0]
                 for dep in deps:
-                    tx.execute(QUERIES["insert_gate_dependency"], (gate_id, dep))
+                    tx.run("insert_gate_dependency", (gate_id, dep))
                 record_event(tx, scope["run_id"], GATE_DEFINED, {
                     "gate_id": gate_id, "gate_type": kind, "name": name,
                     "phase_id": scope["phase_id"], "ledger_id": scope["ledger_id"],
@@ -126,7 +124,7 @@ class GateLedger:
         when = moment(now)
         expired = []
         with self._backend.transaction() as tx:
-            for gate in rows_of(tx.execute(QUERIES["running_gates_with_timeout"])):
+            for gate in tx.rows("running_gates_with_timeout"):
                 started = gate["started_at"]
                 if started is None or (when - parse_stamp(started)).total_seconds() <= \
                         gate["timeout_sec"]:
@@ -141,11 +139,11 @@ class GateLedger:
     def get_gate(self, gate_id: str) -> dict[str, Any] | None:
         """The gate with its `depends_on` names, or None."""
         gate_id = text(gate_id, "gate_id")
-        rows = self._backend.query(QUERIES["get_gate"], (gate_id,))
+        rows = self._backend.read("get_gate", (gate_id,))
         if not rows:
             return None
         deps = [r["depends_on"] for r in
-                self._backend.query(QUERIES["gate_dependencies"], (gate_id,))]
+                self._backend.read("gate_dependencies", (gate_id,))]
         return self._with_deps(rows[0], deps)
 
     def list_gates(self, phase_id: str | None = None, state: object = None,
@@ -156,9 +154,9 @@ class GateLedger:
                   "run_id": text(run_id, "run_id", required=False)}
         given = tuple(f for f in _FILTERS if values[f] is not None)
         # column names come from _FILTERS, never from the caller
-        where = " AND ".join(f"{f} = ?" for f in given)
-        sql = ("SELECT g.*, (SELECT json_group_array(depends_on) FROM gate_dependencies AS d "
-               "WHERE d.gate_id = g.gate_id) AS depends_on FROM test_gates AS g"
+        mark = self._backend.placeholder
+        where = " AND ".join(f"{f} = {mark}" for f in given)
+        sql = (self._backend.queries["gates_with_dependencies"].rstrip(";")
                + (f" WHERE {where}" if where else "") + " ORDER BY created_at, gate_id")
         rows = self._backend.query(sql, [values[f] for f in given])
         return [{**r, "depends_on": sorted(json.loads(r["depends_on"]))} for r in rows]
@@ -171,11 +169,11 @@ class GateLedger:
 
     @staticmethod
     def _deps(tx, gate_id: str) -> list[str]:
-        return [r[0] for r in tx.execute(QUERIES["gate_dependencies"], (gate_id,))]
+        return [r[0] for r in tx.run("gate_dependencies", (gate_id,))]
 
     @staticmethod
     def _fetch(tx, gate_id: str) -> dict[str, Any]:
-        rows = rows_of(tx.execute(QUERIES["get_gate"], (gate_id,)))
+        rows = tx.rows("get_gate", (gate_id,))
         if not rows:
             raise NotFoundError("gate", gate_id)
         return rows[0]
@@ -188,7 +186,7 @@ class GateLedger:
     @staticmethod
     def _refuse_cycle(tx, scope: dict[str, Any], name: str, deps: list[str]) -> None:
         edges: dict[str, set[str]] = {}
-        for gate_name, dep in tx.execute(QUERIES["scope_dependency_edges"], scope):
+        for gate_name, dep in tx.run("scope_dependency_edges", scope):
             edges.setdefault(gate_name, set()).add(dep)
         edges.setdefault(name, set()).update(deps)
         stack, seen = list(deps), set()
@@ -216,11 +214,11 @@ class GateLedger:
             completed_at = now
             if gate["started_at"]:
                 duration = seconds_between(gate["started_at"], now)
-        row = rows_of(tx.execute(QUERIES["set_gate_state"], {
+        row = tx.rows("set_gate_state", {
             "state": target, "exit_code": exit_code, "stdout": stdout, "stderr": stderr,
             "started_at": started_at, "completed_at": completed_at, "duration_sec": duration,
             "blocked_by": blocked_by if target == "BLOCKED" else None,
-            "gate_id": gate["gate_id"]}))[0]
+            "gate_id": gate["gate_id"]})[0]
         data = {"gate_id": gate["gate_id"], "name": gate["name"], "from": gate["state"],
                 "to": target}
         if exit_code is not None:
@@ -238,8 +236,7 @@ class GateLedger:
         return row
 
     def _is_latest(self, tx, gate: dict[str, Any]) -> bool:
-        latest = rows_of(tx.execute(QUERIES["latest_gate_named"],
-                                    {**self._scope(gate), "name": gate["name"]}))
+        latest = tx.rows("latest_gate_named", {**self._scope(gate), "name": gate["name"]})
         return latest[0]["gate_id"] == gate["gate_id"]
 
     def _check_dependencies(self, tx, gate: dict[str, Any], target: str) -> None:
@@ -247,7 +244,7 @@ class GateLedger:
         none has failed (its latest run, by name, in the gate's scope)."""
         scope = self._scope(gate)
         for dep in self._deps(tx, gate["gate_id"]):
-            latest = rows_of(tx.execute(QUERIES["latest_gate_named"], {**scope, "name": dep}))
+            latest = tx.rows("latest_gate_named", {**scope, "name": dep})
             state = latest[0]["state"] if latest else "missing"
             if target == "RUNNING" and state != "PASSED":
                 reason = f"its dependency {dep} has not passed (it is {state})"
@@ -265,8 +262,7 @@ class GateLedger:
         queue, seen = [failed["name"]], {failed["name"]}
         while queue:
             name = queue.pop(0)
-            for gate in rows_of(tx.execute(QUERIES["open_dependents"],
-                                           {**scope, "name": name})):
+            for gate in tx.rows("open_dependents", {**scope, "name": name}):
                 if gate["state"] == "PENDING":
                     self._set_state(tx, gate, "BLOCKED", blocked_by=name)
                 if gate["name"] not in seen:
@@ -278,18 +274,17 @@ class GateLedger:
         queue = [passed["name"]]
         while queue:
             name = queue.pop(0)
-            for gate in rows_of(tx.execute(QUERIES["gates_blocked_by"],
-                                           {**scope, "name": name})):
+            for gate in tx.rows("gates_blocked_by", {**scope, "name": name}):
                 still = self._failed_dependency(tx, scope, gate)
                 if still is not None:  # another dependency is still failed: blocked by it now
-                    tx.execute(QUERIES["set_gate_blocked_by"], (still, gate["gate_id"]))
+                    tx.run("set_gate_blocked_by", (still, gate["gate_id"]))
                     continue
                 self._set_state(tx, gate, "PENDING")
                 queue.append(gate["name"])
 
     def _failed_dependency(self, tx, scope: dict[str, Any], gate: dict[str, Any]) -> str | None:
         for dep in self._deps(tx, gate["gate_id"]):
-            latest = rows_of(tx.execute(QUERIES["latest_gate_named"], {**scope, "name": dep}))
+            latest = tx.rows("latest_gate_named", {**scope, "name": dep})
             if latest and latest[0]["state"] in ("FAILED", "BLOCKED"):
                 return dep
         return None

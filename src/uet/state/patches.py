@@ -22,7 +22,6 @@ from uet.state.ids import new_ulid, utc_now
 from uet.state.machines import PATCH
 from uet.state.models import (PatchArtifact, PatchLedgerEntry, entry_from_row, flag,
                               patch_from_row, state_value, text)
-from uet.state.sqlite_backend import QUERIES, rows_of
 
 
 _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@")
@@ -109,7 +108,7 @@ class PatchLedger:
         sha = hashlib.sha256(data).hexdigest()
         with self._backend.transaction() as tx:
             if step_attempt_id is not None:
-                step = rows_of(tx.execute(QUERIES["get_step_attempt"], (step_attempt_id,)))
+                step = tx.rows("get_step_attempt", (step_attempt_id,))
                 if not step:
                     raise ValidationError(f"step attempt {step_attempt_id!r} does not exist",
                                           field="step_attempt_id")
@@ -119,15 +118,15 @@ class PatchLedger:
                     raise ValidationError(
                         f"step attempt {step_attempt_id!r} belongs to run "
                         f"{step[0]['run_id']!r}, not {run_id!r}", field="run_id")
-            found = rows_of(tx.execute(QUERIES["find_patch"], (run_id, step_attempt_id, sha)))
+            found = tx.rows("find_patch", (run_id, step_attempt_id, sha))
             if found:
                 return patch_from_row(found[0])
-            if run_id is not None and not tx.execute(QUERIES["get_run"], (run_id,)).fetchone():
+            if run_id is not None and not tx.run("get_run", (run_id,)).fetchone():
                 raise ValidationError(f"run {run_id!r} does not exist", field="run_id")
             patch_id = new_ulid()
-            row = rows_of(tx.execute(QUERIES["insert_patch"], (
+            row = tx.rows("insert_patch", (
                 patch_id, diff_text, sha, json.dumps(files), len(data), run_id,
-                step_attempt_id, utc_now())))[0]
+                step_attempt_id, utc_now()))[0]
             record_event(tx, run_id, PATCH_RECORDED, {
                 "patch_id": patch_id, "sha256": sha, "files": files,
                 "size_bytes": len(data), "step_attempt_id": step_attempt_id})
@@ -135,7 +134,7 @@ class PatchLedger:
 
     def get_patch(self, patch_id: str) -> PatchArtifact | None:
         """The patch artifact, or None."""
-        rows = self._backend.query(QUERIES["get_patch"], (text(patch_id, "patch_id"),))
+        rows = self._backend.read("get_patch", (text(patch_id, "patch_id"),))
         return patch_from_row(rows[0]) if rows else None
 
     # -- ledger entries ------------------------------------------------------------------
@@ -150,12 +149,12 @@ class PatchLedger:
         history = json.dumps([{"state": "created", "at": now, "reason": ""}])
         ledger_id = new_ulid()
         with self._backend.transaction() as tx:
-            patch_row = rows_of(tx.execute(QUERIES["get_patch"], (patch_id,)))
+            patch_row = tx.rows("get_patch", (patch_id,))
             if not patch_row:
                 raise ValidationError(f"patch {patch_id!r} does not exist; record it first",
                                       field="patch")
-            row = rows_of(tx.execute(QUERIES["insert_patch_entry"], (
-                ledger_id, patch_id, phase_id, workstream_id, history, now, now)))[0]
+            row = tx.rows("insert_patch_entry", (
+                ledger_id, patch_id, phase_id, workstream_id, history, now, now))[0]
             record_event(tx, patch_row[0]["run_id"], PATCH_ENTRY_CREATED, {
                 "ledger_id": ledger_id, "patch_id": patch_id, "phase_id": phase_id,
                 "workstream_id": workstream_id, "state": "created"})
@@ -187,8 +186,8 @@ class PatchLedger:
                  "constraints": flag(constraints, "constraints"), "tests": flag(tests, "tests")}
         with self._backend.transaction() as tx:
             current = self._fetch(tx, ledger_id)
-            row = rows_of(tx.execute(QUERIES["set_patch_validation"], {
-                **flags, "now": utc_now(), "ledger_id": ledger_id}))[0]
+            row = tx.rows("set_patch_validation", {
+                **flags, "now": utc_now(), "ledger_id": ledger_id})[0]
             record_event(tx, current["patch_run_id"], PATCH_ENTRY_VALIDATION_SET, {
                 "ledger_id": ledger_id, **{k: v for k, v in
                                            ((k, None if v is None else bool(v))
@@ -197,7 +196,7 @@ class PatchLedger:
 
     def get_entry(self, ledger_id: str) -> PatchLedgerEntry | None:
         """The ledger entry, or None."""
-        rows = self._backend.query(QUERIES["get_patch_entry"], (text(ledger_id, "ledger_id"),))
+        rows = self._backend.read("get_patch_entry", (text(ledger_id, "ledger_id"),))
         return entry_from_row(rows[0]) if rows else None
 
     def get_patches_by_state(self, state: object,
@@ -205,10 +204,9 @@ class PatchLedger:
         """Entries in `state` (enum member or string), of one phase if given, oldest first."""
         state = state_value(PATCH, state)
         if phase_id is None:
-            rows = self._backend.query(QUERIES["patch_entries_by_state"], (state,))
+            rows = self._backend.read("patch_entries_by_state", (state,))
         else:
-            rows = self._backend.query(QUERIES["patch_entries_by_state_and_phase"],
-                                       (state, text(phase_id, "phase_id")))
+            rows = self._backend.read("patch_entries_by_state_and_phase", (state, text(phase_id, "phase_id")))
         return [entry_from_row(r) for r in rows]
 
     def list_entries(self, state: object = None,
@@ -217,16 +215,15 @@ class PatchLedger:
         if state is not None:
             return self.get_patches_by_state(state, phase_id)
         if phase_id is None:
-            rows = self._backend.query(QUERIES["all_patch_entries"])
+            rows = self._backend.read("all_patch_entries")
         else:
-            rows = self._backend.query(QUERIES["patch_entries_by_phase"],
-                                       (text(phase_id, "phase_id"),))
+            rows = self._backend.read("patch_entries_by_phase", (text(phase_id, "phase_id"),))
         return [entry_from_row(r) for r in rows]
 
     def history_of_run(self, run_id: str) -> list[dict[str, Any]]:
         """Lineage of a run's patches: which step attempt produced each patch, and where each
         of the patch's ledger entries stands. One dict per patch, oldest first."""
-        rows = self._backend.query(QUERIES["history_of_run"], (text(run_id, "run_id"),))
+        rows = self._backend.read("history_of_run", (text(run_id, "run_id"),))
         patches: dict[str, dict[str, Any]] = {}
         for row in rows:
             patch = patches.setdefault(row["patch_id"], {
@@ -246,7 +243,7 @@ class PatchLedger:
 
     @staticmethod
     def _fetch(tx, ledger_id: str) -> dict[str, Any]:
-        rows = rows_of(tx.execute(QUERIES["get_patch_entry"], (ledger_id,)))
+        rows = tx.rows("get_patch_entry", (ledger_id,))
         if not rows:
             raise NotFoundError("patch_entry", ledger_id)
         return rows[0]
@@ -273,12 +270,12 @@ class PatchLedger:
                                             f"({current['state']})")
             PATCH.check_transition(ledger_id, current["state"], target)
             try:
-                row = rows_of(tx.execute(QUERIES["update_patch_entry"], {
+                row = tx.rows("update_patch_entry", {
                     "state": target, "now": now, "ledger_id": ledger_id,
                     "version": current["version"],
                     "quarantine_reason": reason if target == "quarantined" else None,
                     "history_item": json.dumps({"state": target, "at": now,
-                                                "reason": reason})}))[0]
+                                                "reason": reason})})[0]
             except ConstraintViolation as exc:  # pragma: no cover - checked above
                 raise ValidationError(f"patch entry {ledger_id!r}: {exc}") from None
             record_event(tx, current["patch_run_id"], PATCH_ENTRY_STATE_CHANGED, {

@@ -35,7 +35,10 @@ def load_queries(engine: str) -> Mapping[str, str]:
     for name, body in zip(parts[1::2], parts[2::2]):
         if name in queries:
             raise RuntimeError(f"query {name!r} defined twice in {engine}/queries.sql")
-        queries[name] = body.strip()
+        lines = body.strip().splitlines()
+        while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith("--")):
+            lines.pop()  # a comment after the statement introduces the next ones
+        queries[name] = "\n".join(lines)
     return MappingProxyType(queries)
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from uet.errors import (ConstraintViolation, DatabaseBusyError, NotALedgerError,
                         StorageError, UetError)
-from uet.state.records import decode_row
+from uet.state.backend import Transaction, rows_of
 from uet.state.sqlfiles import load_queries
 
 QUERIES = load_queries("sqlite")
@@ -113,6 +114,9 @@ class SQLiteBackend:
     """
 
     engine = "sqlite"
+    placeholder = "?"  # of the statements assembled from whitelisted column names
+    no_limit = -1      # the LIMIT parameter that means "every row"
+    queries = QUERIES  # the named statements of sql/sqlite/queries.sql
 
     def __init__(self, path: str, *, durability: str = "normal",
                  busy_timeout: float = DEFAULT_BUSY_TIMEOUT, read_only: bool = False) -> None:
@@ -213,6 +217,10 @@ class SQLiteBackend:
         with self._lock:
             return self._run(lambda c: rows_of(c.execute(sql, params)))
 
+    def read(self, name: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+        """Run the named read query of queries.sql; rows as dicts."""
+        return self.query(QUERIES[name], params)
+
     def query_value(self, sql: str, params: Sequence[Any] | dict = ()) -> Any:
         """Run one read statement and return the first column of its first row (or None)."""
         with self._lock:
@@ -220,7 +228,7 @@ class SQLiteBackend:
         return None if row is None else row[0]
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator["SQLiteTx"]:
         """A write transaction: all of the block's statements commit together or not at all.
 
         BEGIN IMMEDIATE takes the write lock before the first read, so a read-then-write
@@ -234,13 +242,29 @@ class SQLiteBackend:
             except sqlite3.Error as exc:
                 raise translate_error(exc, self.path, self.busy_timeout) from None
             try:
-                yield conn
+                yield SQLiteTx(conn)
                 conn.execute("COMMIT")
             except BaseException as exc:
                 self._rollback(conn)
                 if isinstance(exc, sqlite3.Error):
                     raise translate_error(exc, self.path, self.busy_timeout) from None
                 raise
+
+    @contextmanager
+    def listen(self) -> Iterator[Callable[[float], None]]:
+        """A wait(timeout) between reads of a follower: SQLite has no notifications, so it
+        sleeps for the poll interval."""
+        yield time.sleep
+
+    def migrate(self) -> tuple[int | None, int]:
+        """Bring the ledger's schema up to date; (version before, version after)."""
+        from uet.state.sqlite_migrations import migrate
+        return migrate(self)
+
+    def check_current(self) -> int:
+        """For a read-only open: the ledger must exist and be at this code's version."""
+        from uet.state.sqlite_migrations import check_current
+        return check_current(self)
 
     def diagnostics(self) -> dict[str, Any]:
         """Pragmas, integrity and row counts, for `uet doctor`."""
@@ -278,7 +302,9 @@ class SQLiteBackend:
                 pass
 
 
-def rows_of(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
-    """A cursor's rows as plain dicts (JSON columns decoded)."""
-    names = tuple(d[0] for d in cursor.description)
-    return [decode_row(names, values) for values in cursor.fetchall()]
+class SQLiteTx(Transaction):
+    """The statements of one open SQLite write transaction."""
+
+    __slots__ = ()
+    queries = QUERIES
+    placeholder = SQLiteBackend.placeholder

@@ -17,7 +17,6 @@ from uet.state.machines import WORKER
 from uet.state.models import (WorkerRecord, json_object, moment, positive_seconds, stamp,
                               state_value, text, worker_from_row)
 from uet.state.records import RUNS, STEP_ATTEMPTS
-from uet.state.sqlite_backend import QUERIES, rows_of
 
 
 
@@ -47,8 +46,7 @@ class WorkerLifecycle:
         affinity_json = json_object({} if affinity is None else affinity, "affinity")
         try:
             with self._backend.transaction() as tx:
-                row = rows_of(tx.execute(QUERIES["insert_worker"],
-                                         (worker_id, worker_type, affinity_json, utc_now())))[0]
+                row = tx.rows("insert_worker", (worker_id, worker_type, affinity_json, utc_now()))[0]
                 record_event(tx, None, WORKER_SPAWNED, {
                     "worker_id": worker_id, "worker_type": worker_type,
                     "affinity": affinity or {}, "state": "SPAWNING"})
@@ -83,7 +81,7 @@ class WorkerLifecycle:
         """
         worker_id = text(worker_id, "worker_id")
         with self._backend.transaction() as tx:
-            if tx.execute(QUERIES["heartbeat"], (utc_now(), worker_id)).fetchone() is None:
+            if tx.run("heartbeat", (utc_now(), worker_id)).fetchone() is None:
                 self._fetch(tx, worker_id)  # NotFoundError for an unknown worker
                 raise ValidationError(
                     f"worker {worker_id!r} is TERMINATED (stopped or reaped as stale); it must "
@@ -105,7 +103,7 @@ class WorkerLifecycle:
             worker = self._fetch(tx, worker_id)
             WORKER.check_transition(worker_id, worker["state"], "BUSY")  # IDLE only
             if run_id is None:
-                found = tx.execute(QUERIES["oldest_pending_run"]).fetchone()
+                found = tx.run("oldest_pending_run").fetchone()
                 if found is None:
                     return None
                 run_id = found[0]
@@ -128,7 +126,7 @@ class WorkerLifecycle:
         Entering IDLE or BUSY counts as a heartbeat."""
         cutoff = self._cutoff(heartbeat_interval_s, now)
         return [worker_from_row(r)
-                for r in self._backend.query(QUERIES["stale_workers"], (cutoff,))]
+                for r in self._backend.read("stale_workers", (cutoff,))]
 
     def reap_stale(self, heartbeat_interval_s: float, now=None) -> list[str]:
         """Terminate the stale workers and fail the runs and step attempts they held, all in
@@ -136,7 +134,7 @@ class WorkerLifecycle:
         cutoff = self._cutoff(heartbeat_interval_s, now)
         reaped = []
         with self._backend.transaction() as tx:
-            for worker in rows_of(tx.execute(QUERIES["stale_workers"], (cutoff,))):
+            for worker in tx.rows("stale_workers", (cutoff,)):
                 self._transition(tx, worker, "TERMINATED", reason=(
                     f"worker {worker['worker_id']} was lost: no heartbeat since "
                     f"{worker['last_heartbeat'] or worker['created_at']}"))
@@ -147,27 +145,26 @@ class WorkerLifecycle:
 
     def get_worker(self, worker_id: str) -> WorkerRecord | None:
         """The worker, or None."""
-        rows = self._backend.query(QUERIES["get_worker"], (text(worker_id, "worker_id"),))
+        rows = self._backend.read("get_worker", (text(worker_id, "worker_id"),))
         return worker_from_row(rows[0]) if rows else None
 
     def list_workers(self, state: object = None) -> list[WorkerRecord]:
         """Every worker (or those in `state`), oldest first."""
         if state is not None:
             return self.get_workers_by_state(state)
-        return [worker_from_row(r) for r in self._backend.query(QUERIES["all_workers"])]
+        return [worker_from_row(r) for r in self._backend.read("all_workers")]
 
     def get_workers_by_state(self, state: object) -> list[WorkerRecord]:
         """Workers in `state` (enum member or string), oldest first."""
-        rows = self._backend.query(QUERIES["workers_by_state"], (state_value(WORKER, state),))
+        rows = self._backend.read("workers_by_state", (state_value(WORKER, state),))
         return [worker_from_row(r) for r in rows]
 
     def get_idle_workers(self, worker_type: str | None = None) -> list[WorkerRecord]:
         """IDLE workers (of one type, if given), oldest first: who can claim work."""
         if worker_type is None:
-            rows = self._backend.query(QUERIES["idle_workers"])
+            rows = self._backend.read("idle_workers")
         else:
-            rows = self._backend.query(QUERIES["idle_workers_of_type"],
-                                       (text(worker_type, "worker_type"),))
+            rows = self._backend.read("idle_workers_of_type", (text(worker_type, "worker_type"),))
         return [worker_from_row(r) for r in rows]
 
     # -- internals -----------------------------------------------------------------------
@@ -183,7 +180,7 @@ class WorkerLifecycle:
 
     @staticmethod
     def _fetch(tx, worker_id: str) -> dict[str, Any]:
-        rows = rows_of(tx.execute(QUERIES["get_worker"], (worker_id,)))
+        rows = tx.rows("lock_worker", (worker_id,))
         if not rows:
             raise NotFoundError("worker", worker_id)
         return rows[0]
@@ -193,7 +190,7 @@ class WorkerLifecycle:
         worker_id, current = worker["worker_id"], worker["state"]
         WORKER.check_transition(worker_id, current, target)
         if target == "IDLE" and current == "BUSY":
-            held = tx.execute(QUERIES["running_runs_of_worker"], (worker_id,)).fetchone()
+            held = tx.run("running_runs_of_worker", (worker_id,)).fetchone()
             if held is not None:
                 raise ValidationError(
                     f"worker {worker_id!r} still holds running run {held[0]!r}; finish or fail "
@@ -204,11 +201,11 @@ class WorkerLifecycle:
         now = utc_now()
         held_run = run_id if target == "BUSY" else (
             worker["current_run_id"] if target == "DRAINING" else None)
-        row = rows_of(tx.execute(QUERIES["set_worker_state"], {
+        row = tx.rows("set_worker_state", {
             "state": target, "terminated_at": now if target == "TERMINATED" else None,
             "current_run_id": held_run, "worker_id": worker_id,
             # a worker that becomes IDLE or takes work is alive: its staleness starts now
-            "heartbeat": now if target in ("IDLE", "BUSY") else None}))[0]
+            "heartbeat": now if target in ("IDLE", "BUSY") else None})[0]
         data = {"worker_id": worker_id, "from": current, "to": target}
         if run_id is not None:
             data["run_id"] = run_id
@@ -219,12 +216,11 @@ class WorkerLifecycle:
 
     @staticmethod
     def _fail_held_work(tx, worker_id: str, reason: str) -> None:
-        steps = [r[0] for r in tx.execute(QUERIES["running_steps_of_worker"],
-                                          {"worker_id": worker_id})]
+        steps = [r[0] for r in tx.run("running_steps_of_worker", {"worker_id": worker_id})]
         for step_id in steps:
             change_row(tx, STEP_ATTEMPTS, step_id, {"state": "failed", "error_log": reason},
                        event_data={"worker_id": worker_id})
-        for (held_run,) in tx.execute(QUERIES["running_runs_of_worker"], (worker_id,)).fetchall():
+        for (held_run,) in tx.run("running_runs_of_worker", (worker_id,)).fetchall():
             change_row(tx, RUNS, held_run, {"state": "failed", "error_message": reason},
                        event_data={"worker_id": worker_id})
 

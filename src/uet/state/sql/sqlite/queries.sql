@@ -231,3 +231,21 @@ SELECT * FROM patch_ledger_entries ORDER BY created_at, ledger_id;
 
 -- name: patch_entries_by_phase
 SELECT * FROM patch_ledger_entries WHERE phase_id = ? ORDER BY created_at, ledger_id;
+
+-- name: gates_with_dependencies
+-- list_gates adds WHERE and ORDER BY in place of the ';' (column names from a whitelist)
+SELECT g.*, (SELECT json_group_array(depends_on) FROM gate_dependencies AS d
+              WHERE d.gate_id = g.gate_id) AS depends_on
+  FROM test_gates AS g;
+
+-- Reads that a compare-and-set decides on. The transaction already holds SQLite's write
+-- lock (BEGIN IMMEDIATE), so they are plain reads here; PostgreSQL locks the row.
+
+-- name: lock_run
+SELECT * FROM runs WHERE run_id = ?;
+
+-- name: lock_step_attempt
+SELECT * FROM step_attempts WHERE step_attempt_id = ?;
+
+-- name: lock_worker
+SELECT * FROM workers WHERE worker_id = ?;

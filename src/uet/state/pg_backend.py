@@ -1,0 +1,459 @@
+"""The PostgreSQL engine under the ledger: psycopg 3 connections from its pool, the
+ledger's write lock, schema migrations, error translation and LISTEN/NOTIFY.
+
+The only module that imports psycopg; nothing above it sees a driver exception. It offers
+the SQLite backend's interface (`read`, `query`, `query_value`, `transaction`, `migrate`,
+`check_current`, `diagnostics`, `listen`, `close`), so every public call returns the same
+records on both engines.
+
+Writes: every write transaction takes one transaction-level advisory lock of the ledger
+(the ledger's write lock, keyed by its schema) before its first statement and holds it to
+COMMIT, as SQLite's BEGIN IMMEDIATE does. Event `seq` is therefore handed out in commit
+order and a follower reading `seq > cursor` never skips an event that commits late, and
+transactions that change several records can never deadlock each other. Row locks (FOR
+UPDATE, SKIP LOCKED when claiming) sit underneath as a second guard.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import weakref
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg_errors
+from psycopg import sql as pg_sql
+from psycopg.types.string import TextLoader
+
+from uet.errors import (ConstraintViolation, DatabaseBusyError, MigrationError,
+                        NotALedgerError, SchemaVersionError, StorageError, UetError)
+from uet.state.ids import utc_now
+from uet.state.pg_url import redact
+from uet.state.backend import Transaction, rows_of
+from uet.state.sqlfiles import load_migrations, load_queries
+
+QUERIES = load_queries("postgresql")
+MIGRATIONS = load_migrations("postgresql")
+LATEST_VERSION = MIGRATIONS[-1].version
+POOL_MAX_SIZE = 8
+# high 32 bits of the ledger lock's advisory key ('uet1'); the low 32 bits are the oid of
+# the ledger's schema, so ledgers in different schemas of one database do not contend
+_LOCK_CLASS = 0x75657431
+# what a ledger's schema holds beside its tables (so that it is not taken for a foreign one)
+_CORE_TABLES = {"schema_migrations", "runs", "step_attempts", "run_events", "ledger_counters"}
+
+_live_backends: "weakref.WeakSet[PostgresBackend]" = weakref.WeakSet()
+# Pools and connections a forked child inherited: their sockets belong to the parent, so the
+# child must neither use nor close them (closing would end the parent's sessions).
+_inherited: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_live_backends):
+        backend._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+_CONSTRAINT_KINDS = {
+    pg_errors.UniqueViolation: "unique",
+    pg_errors.ForeignKeyViolation: "foreign_key",
+    pg_errors.CheckViolation: "check",
+    pg_errors.NotNullViolation: "not_null",
+}
+_KEY_COLUMNS = re.compile(r"^Key \(([^)]*)\)=")
+
+
+def _constraint_message(exc: psycopg.Error, kind: str) -> str:
+    """The constraint failure in SQLite's words (callers read `table.column` from it)."""
+    diag = exc.diag
+    table = diag.table_name or "?"
+    if kind == "unique":
+        match = _KEY_COLUMNS.match(diag.message_detail or "")
+        columns = [c.strip() for c in match.group(1).split(",")] if match else ["?"]
+        return "UNIQUE constraint failed: " + ", ".join(f"{table}.{c}" for c in columns)
+    if kind == "not_null":
+        return f"NOT NULL constraint failed: {table}.{diag.column_name or '?'}"
+    if kind == "check":
+        return f"CHECK constraint failed: {diag.constraint_name or table}"
+    if kind == "foreign_key":
+        return "FOREIGN KEY constraint failed"
+    return diag.message_primary or str(exc)
+
+
+def translate_error(exc: Exception, path: str, busy_timeout: float) -> UetError:
+    """The typed uet error for a driver exception, with a message a person can act on."""
+    # libpq's messages run over several lines; a uet error is one
+    text = " ".join((getattr(getattr(exc, "diag", None), "message_primary", None)
+                     or str(exc)).split())
+    for cls, kind in _CONSTRAINT_KINDS.items():
+        if isinstance(exc, cls):
+            return ConstraintViolation(_constraint_message(exc, kind), kind=kind)
+    if isinstance(exc, pg_errors.IntegrityError):
+        return ConstraintViolation(text, kind="other")
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return DatabaseBusyError(
+            f"ledger {path}: no connection to the server could be had within "
+            f"{busy_timeout:g} s ({text}); check that the server runs and accepts connections")
+    if isinstance(exc, (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected,
+                        pg_errors.SerializationFailure, pg_errors.QueryCanceled)):
+        return DatabaseBusyError(
+            f"ledger {path} stayed locked by another writer for more than {busy_timeout:g} s "
+            f"({text}); find the session holding it (pg_stat_activity) or raise busy_timeout")
+    if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
+        return StorageError(f"ledger {path} was opened read-only (or the server is a "
+                            f"read-only standby): {text}")
+    if isinstance(exc, pg_errors.InsufficientResources):
+        return StorageError(f"ledger {path}: the server is out of disk or memory ({text}); "
+                            "free space on the server and retry. The call changed nothing")
+    if isinstance(exc, pg_errors.InvalidCatalogName):
+        return StorageError(f"ledger {path}: {text}; create the database first "
+                            "(createdb) or name an existing one in the URL")
+    if isinstance(exc, (pg_errors.InvalidAuthorizationSpecification,
+                        pg_errors.InvalidPassword)):
+        return StorageError(f"ledger {path}: the server refused the login ({text}); check "
+                            "the user and password in the URL")
+    if isinstance(exc, pg_errors.InsufficientPrivilege):
+        return StorageError(f"ledger {path}: {text}; grant the URL's user the privileges a "
+                            "ledger needs (CREATE on the schema, and on its tables)")
+    if isinstance(exc, psycopg.OperationalError):
+        return StorageError(f"cannot reach the PostgreSQL server of ledger {path} ({text}); "
+                            "check that it runs and that the URL's host, port and database "
+                            "are right")
+    return StorageError(f"ledger {path}: {text}")
+
+
+class PostgresTx(Transaction):
+    """The statements of one open PostgreSQL write transaction."""
+
+    __slots__ = ()
+    queries = QUERIES
+    placeholder = "%s"
+
+
+class PostgresBackend:
+    """One ledger in a PostgreSQL database (the schema its URL's search_path selects, by
+    default `public`), reached through a pool of connections shared by the process's
+    threads. A forked child opens its own pool on first use."""
+
+    engine = "postgresql"
+    placeholder = "%s"
+    no_limit = None  # LIMIT NULL: every row
+    queries = QUERIES  # the named statements of sql/postgresql/queries.sql
+
+    def __init__(self, url: str, *, busy_timeout: float, read_only: bool = False) -> None:
+        self.url = url
+        self.path = redact(url)
+        self.busy_timeout = busy_timeout
+        self.read_only = read_only
+        self.durability = "server"
+        self._closed = False
+        self._pool: psycopg_pool.ConnectionPool | None = None
+        self._pool_lock = threading.Lock()
+        self._begin = ""       # BEGIN and the ledger's write lock, once the schema is known
+        self._channel = ""     # the LISTEN channel of the ledger's event trail
+        _live_backends.add(self)
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {"autocommit": True, "application_name": "uet"}
+        if "connect_timeout" not in self.url:
+            settings["connect_timeout"] = 10
+        return settings
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        # JSON columns arrive as the text that was stored and are decoded like SQLite's
+        conn.adapters.register_loader("json", TextLoader)
+        # a write waits this long for the ledger's write lock (0 would mean "forever")
+        conn.execute("SELECT set_config('lock_timeout', %s, false), "
+                     "set_config('default_transaction_read_only', %s, false)",
+                     (f"{max(1, round(self.busy_timeout * 1000))}ms",
+                      "on" if self.read_only else "off"))
+
+    def _connect(self) -> psycopg.Connection:
+        """A new connection outside the pool (migrations, listening), configured."""
+        if self._closed:
+            raise StorageError(f"ledger {self.path} is closed")
+        try:
+            conn = psycopg.connect(self.url, **self._settings())
+        except psycopg.Error as exc:
+            raise translate_error(exc, self.path, self.busy_timeout) from None
+        try:
+            self._configure(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            raise translate_error(exc, self.path, self.busy_timeout) from None
+        return conn
+
+    def _get_pool(self) -> psycopg_pool.ConnectionPool:
+        pool = self._pool
+        if pool is not None:
+            return pool
+        with self._pool_lock:
+            if self._closed:
+                raise StorageError(f"ledger {self.path} is closed")
+            if self._pool is None:
+                self._pool = psycopg_pool.ConnectionPool(
+                    self.url, min_size=1, max_size=POOL_MAX_SIZE, kwargs=self._settings(),
+                    configure=self._configure, timeout=max(self.busy_timeout, 1.0),
+                    num_workers=1, open=True, name="uet")
+            return self._pool
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        try:
+            with self._get_pool().connection() as conn:
+                yield conn
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise translate_error(exc, self.path, self.busy_timeout) from None
+
+    def close(self) -> None:
+        with self._pool_lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _after_fork(self) -> None:
+        self._pool_lock = threading.Lock()
+        if self._pool is not None:
+            _inherited.append(self._pool)
+            self._pool = None
+
+    # -- statements ----------------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+        """Run one read statement; rows as dicts with JSON columns decoded."""
+        with self._connection() as conn:
+            return rows_of(conn.execute(sql, params))
+
+    def read(self, name: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+        """Run the named read query of queries.sql; rows as dicts."""
+        return self.query(QUERIES[name], params)
+
+    def query_value(self, sql: str, params: Sequence[Any] | dict = ()) -> Any:
+        """Run one read statement and return the first column of its first row (or None)."""
+        with self._connection() as conn:
+            row = conn.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[PostgresTx]:
+        """A write transaction holding the ledger's write lock: all of the block's
+        statements commit together or not at all. Waiting for the lock is bounded by the
+        busy timeout (lock_timeout)."""
+        with self._connection() as conn:
+            try:
+                conn.execute(self._begin or self._begin_statement(conn))
+            except psycopg.Error as exc:
+                self._rollback(conn)
+                raise translate_error(exc, self.path, self.busy_timeout) from None
+            try:
+                yield PostgresTx(conn)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback(conn)
+                if isinstance(exc, psycopg.Error):
+                    raise translate_error(exc, self.path, self.busy_timeout) from None
+                raise
+
+    @staticmethod
+    def _rollback(conn: psycopg.Connection) -> None:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            try:
+                conn.execute("ROLLBACK")
+            except psycopg.Error:
+                pass  # the connection is broken; the pool discards it and the server rolls back
+
+    def _begin_statement(self, conn: psycopg.Connection) -> str:
+        """BEGIN plus the ledger's write lock, in one round trip; learns the ledger's
+        schema (and so the lock's key and the events channel) on first use."""
+        schema = conn.execute(
+            "SELECT oid::bigint FROM pg_namespace WHERE nspname = current_schema()").fetchone()
+        if schema is None:
+            raise StorageError(f"ledger {self.path}: its search_path names no schema that "
+                               "exists; create the schema or fix the URL's options")
+        key = (_LOCK_CLASS << 32) | schema[0]
+        if key >= 1 << 63:
+            key -= 1 << 64  # the signed bigint the server takes
+        self._begin = f"BEGIN; SELECT pg_advisory_xact_lock({int(key)})"
+        return self._begin
+
+    # -- schema --------------------------------------------------------------------------
+
+    def _version(self, conn: psycopg.Connection) -> int | None:
+        """The ledger's schema version: None for an empty schema. Raises NotALedgerError
+        for a schema that holds anything else."""
+        tables = {r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema()")}
+        if not tables:
+            return None
+        if _CORE_TABLES <= tables:
+            columns = {r[0] for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = 'schema_migrations'")}
+            version = None
+            if columns == {"version", "name", "applied_at"}:
+                version = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+            if isinstance(version, int) and version >= 1:
+                return version
+        raise NotALedgerError(
+            f"{self.path} holds tables that are not a uet ledger ({', '.join(sorted(tables))}); "
+            "refusing to change them. Point uet at an empty database or schema (the URL's "
+            "options=-csearch_path=NAME selects a schema)")
+
+    def _check_version(self, version: int | None) -> None:
+        if version is not None and version > LATEST_VERSION:
+            raise SchemaVersionError(
+                f"ledger {self.path} has schema version {version}, newer than this uet "
+                f"understands (up to {LATEST_VERSION}); upgrade uet to open it. Nothing was "
+                "changed.")
+
+    def peek_version(self) -> int | None:
+        """The schema version without changing anything (None: no ledger yet)."""
+        conn = self._connect()
+        try:
+            return self._version(conn)
+        except psycopg.Error as exc:
+            raise translate_error(exc, self.path, self.busy_timeout) from None
+        finally:
+            conn.close()
+
+    def check_current(self) -> int:
+        """For a read-only open: the ledger must exist and be at this code's version."""
+        version = self.peek_version()
+        self._check_version(version)
+        if version is None:
+            raise NotALedgerError(f"{self.path} holds no ledger yet; create it with `uet init`")
+        if version < LATEST_VERSION:
+            raise SchemaVersionError(
+                f"ledger {self.path} is at schema version {version}, older than this uet "
+                f"({LATEST_VERSION}); upgrade it with `uet migrate` (it was not changed)")
+        return version
+
+    def migrate(self) -> tuple[int | None, int]:
+        """Bring the ledger up to LATEST_VERSION; (version before, version after).
+
+        Each migration runs in its own transaction under the ledger's write lock and
+        re-reads the version once it holds it, so concurrent migrators apply each one once;
+        DDL is transactional here, so a migration that fails leaves the schema as it was.
+        """
+        conn = self._connect()
+        try:
+            before = self._version(conn)
+            self._check_version(before)
+            version = before
+            for migration in MIGRATIONS:
+                if version is not None and migration.version <= version:
+                    continue
+                try:
+                    conn.execute(self._begin_statement(conn))
+                    current = self._version(conn)
+                    self._check_version(current)
+                    if current is None or current < migration.version:
+                        conn.execute(migration.sql)
+                        conn.execute("INSERT INTO schema_migrations (version, name, applied_at) "
+                                     "VALUES (%s, %s, %s)",
+                                     (migration.version, migration.name, utc_now()))
+                        current = migration.version
+                    conn.execute("COMMIT")
+                    version = current
+                except psycopg.Error as exc:
+                    self._rollback(conn)
+                    error = translate_error(exc, self.path, self.busy_timeout)
+                    raise MigrationError(
+                        f"could not apply migration {migration.version:04d}_{migration.name} "
+                        f"to {self.path}: {error}; the ledger was left as it was") from None
+                except BaseException:
+                    self._rollback(conn)
+                    raise
+            self._channel = self._events_channel(conn)
+            return before, version
+        except psycopg.Error as exc:
+            raise translate_error(exc, self.path, self.busy_timeout) from None
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _events_channel(conn: psycopg.Connection) -> str:
+        oid = conn.execute("SELECT 'run_events'::regclass::oid::bigint").fetchone()[0]
+        return f"uet_events_{int(oid)}"
+
+    # -- following -----------------------------------------------------------------------
+
+    @contextmanager
+    def listen(self) -> Iterator[Callable[[float], None]]:
+        """A wait(timeout) that returns as soon as another session commits events (LISTEN /
+        NOTIFY), or after `timeout` seconds; listening starts before the caller's next
+        read, so nothing committed in between is missed."""
+        conn = self._connect()
+        try:
+            try:
+                if not self._channel:
+                    self._channel = self._events_channel(conn)
+                conn.execute(f'LISTEN "{self._channel}"')  # a name built from an oid
+            except psycopg.Error as exc:
+                raise translate_error(exc, self.path, self.busy_timeout) from None
+
+            def wait(timeout: float) -> None:
+                try:
+                    for _ in conn.notifies(timeout=timeout, stop_after=1):
+                        pass
+                except psycopg.Error as exc:
+                    raise translate_error(exc, self.path, self.busy_timeout) from None
+            yield wait
+        finally:
+            conn.close()
+
+    # -- health --------------------------------------------------------------------------
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Server facts, integrity and row counts, for `uet doctor`."""
+        with self._connection() as conn:
+            tables = [r[0] for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' "
+                "ORDER BY table_name")]
+            problems = [f"index {r[0]} is not valid (rebuild it with REINDEX)" for r in conn.execute(
+                "SELECT i.indexrelid::regclass::text FROM pg_index AS i "
+                "JOIN pg_class AS c ON c.oid = i.indrelid "
+                "WHERE c.relnamespace = current_schema()::regnamespace AND NOT i.indisvalid")]
+            unchecked = [r[0] for r in conn.execute(
+                "SELECT conname FROM pg_constraint "
+                "WHERE connamespace = current_schema()::regnamespace AND NOT convalidated")]
+            disabled = [r[0] for r in conn.execute(
+                "SELECT t.tgname FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid "
+                "WHERE c.relnamespace = current_schema()::regnamespace AND t.tgenabled = 'D'")]
+            problems += [f"constraint {name} is not validated" for name in unchecked]
+            problems += [f"trigger {name} is disabled" for name in disabled]
+            return {
+                "path": self.path,
+                "engine": self.engine,
+                "schema_version": conn.execute(
+                    "SELECT max(version) FROM schema_migrations").fetchone()[0],
+                "server_version": conn.execute("SHOW server_version").fetchone()[0],
+                "database": conn.execute("SELECT current_database()").fetchone()[0],
+                "schema": conn.execute("SELECT current_schema()").fetchone()[0],
+                # PostgreSQL always writes ahead; synchronous_commit says when a commit is
+                # durable
+                "journal_mode": "wal",
+                "synchronous": conn.execute("SHOW synchronous_commit").fetchone()[0],
+                "foreign_keys": not unchecked and not disabled,
+                "busy_timeout_ms": max(1, round(self.busy_timeout * 1000)),
+                "integrity_check": problems or ["ok"],
+                "foreign_key_violations": 0,
+                # table names come from the catalog, quoted as identifiers
+                "row_counts": {t: conn.execute(pg_sql.SQL("SELECT count(*) FROM {}").format(
+                    pg_sql.Identifier(t))).fetchone()[0] for t in tables},
+            }

@@ -1,0 +1,40 @@
+"""PostgreSQL database names (URLs), usable without the driver installed.
+
+The backend itself (uet.state.pg_backend) imports psycopg; this module only looks at URLs,
+so that the SQLite core and its error messages never need the optional extra.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from uet.errors import StorageError
+
+INSTALL_HINT = "pip install 'uet[postgres]'"
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by '***' (for messages, repr and `uet doctor`)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:  # a malformed URL: show no part of what follows the scheme's user
+        return url.split("@", 1)[-1] if "@" in url else url
+
+
+def backend_class():
+    """The PostgreSQL backend class, or StorageError saying how to install its driver."""
+    try:
+        from uet.state.pg_backend import PostgresBackend
+    except ImportError as exc:
+        raise StorageError(f"the PostgreSQL backend needs psycopg 3 and psycopg_pool "
+                           f"({exc}); install them with {INSTALL_HINT}") from None
+    return PostgresBackend
