@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -47,10 +49,68 @@ def file_db(db_path):
     db.close()
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The URL of a PostgreSQL server for the whole run: $UET_TEST_POSTGRES_URL, else a
+    private throwaway server started here (and stopped at the end). Tests that need it are
+    skipped, with the reason, only when no PostgreSQL server program exists at all."""
+    import pgserver
+    url = os.environ.get(pgserver.ENV_VAR)
+    if url:
+        yield url
+        return
+    try:
+        server = pgserver.Server()
+    except pgserver.Unavailable as exc:
+        pytest.skip(f"PostgreSQL tests need a server: {exc}")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+_schemas = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """The URL of a fresh, empty ledger: its own schema on the test server, dropped after."""
+    import pgserver
+    import psycopg
+    schema = f"uet_test_{os.getpid()}_{next(_schemas)}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")  # a name made here, not from input
+    yield pgserver.with_schema(postgres_server, schema)
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["file", "postgres"])
+def ledger(request, tmp_path):
+    """The name of a new ledger (not created yet) on each persistent backend: a SQLite file
+    path, then a PostgreSQL URL. For tests that open it by name (other processes, CLI)."""
+    if request.param == "file":
+        return str(tmp_path / "ledger" / "framework.db")
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def shared_db(ledger):
+    """A ledger other processes can open too (by `shared_db.db_path`), on each persistent
+    backend: a SQLite file, then PostgreSQL."""
+    database = Database(ledger)
+    yield database
+    database.close()
+
+
+@pytest.fixture(params=["memory", "file", "postgres"])
 def db(request, tmp_path):
-    """Each test that takes `db` runs against an in-memory ledger and a file ledger."""
-    path = ":memory:" if request.param == "memory" else str(tmp_path / "framework.db")
+    """Each test that takes `db` runs against an in-memory ledger, a file ledger and a
+    PostgreSQL ledger."""
+    if request.param == "postgres":
+        path = request.getfixturevalue("postgres_url")
+    else:
+        path = ":memory:" if request.param == "memory" else str(tmp_path / "framework.db")
     database = Database(path)
     yield database
     database.close()

@@ -19,6 +19,54 @@ from reliability_suite.common import attempt_each  # noqa: E402
 from reliability_suite.common import wait_for as _wait_until  # noqa: E402
 
 
+def is_postgres(name: str) -> bool:
+    return name.startswith(("postgresql://", "postgres://"))
+
+
+def _refused() -> tuple[type[Exception], ...]:
+    import sqlite3
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.IntegrityError,)
+    # PostgreSQL's json type refuses text that is not JSON with a data error
+    return (sqlite3.IntegrityError, psycopg.errors.IntegrityError, psycopg.errors.DataError)
+
+
+REFUSED = _refused()  # what the driver raises when the schema refuses a raw write
+
+
+def raw_execute(db, sql: str, params: tuple = ()) -> None:
+    """Run one statement on the ledger of Database `db` with the driver itself, past every
+    check of uet (as another program could). `?` marks parameters on both engines."""
+    if db.engine == "postgresql":
+        import psycopg
+        with psycopg.connect(db.db_path, autocommit=True) as conn:
+            conn.execute(sql.replace("?", "%s"), params or None)
+    else:  # uet's own connection: the only one an in-memory ledger has
+        db._backend.connect().execute(sql, params)
+
+
+def refuse_event_inserts(db, event_type_like: str) -> None:
+    """Make the ledger's event store fail inserts of events whose type is LIKE the pattern
+    (a trigger, as an outage would), on either engine; `allow_event_inserts` undoes it."""
+    if db.engine == "postgresql":
+        raw_execute(db, "CREATE FUNCTION test_no_events() RETURNS trigger LANGUAGE plpgsql "
+                        "AS $$ BEGIN RAISE EXCEPTION 'event store unavailable'; END; $$")
+        raw_execute(db, "CREATE TRIGGER no_events BEFORE INSERT ON run_events FOR EACH ROW "
+                        f"WHEN (NEW.event_type LIKE '{event_type_like}') "
+                        "EXECUTE FUNCTION test_no_events()")
+    else:
+        raw_execute(db, "CREATE TRIGGER no_events BEFORE INSERT ON run_events "
+                        f"WHEN NEW.event_type LIKE '{event_type_like}' "
+                        "BEGIN SELECT RAISE(ABORT, 'event store unavailable'); END")
+
+
+def allow_event_inserts(db) -> None:
+    raw_execute(db, "DROP TRIGGER no_events" + (" ON run_events" if db.engine == "postgresql"
+                                                else ""))
+
+
 def wait_for(path: str, timeout: float = 30.0) -> None:
     _wait_until(lambda: os.path.exists(path), timeout, f"start signal {path}")
 

@@ -24,8 +24,19 @@ COMMANDS = ["init", "migrate", "doctor", "run", "runs", "show", "events", "worke
             "gates"]
 
 
-def uet(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+# the ledger a test's `uet` commands use when given no --db (see the `ledger` fixture)
+DEFAULT_DB_VAR = "UET_TEST_CLI_DATABASE"
+
+
+def uet_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "UET_DATABASE"}
+    if os.environ.get(DEFAULT_DB_VAR):
+        env["UET_DATABASE"] = os.environ[DEFAULT_DB_VAR]
+    return env
+
+
+def uet(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = uet_env()
     return subprocess.run([UET, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -37,10 +48,23 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture
-def ledger(tmp_path) -> Path:
+def sqlite_ledger(tmp_path) -> Path:
+    """A created ledger file where `uet` looks by default (.ledger/framework.db)."""
     path = tmp_path / ".ledger" / "framework.db"
     init_db(str(path)).close()
     return path
+
+
+@pytest.fixture(params=["file", "postgres"])
+def ledger(request, tmp_path, monkeypatch):
+    """A created ledger that the test's `uet` commands use without --db: the default file
+    .ledger/framework.db, then a PostgreSQL ledger (named to them by $UET_DATABASE)."""
+    if request.param == "file":
+        return request.getfixturevalue("sqlite_ledger")
+    url = request.getfixturevalue("postgres_url")
+    init_db(url).close()
+    monkeypatch.setenv(DEFAULT_DB_VAR, url)
+    return url
 
 
 def test_console_script_prints_its_version(tmp_path):
@@ -223,7 +247,7 @@ def test_events_follow_sees_what_another_process_writes(tmp_path, ledger):
         run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
     follower = subprocess.Popen([UET, "events", "--follow", "--json", "--interval", "0.05"],
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+                                text=True, env=uet_env())
     try:
         first = json.loads(follower.stdout.readline())
         assert (first["event_type"], first["seq"]) == ("run.created", 1)
@@ -293,7 +317,8 @@ def test_init_doctor_and_migrate(tmp_path):
     assert (again["before"], again["after"]) == (2, 2)
 
 
-def test_doctor_reports_a_ledger_out_of_wal_and_exits_1(tmp_path, ledger):
+def test_doctor_reports_a_ledger_out_of_wal_and_exits_1(tmp_path, sqlite_ledger):
+    ledger = sqlite_ledger
     conn = sqlite3.connect(ledger)
     conn.execute("PRAGMA journal_mode=DELETE")
     conn.execute("PRAGMA foreign_keys=OFF")

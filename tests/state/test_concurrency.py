@@ -95,8 +95,8 @@ def test_in_memory_ledger_is_shared_by_every_thread(in_memory_db):
     assert seqs == list(range(1, 402))
 
 
-def test_threads_racing_on_one_instance_get_one_winner_each(file_db):
-    db = file_db
+def test_threads_racing_on_one_instance_get_one_winner_each(shared_db):
+    db = shared_db
     run_ids = [db.create_run({"project_id": "p", "phase_id": "ph"}) for _ in range(100)]
     wins: Counter = Counter()
     barrier = threading.Barrier(8)
@@ -119,25 +119,25 @@ def test_threads_racing_on_one_instance_get_one_winner_each(file_db):
     assert set(wins.values()) == {1} and len(wins) == 100
 
 
-def test_processes_racing_for_the_same_runs_get_exactly_one_winner(file_db, tmp_path):
-    db = file_db
-    run_ids = {db.create_run({"project_id": "race", "phase_id": "ph"}) for _ in range(200)}
+def test_processes_racing_for_the_same_runs_get_exactly_one_winner(shared_db, tmp_path):
+    db = shared_db
+    run_ids = {db.create_run({"project_id": "race", "phase_id": "ph"}) for _ in range(500)}
     go = str(tmp_path / "go")
-    outs = [str(tmp_path / f"out{i}") for i in range(4)]
+    outs = [str(tmp_path / f"out{i}") for i in range(8)]
     procs = [subprocess.Popen([sys.executable, HELPERS, "race", db.db_path, go, out])
              for out in outs]
     start_when_ready(outs, go)
-    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    assert [p.wait(timeout=120) for p in procs] == [0] * 8
     kinds, won = race_outcomes(outs)
     assert set(won) == run_ids and set(won.values()) == {1}
-    assert kinds == {"won": 200, "lost": 600}
+    assert kinds == {"won": 500, "lost": 3500}
     for run_id in run_ids:
         changes = [e for e in db.list_events(run_id) if e["event_type"] == "run.state_changed"]
         assert len(changes) == 1 and db.get_run(run_id)["state"] == "running"
 
 
-def test_processes_appending_at_once_lose_nothing(file_db, tmp_path):
-    db = file_db
+def test_processes_appending_at_once_lose_nothing(shared_db, tmp_path):
+    db = shared_db
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
     go = str(tmp_path / "go")
     procs = [subprocess.Popen([sys.executable, HELPERS, "append", db.db_path, run_id, "300", go])
@@ -154,10 +154,12 @@ def test_processes_appending_at_once_lose_nothing(file_db, tmp_path):
         assert mine == list(range(300))
 
 
-def test_forked_child_writes_survive_the_parent_closing_the_ledger(file_db):
+def test_forked_child_writes_survive_the_parent_closing_the_ledger(shared_db):
     """A child must not inherit the parent's connection: SQLite would think the parent's
-    locks were the child's, and the parent's close would delete the WAL under it."""
-    db = file_db
+    locks were the child's, and the parent's close would delete the WAL under it; on
+    PostgreSQL both would talk over one socket, and the parent's close would end the
+    child's session."""
+    db = shared_db
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -185,8 +187,8 @@ def test_forked_child_writes_survive_the_parent_closing_the_ledger(file_db):
         assert kinds["child"] == 100 and kinds["parent"] == 1
 
 
-def test_forked_children_and_parent_write_at_once(file_db):
-    db = file_db
+def test_forked_children_and_parent_write_at_once(shared_db):
+    db = shared_db
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
     pids = []
     for n in range(3):

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-import sqlite3
+import contextlib
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
-from uet.errors import UetError
-from uet.state import init_db
+from helpers import allow_event_inserts, refuse_event_inserts
+from uet.errors import UetError, ValidationError
+from uet.state import Database, init_db
+from uet.state.db import record_event
+
+HELPERS = str(Path(__file__).parent.parent / "helpers.py")
 
 
 def test_events_with_identical_timestamps_keep_recording_order(db):
@@ -74,17 +83,12 @@ def test_seq_is_never_reused_after_the_newest_events_are_deleted(db):
     assert [e["event_type"] for e in db.events_since(cursor)] == ["after-delete"]
 
 
-def test_a_failing_event_write_rolls_back_the_state_change(tmp_path):
+def test_a_failing_event_write_rolls_back_the_state_change(ledger):
     """The state change and its event commit together or not at all."""
-    path = str(tmp_path / "l.db")
-    db = init_db(path)
+    db = init_db(ledger)
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
     step_id = db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "t"})
-    raw = sqlite3.connect(path)
-    raw.execute("CREATE TRIGGER no_events BEFORE INSERT ON run_events "
-                "WHEN NEW.event_type LIKE '%state_changed' "
-                "BEGIN SELECT RAISE(ABORT, 'event store unavailable'); END")
-    raw.commit()
+    refuse_event_inserts(db, "%state_changed")
     before = db.events_since(0)
     with pytest.raises(UetError, match="event store unavailable"):
         db.transition_run(run_id, "running")
@@ -95,23 +99,15 @@ def test_a_failing_event_write_rolls_back_the_state_change(tmp_path):
     step = db.get_step_attempt(step_id)
     assert (step["state"], step["exit_code"], step["ended_at"]) == ("running", None, None)
     assert db.events_since(0) == before
-    raw.execute("DROP TRIGGER no_events")
-    raw.commit()
-    raw.close()
+    allow_event_inserts(db)
     assert db.transition_run(run_id, "running")["state"] == "running"
     db.close()
 
 
-def test_a_failing_created_event_rolls_back_the_creation(tmp_path):
-    path = str(tmp_path / "l.db")
-    db = init_db(path)
+def test_a_failing_created_event_rolls_back_the_creation(ledger):
+    db = init_db(ledger)
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
-    raw = sqlite3.connect(path)
-    raw.execute("CREATE TRIGGER no_events BEFORE INSERT ON run_events "
-                "WHEN NEW.event_type LIKE '%.created' "
-                "BEGIN SELECT RAISE(ABORT, 'event store unavailable'); END")
-    raw.commit()
-    raw.close()
+    refuse_event_inserts(db, "%.created")
     before = db.events_since(0)
     with pytest.raises(UetError, match="event store unavailable"):
         db.create_run({"run_id": "never", "project_id": "p", "phase_id": "ph"})
@@ -123,8 +119,8 @@ def test_a_failing_created_event_rolls_back_the_creation(tmp_path):
     db.close()
 
 
-def test_every_state_change_has_its_event(in_memory_db):
-    db = in_memory_db
+def test_every_state_change_has_its_event(db):
+    db = db
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
     db.transition_run(run_id, "running")
     s1 = db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "a"})
@@ -142,9 +138,118 @@ def test_every_state_change_has_its_event(in_memory_db):
                        "state": "running"}
 
 
-def test_non_state_updates_write_no_event(in_memory_db):
-    db = in_memory_db
+def test_non_state_updates_write_no_event(db):
+    db = db
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
     n = len(db.list_events(run_id))
     db.update_run(run_id, {"metadata": {"note": "x"}, "error_message": "y"})
     assert len(db.list_events(run_id)) == n
+
+
+def test_follow_events_gives_the_trail_then_each_new_event(db):
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    follower = db.follow_events(0, poll_interval=0.01, batch=2)
+    try:
+        assert next(follower)["event_type"] == "run.created"
+        for i in range(3):
+            db.create_event({"run_id": run_id, "event_type": "tick", "data": {"i": i}})
+        assert [next(follower)["data"]["i"] for _ in range(3)] == [0, 1, 2]
+        db.transition_run(run_id, "running")
+        assert next(follower)["event_type"] == "run.state_changed"
+    finally:
+        follower.close()
+    only_mine = db.follow_events(2, run_id=run_id, poll_interval=0.01)
+    assert [next(only_mine)["seq"] for _ in range(3)] == [3, 4, 5]
+    only_mine.close()
+    for bad in ({"poll_interval": 0}, {"poll_interval": float("nan")}, {"batch": 0},
+                {"cursor": -1}):
+        with pytest.raises(ValidationError):
+            db.follow_events(**bad)
+
+
+def _follow_in_thread(db, count: int, seen: list) -> threading.Thread:
+    def follow():
+        with contextlib.closing(db.follow_events(0, poll_interval=0.05)) as trail:
+            for event in trail:
+                seen.append(event)
+                if len(seen) >= count:
+                    return
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_follower_racing_writer_processes_sees_every_event_once_in_order(shared_db,
+                                                                           tmp_path):
+    """Four processes append while a follower reads the trail by cursor as it grows: it
+    must get every event exactly once, in seq order (a transaction that commits late may
+    never hold a seq lower than one the follower has already passed)."""
+    run_id = shared_db.create_run({"project_id": "p", "phase_id": "ph"})
+    go = str(tmp_path / "go")
+    writers = [subprocess.Popen([sys.executable, HELPERS, "append", shared_db.db_path, run_id,
+                                 "250", go]) for _ in range(4)]
+    seen: list = []
+    follower = _follow_in_thread(shared_db, 1001, seen)
+    Path(go).touch()
+    assert [w.wait(timeout=120) for w in writers] == [0] * 4
+    follower.join(timeout=60)
+    assert not follower.is_alive(), f"the follower saw {len(seen)} of 1001 events"
+    seqs = [e["seq"] for e in seen]
+    assert seqs == sorted(set(seqs)) and len(seqs) == 1001
+    assert [e["event_id"] for e in seen] == [
+        e["event_id"] for e in shared_db.events_since(0, limit=10_000)]
+
+
+def test_a_writer_waits_for_an_earlier_uncommitted_one_so_seq_is_commit_order(shared_db):
+    run_id = shared_db.create_run({"project_id": "p", "phase_id": "ph"})
+    other, observer = Database(shared_db.db_path), Database(shared_db.db_path)
+    inside, later_done = threading.Event(), threading.Event()
+    later_seq: list = []
+
+    def later_writer():
+        inside.wait(10)
+        event_id = other.create_event({"run_id": run_id, "event_type": "later"})
+        later_seq.append(next(e["seq"] for e in other.list_events(run_id)
+                              if e["event_id"] == event_id))
+        later_done.set()
+
+    thread = threading.Thread(target=later_writer)
+    thread.start()
+    try:
+        with shared_db._backend.transaction() as tx:
+            record_event(tx, run_id, "earlier", {})
+            inside.set()
+            # the later writer is blocked: nothing it writes can commit before this does
+            assert not later_done.wait(0.5)
+            assert [e["event_type"] for e in observer.events_since(1)] == []
+        thread.join(timeout=30)
+    finally:
+        other.close()
+        observer.close()
+    trail = [(e["event_type"], e["seq"]) for e in shared_db.events_since(1)]
+    assert trail == [("earlier", 2), ("later", 3)] and later_seq == [3]
+
+
+def test_a_postgresql_follower_wakes_on_notify_not_on_its_poll_interval(postgres_url):
+    """LISTEN/NOTIFY: with a 60 s poll interval the follower still sees a new event at once
+    (the bound below is far under the interval, so only a notification can meet it)."""
+    db = Database(postgres_url)
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    seen: list = []
+    try:
+        with contextlib.closing(db.follow_events(1, poll_interval=60)) as trail:
+            got = threading.Event()
+
+            def follow():
+                seen.append(next(trail))
+                got.set()
+            thread = threading.Thread(target=follow, daemon=True)
+            thread.start()
+            time.sleep(0.3)  # the follower has read the trail and is waiting
+            with Database(postgres_url) as writer:
+                writer.create_event({"run_id": run_id, "event_type": "wake"})
+            assert got.wait(20), "the follower was not woken by the commit"
+            thread.join(5)
+    finally:
+        db.close()
+    assert [e["event_type"] for e in seen] == ["wake"]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from uet.errors import InvalidTransitionError, NotFoundError, ValidationError
+from helpers import REFUSED, raw_execute
 from uet.state import GATE, GateLedger, GateState, GateType
 
 LEGAL = sorted((a, b) for a in GATE.states for b in GATE.states if GATE.can(a, b))
@@ -220,14 +220,13 @@ def test_list_gates_filters(gates, db):
 
 def test_sql_level_invariants(gates, db):
     gate_id = _gate_in(gates, "RUNNING")
-    conn = db._backend.connect()
     for sql in ["UPDATE test_gates SET state = 'PASSED', completed_at = 'x'",
                 "UPDATE test_gates SET state = 'FAILED', exit_code = 1",
                 "UPDATE test_gates SET gate_type = 'SMOKE'",
                 "UPDATE test_gates SET state = 'DONE'",
                 "UPDATE test_gates SET timeout_sec = 0"]:
-        with pytest.raises(sqlite3.IntegrityError):
-            conn.execute(sql)
+        with pytest.raises(REFUSED):
+            raw_execute(db, sql)
     assert gates.get_gate(gate_id)["state"] == "RUNNING"
 
 

@@ -55,9 +55,9 @@ def _state_events(db, run_id: str, event_type: str) -> list[dict]:
 
 @pytest.mark.parametrize("via", ["transition", "update"])
 @pytest.mark.parametrize("current, target", RUN_LEGAL)
-def test_legal_run_transition_changes_state_and_writes_one_event(in_memory_db, via,
+def test_legal_run_transition_changes_state_and_writes_one_event(db, via,
                                                                  current, target):
-    db = in_memory_db
+    db = db
     run_id = _run_in(db, current)
     before = len(_state_events(db, run_id, "run.state_changed"))
     if via == "transition":
@@ -72,9 +72,9 @@ def test_legal_run_transition_changes_state_and_writes_one_event(in_memory_db, v
 
 @pytest.mark.parametrize("via", ["transition", "update"])
 @pytest.mark.parametrize("current, target", RUN_ILLEGAL)
-def test_illegal_run_transition_is_refused_and_changes_nothing(in_memory_db, via,
+def test_illegal_run_transition_is_refused_and_changes_nothing(db, via,
                                                                current, target):
-    db = in_memory_db
+    db = db
     run_id = _run_in(db, current)
     before_row, before_events = db.get_run(run_id), db.events_since(0)
     with pytest.raises(InvalidTransitionError) as info:
@@ -92,8 +92,8 @@ def test_illegal_run_transition_is_refused_and_changes_nothing(in_memory_db, via
 
 @pytest.mark.parametrize("via", ["transition", "update"])
 @pytest.mark.parametrize("current, target", STEP_LEGAL)
-def test_legal_step_transition(in_memory_db, via, current, target):
-    db = in_memory_db
+def test_legal_step_transition(db, via, current, target):
+    db = db
     step_id = _step_in(db, current)
     if via == "transition":
         row = db.transition_step_attempt(step_id, target, exit_code=7, error_log="log",
@@ -111,8 +111,8 @@ def test_legal_step_transition(in_memory_db, via, current, target):
 
 @pytest.mark.parametrize("via", ["transition", "update"])
 @pytest.mark.parametrize("current, target", STEP_ILLEGAL)
-def test_illegal_step_transition(in_memory_db, via, current, target):
-    db = in_memory_db
+def test_illegal_step_transition(db, via, current, target):
+    db = db
     step_id = _step_in(db, current)
     before = db.get_step_attempt(step_id)
     before_events = db.events_since(0)
@@ -125,8 +125,8 @@ def test_illegal_step_transition(in_memory_db, via, current, target):
     assert db.events_since(0) == before_events
 
 
-def test_same_state_is_refused_and_writes_no_event(in_memory_db):
-    db = in_memory_db
+def test_same_state_is_refused_and_writes_no_event(db):
+    db = db
     run_id = _run_in(db, "running")
     n = len(db.list_events(run_id))
     with pytest.raises(InvalidTransitionError, match="already running"):
@@ -134,8 +134,8 @@ def test_same_state_is_refused_and_writes_no_event(in_memory_db):
     assert len(db.list_events(run_id)) == n
 
 
-def test_entering_running_and_terminal_states_stamps_times(in_memory_db):
-    db = in_memory_db
+def test_entering_running_and_terminal_states_stamps_times(db):
+    db = db
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
     assert db.get_run(run_id)["started_at"] is None
     running = db.transition_run(run_id, "running")
@@ -148,8 +148,8 @@ def test_entering_running_and_terminal_states_stamps_times(in_memory_db):
     assert _state_events(db, run_id, "run.state_changed")[1]["data"]["exit_code"] == 2
 
 
-def test_caller_given_timestamps_win(in_memory_db):
-    db = in_memory_db
+def test_caller_given_timestamps_win(db):
+    db = db
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
     row = db.update_run(run_id, {"state": "running", "started_at": "2026-01-01T00:00:00Z"})
     assert row["started_at"] == "2026-01-01T00:00:00.000000Z"
@@ -157,8 +157,8 @@ def test_caller_given_timestamps_win(in_memory_db):
     assert row["ended_at"] == "2026-01-01T01:00:00.000000Z"
 
 
-def test_run_may_be_created_running_with_started_at(in_memory_db):
-    db = in_memory_db
+def test_run_may_be_created_running_with_started_at(db):
+    db = db
     run_id = db.create_run({"project_id": "p", "phase_id": "ph", "state": "running"})
     run = db.get_run(run_id)
     assert run["state"] == "running" and run["started_at"] is not None
@@ -166,14 +166,14 @@ def test_run_may_be_created_running_with_started_at(in_memory_db):
 
 
 @pytest.mark.parametrize("state", ["succeeded", "failed", "canceled", "quarantined"])
-def test_run_cannot_be_created_in_a_later_state(in_memory_db, state):
+def test_run_cannot_be_created_in_a_later_state(db, state):
     with pytest.raises(ValidationError, match="created pending"):
-        in_memory_db.create_run({"project_id": "p", "phase_id": "ph", "state": state})
-    assert in_memory_db.list_runs() == []
+        db.create_run({"project_id": "p", "phase_id": "ph", "state": state})
+    assert db.list_runs() == []
 
 
-def test_step_cannot_be_created_finished(in_memory_db):
-    db = in_memory_db
+def test_step_cannot_be_created_finished(db):
+    db = db
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
     with pytest.raises(ValidationError, match="created running"):
         db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "t",
@@ -181,14 +181,14 @@ def test_step_cannot_be_created_finished(in_memory_db):
     assert db.list_step_attempts(run_id) == []
 
 
-def test_compare_and_set_wins_when_expected_matches(in_memory_db):
-    db = in_memory_db
+def test_compare_and_set_wins_when_expected_matches(db):
+    db = db
     run_id = _run_in(db, "pending")
     assert db.transition_run(run_id, "running", expected="pending")["state"] == "running"
 
 
-def test_compare_and_set_fails_when_another_writer_moved_first(in_memory_db):
-    db = in_memory_db
+def test_compare_and_set_fails_when_another_writer_moved_first(db):
+    db = db
     run_id = _run_in(db, "running")
     n = len(db.events_since(0))
     with pytest.raises(ConcurrentUpdateError, match="expected to be pending but is running"):
@@ -200,23 +200,23 @@ def test_compare_and_set_fails_when_another_writer_moved_first(in_memory_db):
         db.transition_step_attempt(step_id, "canceled", expected="running")
 
 
-def test_expected_must_be_a_known_state(in_memory_db):
-    run_id = _run_in(in_memory_db, "pending")
+def test_expected_must_be_a_known_state(db):
+    run_id = _run_in(db, "pending")
     with pytest.raises(ValidationError, match="unknown run expected"):
-        in_memory_db.transition_run(run_id, "running", expected="waiting")
+        db.transition_run(run_id, "running", expected="waiting")
 
 
 @pytest.mark.parametrize("state", ["done", "RUNNING", "", None, 3])
-def test_unknown_target_state_is_a_validation_error(in_memory_db, state):
-    run_id = _run_in(in_memory_db, "pending")
+def test_unknown_target_state_is_a_validation_error(db, state):
+    run_id = _run_in(db, "pending")
     with pytest.raises(ValidationError):
-        in_memory_db.transition_run(run_id, state)
-    assert in_memory_db.get_run(run_id)["state"] == "pending"
+        db.transition_run(run_id, state)
+    assert db.get_run(run_id)["state"] == "pending"
 
 
-def test_transition_of_missing_rows_is_not_found(in_memory_db):
+def test_transition_of_missing_rows_is_not_found(db):
     from uet.errors import NotFoundError
     with pytest.raises(NotFoundError, match="run 'ghost' not found"):
-        in_memory_db.transition_run("ghost", "running")
+        db.transition_run("ghost", "running")
     with pytest.raises(NotFoundError, match="step_attempt 'ghost'"):
-        in_memory_db.transition_step_attempt("ghost", "failed")
+        db.transition_step_attempt("ghost", "failed")

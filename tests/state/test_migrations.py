@@ -302,6 +302,14 @@ def test_migrations_and_queries_load():
                for q in queries.values())
 
 
+def test_both_engines_have_the_same_migrations_and_queries():
+    """PostgreSQL's migrations carry the same numbers and names as SQLite's (so a version
+    means the same schema on both), and every named query exists on both."""
+    assert ([(m.version, m.name) for m in load_migrations("postgresql")]
+            == [(m.version, m.name) for m in load_migrations("sqlite")])
+    assert set(load_queries("postgresql")) == set(load_queries("sqlite"))
+
+
 def make_v1_ledger(path: str) -> None:
     """A ledger exactly as version 1 left it (the core tables only), with rows."""
     conn = sqlite3.connect(path, isolation_level=None)

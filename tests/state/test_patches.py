@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 
 from uet.errors import ConcurrentUpdateError, InvalidTransitionError, NotFoundError, ValidationError
 from uet.state import PATCH, PatchArtifact, PatchLedger, PatchLedgerEntry, PatchState
-from helpers import race_outcomes, start_when_ready
+from helpers import REFUSED, race_outcomes, raw_execute, start_when_ready
 from uet.state.patches import parse_unified_diff
 
 HELPERS = str(Path(__file__).parent.parent / "helpers.py")
@@ -235,7 +234,6 @@ def test_history_of_run_shows_lineage(patches, db):
 
 def test_sql_level_invariants(patches, db):
     ledger_id = _entry_in(patches, "validated")
-    conn = db._backend.connect()
     bad = [
         "UPDATE patch_ledger_entries SET state = 'quarantined', quarantine_reason = NULL",
         "UPDATE patch_ledger_entries SET state = 'quarantined', quarantine_reason = ''",
@@ -248,25 +246,26 @@ def test_sql_level_invariants(patches, db):
         "UPDATE patches SET files = '{}'",
     ]
     for sql in bad:
-        with pytest.raises(sqlite3.IntegrityError):
-            conn.execute(sql)
+        with pytest.raises(REFUSED):
+            raw_execute(db, sql)
     assert patches.get_entry(ledger_id).state == "validated"
 
 
-def test_processes_racing_for_the_same_transition_get_one_winner(file_db, tmp_path):
-    patches = PatchLedger(file_db)
+def test_processes_racing_for_the_same_transition_get_one_winner(shared_db, tmp_path):
+    """8 processes race to move the same 200 entries: exactly one winner each."""
+    patches = PatchLedger(shared_db)
     ids = {patches.create_entry(patches.record_patch(DIFF.replace("hello", f"v{i}")),
-                                "PH-1").ledger_id for i in range(60)}
+                                "PH-1").ledger_id for i in range(200)}
     go, ids_file = str(tmp_path / "go"), tmp_path / "ids"
     ids_file.write_text("\n".join(sorted(ids)))
-    outs = [str(tmp_path / f"out{i}") for i in range(4)]
-    procs = [subprocess.Popen([sys.executable, HELPERS, "patch_race", file_db.db_path,
+    outs = [str(tmp_path / f"out{i}") for i in range(8)]
+    procs = [subprocess.Popen([sys.executable, HELPERS, "patch_race", shared_db.db_path,
                                str(ids_file), go, out]) for out in outs]
     start_when_ready(outs, go)
-    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    assert [p.wait(timeout=120) for p in procs] == [0] * 8
     kinds, won = race_outcomes(outs)
     assert set(won) == ids and set(won.values()) == {1}
-    assert kinds == {"won": 60, "lost": 180}
+    assert kinds == {"won": 200, "lost": 1400}
     for ledger_id in ids:
         history = patches.get_entry(ledger_id).state_history
         assert [h["state"] for h in history] == ["created", "validated"]
@@ -291,8 +290,8 @@ def test_delete_run_takes_its_patches_entries_and_gates_along(patches, db):
         {"project_id": "p", "phase_id": "ph"})).patch_id != loose.patch_id
 
 
-def test_processes_racing_with_expected_versions_get_one_winner(file_db, tmp_path):
-    patches = PatchLedger(file_db)
+def test_processes_racing_with_expected_versions_get_one_winner(shared_db, tmp_path):
+    patches = PatchLedger(shared_db)
     ids = {patches.create_entry(patches.record_patch(DIFF.replace("hello", f"w{i}")),
                                 "PH-1").ledger_id for i in range(40)}
     go, ids_file = str(tmp_path / "go"), tmp_path / "ids"
@@ -300,7 +299,7 @@ def test_processes_racing_with_expected_versions_get_one_winner(file_db, tmp_pat
     outs = [str(tmp_path / f"out{i}") for i in range(4)]
     # each process moves the entry to a different state, so only the version can tell
     targets = ["validated", "quarantined", "validated", "quarantined"]
-    procs = [subprocess.Popen([sys.executable, HELPERS, "patch_race", file_db.db_path,
+    procs = [subprocess.Popen([sys.executable, HELPERS, "patch_race", shared_db.db_path,
                                str(ids_file), go, out, target, "versioned"])
              for out, target in zip(outs, targets)]
     start_when_ready(outs, go)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from uet.errors import ValidationError
+from uet.errors import StorageError, ValidationError
 from uet.state.events import RESERVED_EVENT_TYPES
 
 INJECTIONS = [
@@ -236,6 +236,9 @@ def test_database_options_are_checked(tmp_path):
         Database(str(tmp_path / "a.db"), busy_timeout="10")
     with pytest.raises(ValidationError, match="path"):
         Database("")
-    with pytest.raises(ValidationError, match="PostgreSQL"):
-        Database("postgresql://localhost/uet")
+    # a PostgreSQL server that is not there: one line that says so, without the password
+    with pytest.raises(StorageError, match="cannot reach the PostgreSQL server") as info:
+        Database("postgresql://uet:s3cret@127.0.0.1:1/uet")
+    assert "s3cret" not in str(info.value) and "uet:***@127.0.0.1:1" in str(info.value)
+    assert "\n" not in str(info.value)
     assert not (tmp_path / "a.db").exists()

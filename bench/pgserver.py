@@ -1,0 +1,117 @@
+"""A throwaway PostgreSQL server for the tests and benchmarks: started on demand, stopped
+at the end, never touching a server of the machine.
+
+`server_url()` is $UET_TEST_POSTGRES_URL when set (a server someone else runs), else the URL
+of a private server started here: PostgreSQL's own programs (initdb, pg_ctl) from PATH or
+`pg_config --bindir`, a temporary data directory, 127.0.0.1 on a free port. PostgreSQL
+refuses to run as root, so as root the server runs as the unprivileged `postgres` user.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+ENV_VAR = "UET_TEST_POSTGRES_URL"
+SERVER_USER = "postgres"  # the system user the server runs as when we are root
+
+
+class Unavailable(Exception):
+    """No PostgreSQL server can be had here (the reason is the message)."""
+
+
+def find_bindir() -> str:
+    """The folder holding initdb and pg_ctl, or Unavailable saying why not."""
+    initdb = shutil.which("initdb")
+    if initdb and shutil.which("pg_ctl"):
+        return os.path.dirname(initdb)
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            bindir = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True,
+                                    check=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            bindir = ""
+        if bindir and os.path.exists(os.path.join(bindir, "initdb")):
+            return bindir
+    raise Unavailable("no PostgreSQL server programs (initdb, pg_ctl) on PATH or in "
+                      "`pg_config --bindir`; install PostgreSQL's server package or set "
+                      f"{ENV_VAR}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One private PostgreSQL server in a temporary data directory."""
+
+    def __init__(self) -> None:
+        self.bindir = find_bindir()
+        self.folder = tempfile.mkdtemp(prefix="uet-pg-")
+        self.data = os.path.join(self.folder, "data")
+        self.port = 0
+        self._as: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            import pwd
+            try:
+                entry = pwd.getpwnam(SERVER_USER)
+            except KeyError:
+                raise Unavailable(f"running as root and there is no {SERVER_USER!r} user to "
+                                  "run PostgreSQL as (it refuses root)") from None
+            os.chown(self.folder, entry.pw_uid, entry.pw_gid)
+            self._as = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+    def _run(self, *args: str) -> None:
+        result = subprocess.run([os.path.join(self.bindir, args[0]), *args[1:]],
+                                capture_output=True, text=True, timeout=120, cwd=self.folder,
+                                **self._as)
+        if result.returncode != 0:
+            raise Unavailable(f"{args[0]} failed ({result.returncode}): "
+                              f"{(result.stderr or result.stdout).strip()[-2000:]}")
+
+    def start(self, *, durable: bool = False) -> str:
+        """Create the cluster, start the server; its URL (database `postgres`, user `uet`).
+
+        Not `durable` (for tests): no fsync, asynchronous commit. `durable` keeps the
+        server's own defaults, as a real ledger's server would run (for benchmarks)."""
+        self._run("initdb", "-D", self.data, "-U", "uet", "--auth=trust", "-E", "UTF8",
+                  "--no-sync")
+        for attempt in range(5):
+            self.port = _free_port()
+            options = (f"-p {self.port} -c listen_addresses=127.0.0.1 "
+                       f"-c unix_socket_directories={self.folder} -c max_connections=200")
+            if not durable:  # for throwaway test data only, never for a real ledger
+                options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            try:
+                self._run("pg_ctl", "-D", self.data, "-l", os.path.join(self.folder, "log"),
+                          "-o", options, "-w", "-t", "60", "start")
+                return self.url()
+            except Unavailable:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://uet@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        try:
+            if self.port:
+                self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def with_schema(url: str, schema: str) -> str:
+    """The URL of a ledger kept in `schema` of the database at `url` (search_path)."""
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-csearch_path%3D{schema}"
