@@ -454,3 +454,42 @@ def test_id_prefixes_are_case_insensitive(tmp_path, ledger):
         run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
     result = uet("show", "--json", run_id[:16].lower(), cwd=tmp_path)
     assert result.returncode == 0 and json.loads(result.stdout)["run"]["run_id"] == run_id
+
+
+def test_init_migrate_doctor_on_postgresql_never_print_the_password(tmp_path, postgres_url):
+    url = postgres_url.replace("uet@", "uet:s3cret@")  # trust authentication ignores it
+    before = json.loads(uet("migrate", "--db", url, "--json", cwd=tmp_path).stdout)
+    assert (before["before"], before["after"]) == (None, 2)
+    for args in (["init", "--db", url], ["migrate", "--db", url], ["doctor", "--db", url],
+                 ["runs", "--db", url], ["init", "--db", url, "--json"]):
+        result = uet(*args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "s3cret" not in result.stdout + result.stderr
+    report = json.loads(uet("doctor", "--db", url, "--json", cwd=tmp_path).stdout)
+    assert report["problems"] == [] and report["engine"] == "postgresql"
+    assert not (tmp_path / ".ledger").exists()  # nothing fell back to the default file
+    down = uet("runs", "--db", "postgresql://uet:s3cret@127.0.0.1:1/x", cwd=tmp_path)
+    assert down.returncode == 1 and "cannot reach the PostgreSQL server" in one_line_error(down)
+    assert "s3cret" not in down.stderr
+
+
+def test_events_follow_on_postgresql_wakes_on_commit_not_on_its_interval(tmp_path,
+                                                                         postgres_url):
+    with init_db(postgres_url) as db:
+        run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
+    follower = subprocess.Popen([UET, "events", "--follow", "--json", "--interval", "60",
+                                 "--db", postgres_url], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=uet_env())
+    try:
+        assert json.loads(follower.stdout.readline())["event_type"] == "run.created"
+        time.sleep(0.5)  # the follower is now waiting: only a notification wakes it early
+        start = time.monotonic()
+        with init_db(postgres_url) as db:
+            db.create_event({"run_id": run_id, "event_type": "wake"})
+        assert json.loads(follower.stdout.readline())["event_type"] == "wake"
+        # far under the 60 s interval: woken by NOTIFY, not by polling
+        assert time.monotonic() - start < 30
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.communicate(timeout=30)
+    assert follower.returncode == 0

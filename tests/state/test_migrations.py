@@ -66,7 +66,7 @@ def test_fresh_ledger_is_at_the_latest_version(file_db, in_memory_db):
     assert rows == [(m.version, m.name) for m in load_migrations("sqlite")]
 
 
-def test_reopening_applies_nothing_twice(db_path):
+def test_reopening_applies_nothing_twice(db_path):  # PostgreSQL: tests/state/test_postgres.py
     init_db(db_path).close()
     before = schema_of(db_path)
     with init_db(db_path) as db:
@@ -248,18 +248,20 @@ def test_table_named_like_ours_with_other_columns_is_refused(tmp_path):
         Database(path)
 
 
-def test_concurrent_openers_of_a_new_file_migrate_once(db_path, tmp_path):
+def test_concurrent_openers_of_a_new_ledger_migrate_once(ledger, tmp_path):
+    """Six processes open one new ledger at once (on PostgreSQL the ledger's advisory lock
+    serialises them): each migration is applied once."""
     go = str(tmp_path / "go")
-    procs = [subprocess.Popen([sys.executable, HELPERS, "open", db_path, go],
+    procs = [subprocess.Popen([sys.executable, HELPERS, "open", ledger, go],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(6)]
     Path(go).touch()
     outputs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, outputs
     assert [out.strip() for out, _ in outputs] == [str(LATEST_VERSION)] * 6
-    conn = sqlite3.connect(db_path)
-    assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == LATEST_VERSION
-    conn.close()
+    with Database(ledger) as db:
+        assert db._backend.query_value("SELECT count(*) FROM schema_migrations") == \
+            LATEST_VERSION
 
 
 def test_concurrent_openers_of_a_seed_ledger_adopt_it_once(db_path, tmp_path):

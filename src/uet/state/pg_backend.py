@@ -121,6 +121,14 @@ def translate_error(exc: Exception, path: str, busy_timeout: float) -> UetError:
     if isinstance(exc, pg_errors.InsufficientPrivilege):
         return StorageError(f"ledger {path}: {text}; grant the URL's user the privileges a "
                             "ledger needs (CREATE on the schema, and on its tables)")
+    if isinstance(exc, psycopg.OperationalError) and not getattr(exc, "sqlstate", None):
+        # refused while connecting: libpq reports the server's reason only in the text
+        if re.search(r'database "[^"]*" does not exist', text):
+            return StorageError(f"ledger {path}: {text}; create the database first "
+                                "(createdb) or name an existing one in the URL")
+        if re.search(r'role "[^"]*" does not exist|authentication failed', text):
+            return StorageError(f"ledger {path}: the server refused the login ({text}); "
+                                "check the user and password in the URL")
     if isinstance(exc, psycopg.OperationalError):
         return StorageError(f"cannot reach the PostgreSQL server of ledger {path} ({text}); "
                             "check that it runs and that the URL's host, port and database "
