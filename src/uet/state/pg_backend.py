@@ -163,6 +163,8 @@ class PostgresBackend:
         self._closed = False
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._pool_lock = threading.Lock()
+        self._own: psycopg.Connection | None = None
+        self._own_lock = threading.Lock()
         self._begin = ""       # BEGIN and the ledger's write lock, once the schema is known
         self._channel = ""     # the LISTEN channel of the ledger's event trail
         _live_backends.add(self)
@@ -215,17 +217,45 @@ class PostgresBackend:
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
+        """A connection for one statement or transaction. An uncontended caller reuses the
+        backend's own connection (taken from the pool once, so that the common single-
+        threaded call skips the pool's bookkeeping); concurrent callers get pooled ones."""
+        if self._own_lock.acquire(blocking=False):
+            try:
+                conn = self._own
+                try:
+                    if conn is None:
+                        conn = self._own = self._get_pool().getconn()
+                    yield conn
+                except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                    self._drop_own_if_broken()
+                    raise translate_error(exc, self.path, self.busy_timeout) from None
+            finally:
+                self._own_lock.release()
+            return
         try:
             with self._get_pool().connection() as conn:
                 yield conn
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise translate_error(exc, self.path, self.busy_timeout) from None
 
+    def _drop_own_if_broken(self) -> None:
+        conn = self._own
+        if conn is not None and (conn.closed or conn.info.status != psycopg.pq.ConnStatus.OK):
+            self._own = None
+            pool = self._pool
+            if pool is not None:
+                pool.putconn(conn)  # the pool discards a broken connection and opens another
+
     def close(self) -> None:
-        with self._pool_lock:
-            self._closed = True
-            pool, self._pool = self._pool, None
+        with self._own_lock:
+            with self._pool_lock:
+                self._closed = True
+                pool, self._pool = self._pool, None
+                own, self._own = self._own, None
         if pool is not None:
+            if own is not None:
+                pool.putconn(own)
             pool.close()
 
     @property
@@ -234,9 +264,10 @@ class PostgresBackend:
 
     def _after_fork(self) -> None:
         self._pool_lock = threading.Lock()
+        self._own_lock = threading.Lock()
         if self._pool is not None:
-            _inherited.append(self._pool)
-            self._pool = None
+            _inherited.append((self._pool, self._own))
+            self._pool = self._own = None
 
     # -- statements ----------------------------------------------------------------------
 
