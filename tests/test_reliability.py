@@ -10,12 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from reliability_suite.common import SUMMARY_KEYS
+from reliability_suite.common import POSTGRES_VAR, SUMMARY_KEYS
 from reliability_suite.mutants import CAUGHT_BY
 from reliability_suite.suite import CHECKS, run_check, run_isolated
 
 SEED = 20261129
 SCRIPT = str(Path(__file__).parent.parent / "bench" / "reliability.py")
+
+
+@pytest.fixture(autouse=True)
+def _postgresql_checks_use_the_test_server(request, monkeypatch):
+    """The _pg checks (and their child processes) use the suite's PostgreSQL server."""
+    check = request.node.callspec.params.get("check", "") if hasattr(request.node,
+                                                                     "callspec") else ""
+    if check.endswith("_pg"):
+        monkeypatch.setenv(POSTGRES_VAR, request.getfixturevalue("postgres_server"))
 
 
 @pytest.mark.parametrize("check", list(CHECKS))

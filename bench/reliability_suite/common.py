@@ -1,5 +1,6 @@
-"""What every check shares: modes, figures, child processes, and reading a ledger file
-directly with sqlite3 (so that a broken uet cannot hide its own damage)."""
+"""What every check shares: modes, figures, child processes, and reading a ledger directly
+with the driver — sqlite3 for a file, psycopg for a PostgreSQL URL — so that a broken uet
+cannot hide its own damage."""
 
 from __future__ import annotations
 
@@ -197,14 +198,119 @@ def populate(db) -> dict[str, str]:
 
 # -- reading a ledger file directly ----------------------------------------------------------
 
-def connect_raw(path: str) -> sqlite3.Connection:
+# -- ledgers on either engine ----------------------------------------------------------------
+
+POSTGRES_VAR = "UET_TEST_POSTGRES_URL"  # a server to use; else a private one is started
+_started_servers: list = []
+
+
+def is_postgres(name: str) -> bool:
+    return name.startswith(("postgresql://", "postgres://"))
+
+
+def postgres_server_url() -> str:
+    """$UET_TEST_POSTGRES_URL, else a private throwaway server started on first use (and
+    stopped when this process exits); child processes are given its URL."""
+    url = os.environ.get(POSTGRES_VAR)
+    if url:
+        return url
+    import atexit
+    import pgserver  # bench/ is on sys.path for the suite and the tests
+    server = pgserver.Server()
+    url = server.start()
+    _started_servers.append(server)
+    atexit.register(server.stop)
+    os.environ[POSTGRES_VAR] = url
+    return url
+
+
+def new_ledger(engine: str, workdir: Path, name: str) -> str:
+    """The name of a new, empty ledger for a check: a file in `workdir`, or a fresh schema
+    on the PostgreSQL server (dropped by `drop_ledger`)."""
+    if engine == "sqlite":
+        return str(workdir / f"{name}.db")
+    import uuid
+
+    import psycopg
+    import pgserver
+    server = postgres_server_url()
+    schema = f"reliability_{name}_{uuid.uuid4().hex[:12]}"  # a name made here
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return pgserver.with_schema(server, schema)
+
+
+def drop_ledger(name: str) -> None:
+    if is_postgres(name):
+        import psycopg
+        schema = re.search(r"search_path%3D(reliability_[a-z_0-9]+)", name).group(1)
+        with psycopg.connect(postgres_server_url(), autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def json_text(name: str, column: str, field: str) -> str:
+    """SQL for the text of `column`'s JSON member `field` (constant names only)."""
+    return f"{column}->>'{field}'" if is_postgres(name) else f"json_extract({column}, '$.{field}')"
+
+
+def connect_raw(path: str):
+    """A driver connection to the ledger (autocommit; JSON columns as their text)."""
+    if is_postgres(path):
+        import psycopg
+        from psycopg.types.string import TextLoader
+        conn = psycopg.connect(path, autocommit=True)
+        conn.adapters.register_loader("json", TextLoader)
+        return conn
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)
     return conn
 
 
+def _tables(conn, path: str) -> set[str]:
+    if is_postgres(path):
+        return {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables "
+                                           "WHERE table_schema = current_schema()")}
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+# rows whose parent is gone: what a foreign key check finds (PostgreSQL enforces them; this
+# looks anyway, in case a broken build disabled the triggers that do)
+_ORPHANS = ("SELECT count(*) FROM step_attempts AS s "
+            "WHERE NOT EXISTS (SELECT 1 FROM runs AS r WHERE r.run_id = s.run_id)",
+            "SELECT count(*) FROM run_events AS e WHERE e.run_id IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM runs AS r WHERE r.run_id = e.run_id)")
+
+
+def _postgres_integrity_ok(path: str) -> bool:
+    """Every index valid, every constraint validated, every trigger enabled, no orphans."""
+    import psycopg
+    try:
+        conn = connect_raw(path)
+    except psycopg.Error:
+        return False
+    try:
+        if "schema_migrations" not in _tables(conn, path):
+            return True
+        broken = conn.execute(
+            "SELECT (SELECT count(*) FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indrelid"
+            "         WHERE c.relnamespace = current_schema()::regnamespace AND NOT i.indisvalid)"
+            " + (SELECT count(*) FROM pg_constraint WHERE NOT convalidated"
+            "         AND connamespace = current_schema()::regnamespace)"
+            " + (SELECT count(*) FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid"
+            "         WHERE c.relnamespace = current_schema()::regnamespace"
+            "         AND t.tgenabled = 'D')").fetchone()[0]
+        return broken == 0 and all(conn.execute(q).fetchone()[0] == 0 for q in _ORPHANS)
+    except psycopg.Error:
+        return False
+    finally:
+        conn.close()
+
+
 def integrity_ok(path: str) -> bool:
     """`PRAGMA integrity_check` is ok and, in a uet ledger, no foreign key dangles (a seed
-    ledger not yet upgraded may: the seed never enforced them)."""
+    ledger not yet upgraded may: the seed never enforced them). On PostgreSQL: the catalog
+    says every index, constraint and trigger is in force, and no row lost its parent."""
+    if is_postgres(path):
+        return _postgres_integrity_ok(path)
     conn = connect_raw(path)
     try:
         if [r[0] for r in conn.execute("PRAGMA integrity_check")] != ["ok"]:
@@ -240,7 +346,7 @@ def trail_violations(path: str) -> list[str]:
     conn = connect_raw(path)
     problems = []
     try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = _tables(conn, path)
         if "schema_migrations" not in tables:
             return []  # not a uet ledger (yet): no trail to check
         kinds = {}

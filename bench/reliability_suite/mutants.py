@@ -213,6 +213,35 @@ def slow_reaper() -> None:
     m.WorkerLifecycle._cutoff = staticmethod(_cutoff)
 
 
+def pg_no_write_lock() -> None:
+    """PostgreSQL transactions start without the ledger's write lock: row locks still
+    serialise each record, but concurrent event inserts compute the same next seq."""
+    from uet.state import pg_backend as m
+    original = m.PostgresBackend._begin_statement
+
+    def _begin_statement(self, conn):
+        original(self, conn)
+        self._begin = "BEGIN"
+        return self._begin
+    m.PostgresBackend._begin_statement = _begin_statement
+
+
+def pg_lazy_commit() -> None:
+    """On PostgreSQL a write returns before its COMMIT, which waits for the next write."""
+    from uet.state import pg_backend as m
+
+    @contextmanager
+    def transaction(self):
+        conn = self.__dict__.get("_lazy_conn")
+        if conn is None:
+            conn = self.__dict__["_lazy_conn"] = self._connect()
+        if conn.info.transaction_status != m.psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("COMMIT")
+        conn.execute(self._begin or self._begin_statement(conn))
+        yield m.PostgresTx(conn)
+    m.PostgresBackend.transaction = transaction
+
+
 MUTANTS = {
     "deferred_begin": deferred_begin,
     "split_event": split_event,
@@ -227,6 +256,8 @@ MUTANTS = {
     "migration_autocommit": migration_autocommit,
     "reaper_forgets_work": reaper_forgets_work,
     "slow_reaper": slow_reaper,
+    "pg_no_write_lock": pg_no_write_lock,
+    "pg_lazy_commit": pg_lazy_commit,
 }
 
 # Which checks must report a non-zero figure against each mutant.
@@ -244,6 +275,8 @@ CAUGHT_BY = {
     "migration_autocommit": ("migration", "boundaries"),
     "reaper_forgets_work": ("stale",),
     "slow_reaper": ("stale",),
+    "pg_no_write_lock": ("races_pg",),
+    "pg_lazy_commit": ("crash_pg",),
 }
 
 

@@ -9,8 +9,8 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from reliability_suite.common import (Mode, Result, connect_raw, spawn, trail_violations,
-                                      wait_for)
+from reliability_suite.common import (Mode, Result, connect_raw, drop_ledger, json_text,
+                                      new_ledger, spawn, trail_violations, wait_for)
 
 DIFF = "--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+{}\n"
 
@@ -63,16 +63,25 @@ def _judge(outcomes: list[list[str]], ids: list[str], changes: Counter,
                 result_counts["locked"] += 1
 
 
-def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Result:
-    result = Result("races")
-    path = str(workdir / "race.db")
+def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random,
+        engine: str = "sqlite") -> Result:
+    result = Result("races" if engine == "sqlite" else "races_pg")
+    path = new_ledger(engine, workdir, "race")
+    try:
+        return _run(mode, workdir, mutant, rng, path, result)
+    finally:
+        drop_ledger(path)
+
+
+def _run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random, path: str,
+         result: Result) -> Result:
     run_ids, entry_ids = _prepare(path, mode.race_runs, mode.race_entries)
     counts: Counter = Counter()
     outcomes = _race(path, run_ids, "runs", workdir, mode.race_processes, mutant, rng)
     conn = connect_raw(path)
     changes = Counter(r[0] for r in conn.execute(
         "SELECT run_id FROM run_events WHERE event_type = 'run.state_changed' "
-        "AND json_extract(data, '$.to') = 'running'"))
+        f"AND {json_text(path, 'data', 'to')} = 'running'"))
     final = {r[0]: r[1] == "running" for r in conn.execute("SELECT run_id, state FROM runs")}
     conn.close()
     _judge(outcomes, run_ids, changes, final, counts)
@@ -80,7 +89,7 @@ def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Re
                              mutant, rng)
     conn = connect_raw(path)
     changes = Counter(r[0] for r in conn.execute(
-        "SELECT json_extract(data, '$.ledger_id') FROM run_events "
+        f"SELECT {json_text(path, 'data', 'ledger_id')} FROM run_events "
         "WHERE event_type = 'patch_entry.state_changed'"))
     final = {r[0]: r[1] == "validated" and r[2] == 2 and r[3] == 2 for r in conn.execute(
         "SELECT ledger_id, state, version, json_array_length(state_history) "

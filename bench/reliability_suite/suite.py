@@ -15,7 +15,8 @@ from pathlib import Path
 from reliability_suite import mutants
 from reliability_suite.common import MODES, SUMMARY_KEYS, Result, child_env
 
-# check name -> module with run(mode, workdir, mutant, rng), in the order
+# check name -> module with run(mode, workdir, mutant, rng), in the order; the _pg
+# checks run the same module on a PostgreSQL ledger (run(..., engine="postgresql"))
 CHECKS = {
     "crash": "reliability_suite.crash",
     "races": "reliability_suite.races",
@@ -25,6 +26,8 @@ CHECKS = {
     "disk": "reliability_suite.disk",
     "boundaries": "reliability_suite.boundaries",
     "waiting": "reliability_suite.waiting",
+    "crash_pg": "reliability_suite.crash",
+    "races_pg": "reliability_suite.races",
 }
 TITLES = {
     "crash": "1. crash safety (random SIGKILL)",
@@ -35,6 +38,8 @@ TITLES = {
     "disk": "6. disk trouble",
     "boundaries": "7. every statement boundary",
     "waiting": "8. waiting, not failing",
+    "crash_pg": "1. crash safety on PostgreSQL (random SIGKILL of clients)",
+    "races_pg": "2. races on PostgreSQL (8 processes)",
 }
 
 
@@ -43,8 +48,9 @@ def run_check(name: str, mode_name: str, seed: int, mutant: str | None = None) -
     module = importlib.import_module(CHECKS[name])
     rng = random.Random(f"{seed}-{name}")
     began = time.monotonic()
+    engine = {"engine": "postgresql"} if name.endswith("_pg") else {}
     with tempfile.TemporaryDirectory(prefix=f"uet-reliability-{name}-") as workdir:
-        result = module.run(MODES[mode_name], Path(workdir), mutant, rng)
+        result = module.run(MODES[mode_name], Path(workdir), mutant, rng, **engine)
     result.seconds = round(time.monotonic() - began, 1)
     return result
 
