@@ -85,6 +85,36 @@ def postgres_url(postgres_server):
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+_LEDGER_TABLES = ("runs, step_attempts, run_events, workers, patches, patch_ledger_entries, "
+                  "test_gates, gate_dependencies")
+
+
+@pytest.fixture(scope="session")
+def _reused_postgres_ledger(postgres_server):
+    """One migrated PostgreSQL ledger for the whole run, emptied before each test that takes
+    `db` (creating a schema and running the migrations for each of hundreds of tests would
+    take most of the run)."""
+    import pgserver
+    import psycopg
+    schema = f"uet_test_{os.getpid()}_reused"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")  # a name made here, not from input
+    url = pgserver.with_schema(postgres_server, schema)
+    init_db(url).close()
+    yield url
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def _emptied(url: str) -> str:
+    """The reused ledger with no rows, as a new one has (the event seq starts at 1 again)."""
+    import psycopg
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {_LEDGER_TABLES}")  # fixed names
+        conn.execute("UPDATE ledger_counters SET value = 0")
+    return url
+
+
 @pytest.fixture(params=["file", "postgres"])
 def ledger(request, tmp_path):
     """The name of a new ledger (not created yet) on each persistent backend: a SQLite file
@@ -108,7 +138,7 @@ def db(request, tmp_path):
     """Each test that takes `db` runs against an in-memory ledger, a file ledger and a
     PostgreSQL ledger."""
     if request.param == "postgres":
-        path = request.getfixturevalue("postgres_url")
+        path = _emptied(request.getfixturevalue("_reused_postgres_ledger"))
     else:
         path = ":memory:" if request.param == "memory" else str(tmp_path / "framework.db")
     database = Database(path)

@@ -493,3 +493,13 @@ def test_events_follow_on_postgresql_wakes_on_commit_not_on_its_interval(tmp_pat
         follower.send_signal(signal.SIGINT)
         follower.communicate(timeout=30)
     assert follower.returncode == 0
+
+
+def test_output_with_nul_bytes_is_recorded_with_replacement_characters(tmp_path):
+    script = "import sys; sys.stderr.buffer.write(b'bad\\x00byte'); sys.exit(3)"
+    proc = subprocess.run([UET, "run", "--", sys.executable, "-c", script], cwd=tmp_path,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 3 and proc.stderr.startswith(b"bad\x00byte")
+    with init_db(str(tmp_path / ".ledger" / "framework.db")) as db:
+        step = db.list_step_attempts(db.list_runs()[0]["run_id"])[0]
+        assert step["error_log"].startswith("bad\ufffdbyte\n") and step["exit_code"] == 3

@@ -234,3 +234,70 @@ def test_the_sqlite_core_works_without_the_postgresql_driver(tmp_path):
         [sys.executable, "-c", "import sys, uet.state, uet.cli; print('psycopg' in sys.modules)"],
         capture_output=True, text=True, timeout=60)
     assert imported.stdout.strip() == "False"
+
+
+def test_a_dropped_session_costs_one_call_not_the_instance(postgres_url):
+    """The server ends the session under the instance's connection (a restart, an idle
+    timeout): that call fails with StorageError, the next ones work on a new connection."""
+    with init_db(postgres_url) as db:
+        db.create_run({"run_id": "before", "project_id": "p", "phase_id": "ph"})
+        pid = db._backend.query_value("SELECT pg_backend_pid()")
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(StorageError):
+            db.create_run({"run_id": "lost", "project_id": "p", "phase_id": "ph"})
+        for i in range(3):  # writes only: they must recover by themselves
+            db.create_run({"run_id": f"after-{i}", "project_id": "p", "phase_id": "ph"})
+        assert {r["run_id"] for r in db.list_runs()} == {"before", "after-0", "after-1",
+                                                         "after-2"}
+
+
+def test_writers_keep_seq_order_under_a_stricter_default_isolation(postgres_url):
+    """A server or role defaulting to SERIALIZABLE must not break the trail: uet pins READ
+    COMMITTED for its writes."""
+    url = postgres_url + "%20-c%20default_transaction_isolation%3Dserializable"
+    init_db(url).close()
+    errors: list = []
+
+    def append(db, n):
+        try:
+            for i in range(40):
+                db.create_event({"run_id": "r", "event_type": "tick", "data": {"n": n}})
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    dbs = [Database(url) for _ in range(4)]
+    dbs[0].create_run({"run_id": "r", "project_id": "p", "phase_id": "ph"})
+    assert dbs[0]._backend.query_value("SHOW default_transaction_isolation") == "serializable"
+    threads = [threading.Thread(target=append, args=(db, n)) for n, db in enumerate(dbs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [e["seq"] for e in dbs[0].events_since(0, limit=1000)] == list(range(1, 162))
+    for db in dbs:
+        db.close()
+
+
+def test_closing_inside_a_transaction_does_not_hang(postgres_url):
+    db = init_db(postgres_url)
+    with db._backend.transaction() as tx:
+        tx.run("insert_run", {
+            "run_id": "r", "project_id": "p", "phase_id": "ph", "workstream_id": None,
+            "execution_request_id": None, "created_at": "2026-01-01T00:00:00.000000Z",
+            "started_at": None, "ended_at": None, "state": "pending", "exit_code": None,
+            "error_message": None, "metadata": None})
+        db.close()  # returns at once; the running transaction still commits
+    assert db.closed
+    with init_db(postgres_url) as again:
+        assert again.get_run("r")["run_id"] == "r"
+
+
+def test_urls_never_show_a_password_not_even_a_malformed_one():
+    from uet.state.pg_url import redact
+    assert redact("postgresql://u:pw@h:5/db?sslpassword=y&password=x&a=1") == (
+        "postgresql://u:***@h:5/db?sslpassword=***&password=***&a=1")
+    with pytest.raises(StorageError, match="not a PostgreSQL URL") as info:
+        Database("postgresql://u:p%zzsecret@127.0.0.1:1/x")
+    assert "zzsecret" not in str(info.value)

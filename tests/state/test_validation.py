@@ -242,3 +242,17 @@ def test_database_options_are_checked(tmp_path):
     assert "s3cret" not in str(info.value) and "uet:***@127.0.0.1:1" in str(info.value)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "a.db").exists()
+
+
+def test_text_with_a_nul_character_is_refused_on_every_engine(db):
+    """PostgreSQL's text cannot hold NUL; SQLite could, but both engines must accept the
+    same values: refused up front, typed, with nothing written."""
+    with pytest.raises(ValidationError, match="NUL") as info:
+        db.create_run({"project_id": "a\x00b", "phase_id": "ph"})
+    assert info.value.field == "project_id"
+    with pytest.raises(ValidationError, match="NUL"):
+        db.get_run("r\x00")
+    run_id = db.create_run({"project_id": "p", "phase_id": "ph",
+                            "metadata": {"inside JSON": "a\x00b"}})  # escaped as \\u0000
+    assert db.get_run(run_id)["metadata"] == {"inside JSON": "a\x00b"}
+    assert [e["event_type"] for e in db.events_since(0)] == ["run.created"]

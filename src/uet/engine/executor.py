@@ -72,7 +72,8 @@ class _Pump(threading.Thread):
 
     def text(self) -> str:
         tail = bytes(self.tail)  # one copy: the thread may still be appending
-        return tail[-self.keep:].decode("utf-8", errors="replace")
+        # undecodable bytes and NUL (which a ledger cannot store) become U+FFFD
+        return tail[-self.keep:].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
 class _Signals:

@@ -560,7 +560,7 @@ def get_db(db_path: str | os.PathLike | None = None, *, durability: str | None =
                          if getattr(db, name, object()) != value]
             if differing:
                 raise ValidationError(
-                    f"get_db({path!r}) already returned an instance with other "
+                    f"get_db({display_name(path)!r}) already returned an instance with other "
                     f"{', '.join(differing)}; use init_db for a separate instance")
         return db
 

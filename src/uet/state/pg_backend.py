@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
@@ -172,7 +173,9 @@ class PostgresBackend:
     # -- connections ---------------------------------------------------------------------
 
     def _settings(self) -> dict[str, Any]:
-        settings: dict[str, Any] = {"autocommit": True, "application_name": "uet"}
+        # UTF8 whatever the database's encoding: any text the API accepts can be sent
+        settings: dict[str, Any] = {"autocommit": True, "application_name": "uet",
+                                    "client_encoding": "UTF8"}
         if "connect_timeout" not in self.url:
             settings["connect_timeout"] = 10
         return settings
@@ -192,6 +195,11 @@ class PostgresBackend:
             raise StorageError(f"ledger {self.path} is closed")
         try:
             conn = psycopg.connect(self.url, **self._settings())
+        except psycopg.ProgrammingError:
+            # libpq could not parse the URL; its message would quote it, password and all
+            raise StorageError(f"{self.path} is not a PostgreSQL URL that libpq accepts; "
+                               "check its spelling and percent-escapes (postgresql://user:"
+                               "password@host:port/database)") from None
         except psycopg.Error as exc:
             raise translate_error(exc, self.path, self.busy_timeout) from None
         try:
@@ -228,8 +236,9 @@ class PostgresBackend:
                         conn = self._own = self._get_pool().getconn()
                     yield conn
                 except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-                    self._drop_own_if_broken()
                     raise translate_error(exc, self.path, self.busy_timeout) from None
+                finally:
+                    self._settle_own()
             finally:
                 self._own_lock.release()
             return
@@ -239,23 +248,40 @@ class PostgresBackend:
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise translate_error(exc, self.path, self.busy_timeout) from None
 
-    def _drop_own_if_broken(self) -> None:
+    def _settle_own(self) -> None:
+        """After each use of the own connection: one left inside a transaction (an
+        interrupted call) is rolled back, and a broken one (a server restart, a dropped
+        session) is handed back to the pool, which replaces it; a closed backend's goes
+        back too."""
         conn = self._own
-        if conn is not None and (conn.closed or conn.info.status != psycopg.pq.ConnStatus.OK):
+        if conn is None:
+            return
+        if not conn.closed and conn.info.status == psycopg.pq.ConnStatus.OK:
+            self._rollback(conn)
+        if conn.closed or conn.info.status != psycopg.pq.ConnStatus.OK or self._closed:
             self._own = None
             pool = self._pool
             if pool is not None:
-                pool.putconn(conn)  # the pool discards a broken connection and opens another
+                pool.putconn(conn)
+            else:
+                conn.close()
 
     def close(self) -> None:
-        with self._own_lock:
-            with self._pool_lock:
-                self._closed = True
-                pool, self._pool = self._pool, None
+        """Close the pool. A call still running (on another thread, or the caller's own
+        transaction) keeps its connection until it ends; that connection is closed then."""
+        with self._pool_lock:
+            self._closed = True
+            pool = self._pool
+        if self._own_lock.acquire(blocking=False):
+            try:
                 own, self._own = self._own, None
+                if own is not None and pool is not None:
+                    pool.putconn(own)
+            finally:
+                self._own_lock.release()
+        with self._pool_lock:
+            self._pool = None
         if pool is not None:
-            if own is not None:
-                pool.putconn(own)
             pool.close()
 
     @property
@@ -294,9 +320,11 @@ class PostgresBackend:
         with self._connection() as conn:
             try:
                 conn.execute(self._begin or self._begin_statement(conn))
-            except psycopg.Error as exc:
+            except BaseException as exc:  # a lock timeout, or Ctrl-C while waiting
                 self._rollback(conn)
-                raise translate_error(exc, self.path, self.busy_timeout) from None
+                if isinstance(exc, psycopg.Error):
+                    raise translate_error(exc, self.path, self.busy_timeout) from None
+                raise
             try:
                 yield PostgresTx(conn)
                 conn.execute("COMMIT")
@@ -325,7 +353,10 @@ class PostgresBackend:
         key = (_LOCK_CLASS << 32) | schema[0]
         if key >= 1 << 63:
             key -= 1 << 64  # the signed bigint the server takes
-        self._begin = f"BEGIN; SELECT pg_advisory_xact_lock({int(key)})"
+        # READ COMMITTED whatever the server's default: each statement must see what was
+        # committed before the lock was granted (a snapshot taken earlier would not)
+        self._begin = (f"BEGIN ISOLATION LEVEL READ COMMITTED; "
+                       f"SELECT pg_advisory_xact_lock({int(key)})")
         return self._begin
 
     # -- schema --------------------------------------------------------------------------
@@ -442,8 +473,11 @@ class PostgresBackend:
                 if not self._channel:
                     self._channel = self._events_channel(conn)
                 conn.execute(f'LISTEN "{self._channel}"')  # a name built from an oid
-            except psycopg.Error as exc:
-                raise translate_error(exc, self.path, self.busy_timeout) from None
+            except psycopg.Error:
+                # no notifications here (e.g. a pooler in transaction mode): poll instead
+                conn.close()
+                yield time.sleep
+                return
 
             def wait(timeout: float) -> None:
                 try:

@@ -6,6 +6,7 @@ so that the SQLite core and its error messages never need the optional extra.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 from uet.errors import StorageError
@@ -13,8 +14,13 @@ from uet.errors import StorageError
 INSTALL_HINT = "pip install 'uet[postgres]'"
 
 
+# a password given as a query parameter (?password=..., &sslpassword=...)
+_PASSWORD_PARAMETER = re.compile(r"(?i)([?&](?:ssl)?password=)[^&#]*")
+
+
 def redact(url: str) -> str:
-    """The URL with its password replaced by '***' (for messages, repr and `uet doctor`)."""
+    """The URL with its passwords replaced by '***' (for messages, repr and `uet doctor`)."""
+    url = _PASSWORD_PARAMETER.sub(r"\1***", url)
     try:
         parts = urlsplit(url)
         if parts.password is None:

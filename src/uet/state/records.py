@@ -181,12 +181,16 @@ def encode_json(value: object, what: str, field: str) -> str:
 
 
 def _check_text(value: str, what: str, field: str) -> None:
-    """A string SQLite can store: valid Unicode, within the size limit."""
+    """A string both engines store as given: valid Unicode without NUL (PostgreSQL's text
+    cannot hold it), within the size limit."""
     try:
         size = len(value.encode("utf-8"))
     except UnicodeEncodeError:
         raise ValidationError(f"{what} is not valid Unicode text (it contains a lone "
                               "surrogate)", field=field) from None
+    if "\x00" in value:
+        raise ValidationError(f"{what} contains a NUL character (\\x00), which a ledger "
+                              "cannot store; remove or escape it", field=field)
     if size > MAX_VALUE_BYTES:
         raise ValidationError(f"{what} is larger than {MAX_VALUE_BYTES:,} bytes", field=field)
 
