@@ -14,6 +14,8 @@ from uet.state import Database, init_db
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py for subprocess scripts
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))  # the reliability suite
 
+from helpers import emptied_postgres_ledger  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _forget_process_wide_instances():
@@ -85,10 +87,6 @@ def postgres_url(postgres_server):
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-_LEDGER_TABLES = ("runs, step_attempts, run_events, workers, patches, patch_ledger_entries, "
-                  "test_gates, gate_dependencies")
-
-
 @pytest.fixture(scope="session")
 def _reused_postgres_ledger(postgres_server):
     """One migrated PostgreSQL ledger for the whole run, emptied before each test that takes
@@ -104,15 +102,6 @@ def _reused_postgres_ledger(postgres_server):
     yield url
     with psycopg.connect(postgres_server, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-def _emptied(url: str) -> str:
-    """The reused ledger with no rows, as a new one has (the event seq starts at 1 again)."""
-    import psycopg
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {_LEDGER_TABLES}")  # fixed names
-        conn.execute("UPDATE ledger_counters SET value = 0")
-    return url
 
 
 @pytest.fixture(params=["file", "postgres"])
@@ -138,7 +127,7 @@ def db(request, tmp_path):
     """Each test that takes `db` runs against an in-memory ledger, a file ledger and a
     PostgreSQL ledger."""
     if request.param == "postgres":
-        path = _emptied(request.getfixturevalue("_reused_postgres_ledger"))
+        path = emptied_postgres_ledger(request.getfixturevalue("_reused_postgres_ledger"))
     else:
         path = ":memory:" if request.param == "memory" else str(tmp_path / "framework.db")
     database = Database(path)

@@ -1,13 +1,16 @@
 """Property-based: whatever a caller passes, a public call either succeeds or raises a
-UetError, and a call that raised has changed nothing."""
+UetError, and a call that raised has changed nothing — on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import EMPTY_POSTGRES_LEDGER
 from uet.errors import UetError
 from uet.state import init_db
 from uet.state.records import RUNS, STEP_ATTEMPTS
@@ -25,16 +28,44 @@ VALUES = (st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2*
           | st.binary(max_size=5) | JSONISH | st.builds(object))
 DICTS = st.dictionaries(NAMES, VALUES, max_size=6)
 
+# the `engine` fixture below only names an engine: the same for every example
 SETTINGS = settings(max_examples=150, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.function_scoped_fixture])
+
+_ENGINE = {"name": "memory", "postgres": None}
 
 
+@pytest.fixture(autouse=True, params=["memory", "postgres"])
+def engine(request):
+    """Every property runs on a private in-memory SQLite ledger per example, then on one
+    PostgreSQL ledger emptied and seeded again per example."""
+    _ENGINE["name"] = request.param
+    if request.param == "postgres":
+        _ENGINE["postgres"] = init_db(request.getfixturevalue("_reused_postgres_ledger"))
+    yield request.param
+    if _ENGINE["postgres"] is not None:
+        _ENGINE["postgres"].close()
+    _ENGINE.update(name="memory", postgres=None)
+
+
+@contextmanager
 def _fresh():
-    db = init_db(":memory:")
-    db.create_run({"run_id": "run-1", "project_id": "p", "phase_id": "ph"})
-    db.create_step_attempt({"step_attempt_id": "step-1", "run_id": "run-1", "sequence": 1,
-                            "tool_id": "t"})
-    return db
+    """A ledger holding run-1 with its step-1, and nothing else."""
+    if _ENGINE["name"] == "postgres":
+        db = _ENGINE["postgres"]
+        with db._backend._connection() as conn:  # its own connection: no reconnecting
+            conn.execute(EMPTY_POSTGRES_LEDGER)
+    else:
+        db = init_db(":memory:")
+    try:
+        db.create_run({"run_id": "run-1", "project_id": "p", "phase_id": "ph"})
+        db.create_step_attempt({"step_attempt_id": "step-1", "run_id": "run-1",
+                                "sequence": 1, "tool_id": "t"})
+        yield db
+    finally:
+        if db is not _ENGINE["postgres"]:
+            db.close()
 
 
 def _snapshot(db) -> str:
@@ -44,14 +75,12 @@ def _snapshot(db) -> str:
 
 
 def _check(call, *args):
-    db = _fresh()
-    before = _snapshot(db)
-    try:
-        getattr(db, call)(*args)
-    except UetError:
-        assert _snapshot(db) == before
-    finally:
-        db.close()
+    with _fresh() as db:
+        before = _snapshot(db)
+        try:
+            getattr(db, call)(*args)
+        except UetError:
+            assert _snapshot(db) == before
 
 
 @SETTINGS
@@ -96,12 +125,11 @@ def test_list_runs(filters, limit):
 def test_transitions(entity_id, state, expected, exit_code):
     _check("transition_run", entity_id, state)
     _check("transition_run", "run-1", state)
-    db = _fresh()
-    try:
-        db.transition_run("run-1", "running", expected=expected, exit_code=exit_code)
-    except UetError:
-        pass
-    db.close()
+    with _fresh() as db:
+        try:
+            db.transition_run("run-1", "running", expected=expected, exit_code=exit_code)
+        except UetError:
+            pass
     _check("transition_step_attempt", "step-1", state)
 
 
@@ -111,12 +139,11 @@ def test_reads(value, cursor, limit):
     for call in ("get_run", "get_step_attempt", "list_step_attempts", "list_events",
                  "delete_run"):
         _check(call, value)
-    db = _fresh()
-    try:
-        db.events_since(cursor, run_id=None, limit=limit)
-    except UetError:
-        pass
-    db.close()
+    with _fresh() as db:
+        try:
+            db.events_since(cursor, run_id=None, limit=limit)
+        except UetError:
+            pass
 
 
 # -- workers, patches and gates ------------------------------------------------------------
@@ -129,28 +156,22 @@ ARGS = VALUES | st.lists(st.text(max_size=8), max_size=3) | st.sampled_from([
 DIFF = "--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-a\n+b\n"
 
 
-def _fresh_v2():
-    db = _fresh()
-    workers, patches, gates = WorkerLifecycle(db), PatchLedger(db), GateLedger(db)
-    workers.spawn_worker("w1", "testing", {})
-    workers.transition_state("w1", "IDLE")
-    entry = patches.create_entry(patches.record_patch(DIFF, step_attempt_id="step-1"), "PH-1")
-    gate = gates.define_gate("LINT", "PH-1", "ruff", run_id="run-1")
-    return db, workers, patches, gates, entry.ledger_id, gate["gate_id"]
-
-
 def _check_v2(pick, args):
-    db, workers, patches, gates, ledger_id, gate_id = _fresh_v2()
-    owner, method = pick
-    target = {"workers": workers, "patches": patches, "gates": gates}[owner]
-    args = [ledger_id if a == "$ledger" else gate_id if a == "$gate" else a for a in args]
-    before = _snapshot(db)
-    try:
-        getattr(target, method)(*args)
-    except UetError:
-        assert _snapshot(db) == before
-    finally:
-        db.close()
+    with _fresh() as db:
+        workers, patches, gates = WorkerLifecycle(db), PatchLedger(db), GateLedger(db)
+        workers.spawn_worker("w1", "testing", {})
+        workers.transition_state("w1", "IDLE")
+        ledger_id = patches.create_entry(patches.record_patch(DIFF, step_attempt_id="step-1"),
+                                         "PH-1").ledger_id
+        gate_id = gates.define_gate("LINT", "PH-1", "ruff", run_id="run-1")["gate_id"]
+        owner, method = pick
+        target = {"workers": workers, "patches": patches, "gates": gates}[owner]
+        args = [ledger_id if a == "$ledger" else gate_id if a == "$gate" else a for a in args]
+        before = _snapshot(db)
+        try:
+            getattr(target, method)(*args)
+        except UetError:
+            assert _snapshot(db) == before
 
 
 CALLS = st.sampled_from([

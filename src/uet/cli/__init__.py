@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import re
+import signal
 import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -325,6 +326,10 @@ def events(ctx: Context, run_id: str | None, follow: bool, since_seq: int,
         if run_id is not None:
             run_id = db.resolve_run_id(run_id)
         if follow:
+            # Ctrl-C (SIGINT) ends following, even when the shell that started uet in the
+            # background set SIGINT to be ignored (Python then never raises
+            # KeyboardInterrupt)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             # contextlib.closing: the follower's connection (LISTEN on PostgreSQL) is
             # released when the command stops
             with contextlib.closing(db.follow_events(since_seq, run_id=run_id,
