@@ -71,14 +71,18 @@ def _check_int(value: object, what: str, minimum: int) -> int:
 
 
 class Database:
-    """One uet ledger (SQLite file or ':memory:'), safe to share between threads.
+    """One uet ledger (SQLite file, ':memory:', or PostgreSQL), safe to share between
+    threads.
 
     Args:
-        db_path: file path (its folder is created), ':memory:', or None for $UET_DATABASE
-            or `.ledger/framework.db`.
-        durability: "normal" (WAL + synchronous NORMAL: no committed write is lost when the
-            process dies) or "full" (synchronous FULL: also survives power loss, slower).
-        busy_timeout: seconds a write waits for another process's write lock before
+        db_path: file path (its folder is created), ':memory:', a postgresql:// URL (the
+            ledger lives in the schema its search_path selects; needs `uet[postgres]`), or
+            None for $UET_DATABASE or `.ledger/framework.db`.
+        durability: SQLite only: "normal" (WAL + synchronous NORMAL: no committed write is
+            lost when the process dies) or "full" (synchronous FULL: also survives power
+            loss, slower). On PostgreSQL the server's synchronous_commit decides.
+        busy_timeout: seconds a write waits for another writer's lock (another process,
+            or on PostgreSQL also another thread or a free pooled connection) before
             raising DatabaseBusyError.
         read_only: open an existing ledger for reading only: nothing is created, migrated
             or switched to WAL, and every write raises StorageError (for inspection).
