@@ -503,3 +503,18 @@ def test_output_with_nul_bytes_is_recorded_with_replacement_characters(tmp_path)
     with init_db(str(tmp_path / ".ledger" / "framework.db")) as db:
         step = db.list_step_attempts(db.list_runs()[0]["run_id"])[0]
         assert step["error_log"].startswith("bad\ufffdbyte\n") and step["exit_code"] == 3
+
+
+def test_run_records_into_a_postgresql_ledger(tmp_path, postgres_url):
+    result = uet("run", "--db", postgres_url, "--project", "api", "--", sys.executable, "-c",
+                 "import sys; print('out'); sys.exit(4)", cwd=tmp_path)
+    assert result.returncode == 4 and "out" in result.stdout
+    with init_db(postgres_url) as db:
+        run = db.list_runs()[0]
+        assert (run["project_id"], run["state"], run["exit_code"]) == ("api", "failed", 4)
+        step = db.list_step_attempts(run["run_id"])[0]
+        assert step["metadata"]["stdout_tail"] == "out\n"
+        expected = db.list_events(run["run_id"])
+    shown = json.loads(uet("show", "--db", postgres_url, "--json", cwd=tmp_path).stdout)
+    assert shown["run"] == run and shown["events"] == expected
+    assert not (tmp_path / ".ledger").exists()
