@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,6 +247,17 @@ def drop_ledger(name: str) -> None:
         schema = re.search(r"search_path%3D(reliability_[a-z_0-9]+)", name).group(1)
         with psycopg.connect(postgres_server_url(), autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@contextmanager
+def ledger_on(engine: str, workdir: Path, name: str):
+    """A check's new ledger on `engine` ("sqlite" or "postgresql"), removed afterwards;
+    yields its name (a file path or a URL)."""
+    path = new_ledger(engine, workdir, name)
+    try:
+        yield path
+    finally:
+        drop_ledger(path)
 
 
 def json_text(name: str, column: str, field: str) -> str:

@@ -8,8 +8,8 @@ import signal
 import time
 from pathlib import Path
 
-from reliability_suite.common import (Mode, Result, acked_lines, connect_raw, drop_ledger,
-                                      integrity_ok, new_ledger, spawn, trail_violations)
+from reliability_suite.common import (Mode, Result, acked_lines, connect_raw, integrity_ok,
+                                      ledger_on, spawn, trail_violations)
 
 RUN_ORDER = {"pending": 0, "running": 1, "succeeded": 2, "failed": 2}
 STEP_ORDER = {"running": 0, "succeeded": 1, "failed": 1}
@@ -51,12 +51,9 @@ def missing_acknowledged(path: str, acked: list[list[str]]) -> list[str]:
 
 def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random,
         engine: str = "sqlite") -> Result:
-    result = Result("crash" if engine == "sqlite" else "crash_pg")
-    path = new_ledger(engine, workdir, "crash")
-    try:
-        return _run(mode, workdir, mutant, rng, path, result)
-    finally:
-        drop_ledger(path)
+    with ledger_on(engine, workdir, "crash") as path:
+        return _run(mode, workdir, mutant, rng, path,
+                    Result("crash" if engine == "sqlite" else "crash_pg"))
 
 
 def _run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random, path: str,

@@ -9,8 +9,8 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from reliability_suite.common import (Mode, Result, connect_raw, drop_ledger, json_text,
-                                      new_ledger, spawn, trail_violations, wait_for)
+from reliability_suite.common import (Mode, Result, connect_raw, json_text, ledger_on,
+                                      spawn, trail_violations, wait_for)
 
 DIFF = "--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+{}\n"
 
@@ -65,12 +65,9 @@ def _judge(outcomes: list[list[str]], ids: list[str], changes: Counter,
 
 def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random,
         engine: str = "sqlite") -> Result:
-    result = Result("races" if engine == "sqlite" else "races_pg")
-    path = new_ledger(engine, workdir, "race")
-    try:
-        return _run(mode, workdir, mutant, rng, path, result)
-    finally:
-        drop_ledger(path)
+    with ledger_on(engine, workdir, "race") as path:
+        return _run(mode, workdir, mutant, rng, path,
+                    Result("races" if engine == "sqlite" else "races_pg"))
 
 
 def _run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random, path: str,
