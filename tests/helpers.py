@@ -19,10 +19,6 @@ from reliability_suite.common import attempt_each  # noqa: E402
 from reliability_suite.common import wait_for as _wait_until  # noqa: E402
 
 
-def is_postgres(name: str) -> bool:
-    return name.startswith(("postgresql://", "postgres://"))
-
-
 def _refused() -> tuple[type[Exception], ...]:
     import sqlite3
     try:

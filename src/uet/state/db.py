@@ -307,7 +307,8 @@ class Database:
 
     def get_step_attempt(self, step_attempt_id: str) -> dict[str, Any] | None:
         """The step attempt as a dict, or None."""
-        rows = self._backend.read("get_step_attempt", (records.text(step_attempt_id, "step_attempt_id"),))
+        rows = self._backend.read("get_step_attempt",
+                                  (records.text(step_attempt_id, "step_attempt_id"),))
         return rows[0] if rows else None
 
     def list_step_attempts(self, run_id: str) -> list[dict[str, Any]]:
@@ -365,7 +366,8 @@ class Database:
         _check_int(limit, "limit", 1)
         if run_id is None:
             return self._backend.read("events_since", (cursor, limit))
-        return self._backend.read("events_since_run", (records.text(run_id, "run_id"), cursor, limit))
+        return self._backend.read("events_since_run",
+                                  (records.text(run_id, "run_id"), cursor, limit))
 
     def follow_events(self, cursor: int = 0, *, run_id: str | None = None,
                       poll_interval: float = 0.2, batch: int = 1000) -> Iterator[dict[str, Any]]:

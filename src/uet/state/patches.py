@@ -206,7 +206,8 @@ class PatchLedger:
         if phase_id is None:
             rows = self._backend.read("patch_entries_by_state", (state,))
         else:
-            rows = self._backend.read("patch_entries_by_state_and_phase", (state, text(phase_id, "phase_id")))
+            rows = self._backend.read("patch_entries_by_state_and_phase",
+                                      (state, text(phase_id, "phase_id")))
         return [entry_from_row(r) for r in rows]
 
     def list_entries(self, state: object = None,

@@ -47,6 +47,20 @@ _LOCK_CLASS = 0x75657431
 # what a ledger's schema holds beside its tables (so that it is not taken for a foreign one)
 _CORE_TABLES = {"schema_migrations", "runs", "step_attempts", "run_events", "ledger_counters"}
 
+# what `uet doctor` reports as broken in the ledger's schema: (message, catalog query)
+_CATALOG_CHECKS = {
+    "index": ("index {} is not valid (rebuild it with REINDEX)",
+              "SELECT i.indexrelid::regclass::text FROM pg_index AS i "
+              "JOIN pg_class AS c ON c.oid = i.indrelid "
+              "WHERE c.relnamespace = current_schema()::regnamespace AND NOT i.indisvalid"),
+    "constraint": ("constraint {} is not validated",
+                   "SELECT conname FROM pg_constraint "
+                   "WHERE connamespace = current_schema()::regnamespace AND NOT convalidated"),
+    "trigger": ("trigger {} is disabled",
+                "SELECT t.tgname FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid "
+                "WHERE c.relnamespace = current_schema()::regnamespace AND t.tgenabled = 'D'"),
+}
+
 _live_backends: "weakref.WeakSet[PostgresBackend]" = weakref.WeakSet()
 # Pools and connections a forked child inherited: their sockets belong to the parent, so the
 # child must neither use nor close them (closing would end the parent's sessions).
@@ -160,7 +174,6 @@ class PostgresBackend:
         self.path = redact(url)
         self.busy_timeout = busy_timeout
         self.read_only = read_only
-        self.durability = "server"
         self._closed = False
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._pool_lock = threading.Lock()
@@ -319,13 +332,8 @@ class PostgresBackend:
         busy timeout (lock_timeout)."""
         with self._connection() as conn:
             try:
+                # a lock timeout or a Ctrl-C while waiting for the lock is rolled back too
                 conn.execute(self._begin or self._begin_statement(conn))
-            except BaseException as exc:  # a lock timeout, or Ctrl-C while waiting
-                self._rollback(conn)
-                if isinstance(exc, psycopg.Error):
-                    raise translate_error(exc, self.path, self.busy_timeout) from None
-                raise
-            try:
                 yield PostgresTx(conn)
                 conn.execute("COMMIT")
             except BaseException as exc:
@@ -494,39 +502,28 @@ class PostgresBackend:
     def diagnostics(self) -> dict[str, Any]:
         """Server facts, integrity and row counts, for `uet doctor`."""
         with self._connection() as conn:
+            version, server, database, schema, synchronous = conn.execute(
+                "SELECT (SELECT max(version) FROM schema_migrations), "
+                "current_setting('server_version'), current_database(), current_schema(), "
+                "current_setting('synchronous_commit')").fetchone()
+            found = {kind: [r[0] for r in conn.execute(sql)]
+                     for kind, (_, sql) in _CATALOG_CHECKS.items()}
             tables = [r[0] for r in conn.execute(
                 "SELECT table_name FROM information_schema.tables "
                 "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' "
                 "ORDER BY table_name")]
-            problems = [f"index {r[0]} is not valid (rebuild it with REINDEX)" for r in conn.execute(
-                "SELECT i.indexrelid::regclass::text FROM pg_index AS i "
-                "JOIN pg_class AS c ON c.oid = i.indrelid "
-                "WHERE c.relnamespace = current_schema()::regnamespace AND NOT i.indisvalid")]
-            unchecked = [r[0] for r in conn.execute(
-                "SELECT conname FROM pg_constraint "
-                "WHERE connamespace = current_schema()::regnamespace AND NOT convalidated")]
-            disabled = [r[0] for r in conn.execute(
-                "SELECT t.tgname FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid "
-                "WHERE c.relnamespace = current_schema()::regnamespace AND t.tgenabled = 'D'")]
-            problems += [f"constraint {name} is not validated" for name in unchecked]
-            problems += [f"trigger {name} is disabled" for name in disabled]
-            return {
-                "path": self.path,
-                "engine": self.engine,
-                "schema_version": conn.execute(
-                    "SELECT max(version) FROM schema_migrations").fetchone()[0],
-                "server_version": conn.execute("SHOW server_version").fetchone()[0],
-                "database": conn.execute("SELECT current_database()").fetchone()[0],
-                "schema": conn.execute("SELECT current_schema()").fetchone()[0],
-                # PostgreSQL always writes ahead; synchronous_commit says when a commit is
-                # durable
-                "journal_mode": "wal",
-                "synchronous": conn.execute("SHOW synchronous_commit").fetchone()[0],
-                "foreign_keys": not unchecked and not disabled,
-                "busy_timeout_ms": max(1, round(self.busy_timeout * 1000)),
-                "integrity_check": problems or ["ok"],
-                "foreign_key_violations": 0,
-                # table names come from the catalog, quoted as identifiers
-                "row_counts": {t: conn.execute(pg_sql.SQL("SELECT count(*) FROM {}").format(
-                    pg_sql.Identifier(t))).fetchone()[0] for t in tables},
-            }
+            # table names come from the catalog, quoted as identifiers
+            counts = {t: conn.execute(pg_sql.SQL("SELECT count(*) FROM {}").format(
+                pg_sql.Identifier(t))).fetchone()[0] for t in tables}
+        problems = [_CATALOG_CHECKS[kind][0].format(name)
+                    for kind, names in found.items() for name in names]
+        return {
+            "path": self.path, "engine": self.engine, "schema_version": version,
+            "server_version": server, "database": database, "schema": schema,
+            # PostgreSQL always writes ahead; synchronous_commit says when a commit is durable
+            "journal_mode": "wal", "synchronous": synchronous,
+            "foreign_keys": not found["constraint"] and not found["trigger"],
+            "busy_timeout_ms": max(1, round(self.busy_timeout * 1000)),
+            "integrity_check": problems or ["ok"], "foreign_key_violations": 0,
+            "row_counts": counts,
+        }

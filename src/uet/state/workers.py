@@ -46,7 +46,8 @@ class WorkerLifecycle:
         affinity_json = json_object({} if affinity is None else affinity, "affinity")
         try:
             with self._backend.transaction() as tx:
-                row = tx.rows("insert_worker", (worker_id, worker_type, affinity_json, utc_now()))[0]
+                row = tx.rows("insert_worker",
+                              (worker_id, worker_type, affinity_json, utc_now()))[0]
                 record_event(tx, None, WORKER_SPAWNED, {
                     "worker_id": worker_id, "worker_type": worker_type,
                     "affinity": affinity or {}, "state": "SPAWNING"})
