@@ -37,21 +37,20 @@ TRANSITION_UPDATE = ("UPDATE runs SET state = %s, started_at = %s WHERE run_id =
                      "RETURNING *")
 
 
-def _fresh_schema(admin: psycopg.Connection, name: str, url: str) -> str:
-    admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")  # names made here
-    admin.execute(f"CREATE SCHEMA {name}")
-    return pgserver.with_schema(url, name)
-
-
 def _event_row(run_id: str, i: int) -> dict:
     return {"event_id": new_ulid(), "run_id": run_id, "timestamp": utc_now(),
             "event_type": "tick", "data": f'{{"i": {i}}}'}
 
 
 def bench(url: str, blocks: int, per_block: int) -> dict[str, tuple[float, float]]:
-    admin = psycopg.connect(url, autocommit=True)
-    uet_url = _fresh_schema(admin, "bench_uet", url)
-    raw_url = _fresh_schema(admin, "bench_raw", url)
+    """Medians of calls per second, (uet, raw), per measure; each side in its own schema."""
+    with pgserver.schema(url, "bench_uet") as uet_url, \
+            pgserver.schema(url, "bench_raw") as raw_url:
+        return _measure(uet_url, raw_url, blocks, per_block)
+
+
+def _measure(uet_url: str, raw_url: str, blocks: int,
+             per_block: int) -> dict[str, tuple[float, float]]:
     db = Database(uet_url)
     Database(raw_url).close()  # the same schema, indexes, triggers and constraints
     raw = psycopg.connect(raw_url)  # psycopg's default: a transaction per block of work
@@ -107,9 +106,6 @@ def bench(url: str, blocks: int, per_block: int) -> dict[str, tuple[float, float
         rates["transition"][1].append(raw_rate)
     db.close()
     raw.close()
-    for name in ("bench_uet", "bench_raw"):
-        admin.execute(f"DROP SCHEMA {name} CASCADE")
-    admin.close()
     return {name: (statistics.median(u), statistics.median(r))
             for name, (u, r) in rates.items()}
 

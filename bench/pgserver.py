@@ -15,7 +15,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 ENV_VAR = "UET_TEST_POSTGRES_URL"
 SERVER_USER = "postgres"  # the system user the server runs as when we are root
@@ -115,3 +116,19 @@ def with_schema(url: str, schema: str) -> str:
     """The URL of a ledger kept in `schema` of the database at `url` (search_path)."""
     separator = "&" if "?" in url else "?"
     return f"{url}{separator}options=-csearch_path%3D{schema}"
+
+
+@contextmanager
+def schema(server_url: str, name: str) -> Iterator[str]:
+    """A new, empty schema `name` (an identifier its caller made, never input) on the server:
+    yields the URL of a ledger kept there, and drops the schema with everything in it
+    afterwards."""
+    import psycopg
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        conn.execute(f"CREATE SCHEMA {name}")
+    try:
+        yield with_schema(server_url, name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")

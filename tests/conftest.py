@@ -78,13 +78,8 @@ _schemas = itertools.count(1)
 def postgres_url(postgres_server):
     """The URL of a fresh, empty ledger: its own schema on the test server, dropped after."""
     import pgserver
-    import psycopg
-    schema = f"uet_test_{os.getpid()}_{next(_schemas)}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")  # a name made here, not from input
-    yield pgserver.with_schema(postgres_server, schema)
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with pgserver.schema(postgres_server, f"uet_test_{os.getpid()}_{next(_schemas)}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -93,15 +88,9 @@ def _reused_postgres_ledger(postgres_server):
     `db` (creating a schema and running the migrations for each of hundreds of tests would
     take most of the run)."""
     import pgserver
-    import psycopg
-    schema = f"uet_test_{os.getpid()}_reused"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")  # a name made here, not from input
-    url = pgserver.with_schema(postgres_server, schema)
-    init_db(url).close()
-    yield url
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with pgserver.schema(postgres_server, f"uet_test_{os.getpid()}_reused") as url:
+        init_db(url).close()
+        yield url
 
 
 @pytest.fixture(params=["file", "postgres"])

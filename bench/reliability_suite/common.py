@@ -202,11 +202,11 @@ def populate(db) -> dict[str, str]:
 # -- ledgers on either engine ----------------------------------------------------------------
 
 POSTGRES_VAR = "UET_TEST_POSTGRES_URL"  # a server to use; else a private one is started
-_started_servers: list = []
 
 
 def is_postgres(name: str) -> bool:
-    return name.startswith(("postgresql://", "postgres://"))
+    from uet.state.db import is_postgres_url
+    return is_postgres_url(name)
 
 
 def postgres_server_url() -> str:
@@ -219,50 +219,31 @@ def postgres_server_url() -> str:
     import pgserver  # bench/ is on sys.path for the suite and the tests
     server = pgserver.Server()
     url = server.start()
-    _started_servers.append(server)
     atexit.register(server.stop)
     os.environ[POSTGRES_VAR] = url
     return url
 
 
-def new_ledger(engine: str, workdir: Path, name: str) -> str:
-    """The name of a new, empty ledger for a check: a file in `workdir`, or a fresh schema
-    on the PostgreSQL server (dropped by `drop_ledger`)."""
-    if engine == "sqlite":
-        return str(workdir / f"{name}.db")
-    import uuid
-
-    import psycopg
-    import pgserver
-    server = postgres_server_url()
-    schema = f"reliability_{name}_{uuid.uuid4().hex[:12]}"  # a name made here
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    return pgserver.with_schema(server, schema)
-
-
-def drop_ledger(name: str) -> None:
-    if is_postgres(name):
-        import psycopg
-        schema = re.search(r"search_path%3D(reliability_[a-z_0-9]+)", name).group(1)
-        with psycopg.connect(postgres_server_url(), autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
 @contextmanager
 def ledger_on(engine: str, workdir: Path, name: str):
-    """A check's new ledger on `engine` ("sqlite" or "postgresql"), removed afterwards;
-    yields its name (a file path or a URL)."""
-    path = new_ledger(engine, workdir, name)
-    try:
-        yield path
-    finally:
-        drop_ledger(path)
+    """A check's new ledger on `engine` ("sqlite" or "postgresql"): a file in `workdir`, or
+    a fresh schema on the PostgreSQL server, dropped afterwards; yields its name."""
+    if engine == "sqlite":
+        yield str(workdir / f"{name}.db")
+        return
+    import uuid
+
+    import pgserver
+    with pgserver.schema(postgres_server_url(),
+                         f"reliability_{name}_{uuid.uuid4().hex[:12]}") as url:
+        yield url
 
 
 def json_text(name: str, column: str, field: str) -> str:
     """SQL for the text of `column`'s JSON member `field` (constant names only)."""
-    return f"{column}->>'{field}'" if is_postgres(name) else f"json_extract({column}, '$.{field}')"
+    if is_postgres(name):
+        return f"{column}->>'{field}'"
+    return f"json_extract({column}, '$.{field}')"
 
 
 def connect_raw(path: str):
