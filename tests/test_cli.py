@@ -487,8 +487,8 @@ def test_events_follow_on_postgresql_wakes_on_commit_not_on_its_interval(tmp_pat
         with init_db(postgres_url) as db:
             db.create_event({"run_id": run_id, "event_type": "wake"})
         assert json.loads(follower.stdout.readline())["event_type"] == "wake"
-        # far under the 60 s interval: woken by NOTIFY, not by polling
-        assert time.monotonic() - start < 30
+        # under the 60 s interval: woken by NOTIFY, not by polling
+        assert time.monotonic() - start < 50
     finally:
         follower.send_signal(signal.SIGINT)
         follower.communicate(timeout=30)
