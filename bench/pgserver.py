@@ -5,6 +5,11 @@ at the end, never touching a server of the machine.
 of a private server started here: PostgreSQL's own programs (initdb, pg_ctl) from PATH or
 `pg_config --bindir`, a temporary data directory, 127.0.0.1 on a free port. PostgreSQL
 refuses to run as root, so as root the server runs as the unprivileged `postgres` user.
+
+However the process that started a server ends (normally, by an exception, by SIGTERM or
+SIGKILL), the server is stopped and its folder removed: a watchdog process, started with
+the server in a session of its own, waits for the end of a pipe its starter holds and
+cleans up when the pipe closes.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -59,6 +65,7 @@ class Server:
         self.folder = tempfile.mkdtemp(prefix="uet-pg-")
         self.data = os.path.join(self.folder, "data")
         self.port = 0
+        self._watchdog: subprocess.Popen | None = None
         self._as: dict[str, Any] = {}
         if os.geteuid() == 0:
             import pwd
@@ -71,18 +78,14 @@ class Server:
             self._as = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
     def _run(self, *args: str) -> None:
-        result = subprocess.run([os.path.join(self.bindir, args[0]), *args[1:]],
-                                capture_output=True, text=True, timeout=120, cwd=self.folder,
-                                **self._as)
-        if result.returncode != 0:
-            raise Unavailable(f"{args[0]} failed ({result.returncode}): "
-                              f"{(result.stderr or result.stdout).strip()[-2000:]}")
+        _run_program(self.bindir, self.folder, self._as, *args)
 
     def start(self, *, durable: bool = False) -> str:
         """Create the cluster, start the server; its URL (database `postgres`, user `uet`).
 
         Not `durable` (for tests): no fsync, asynchronous commit. `durable` keeps the
         server's own defaults, as a real ledger's server would run (for benchmarks)."""
+        self._watch()
         self._run("initdb", "-D", self.data, "-U", "uet", "--auth=trust", "-E", "UTF8",
                   "--no-sync")
         for attempt in range(5):
@@ -104,12 +107,60 @@ class Server:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://uet@127.0.0.1:{self.port}/{database}"
 
+    def _watch(self) -> None:
+        """Start the watchdog that stops the server and removes its folder once this process
+        is gone, however it ends (its own session: a Ctrl-C to our group does not reach it)."""
+        self._watchdog = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "watch", self.bindir, self.folder],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+
     def stop(self) -> None:
         try:
-            if self.port:
-                self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+            _teardown(self.bindir, self.folder, self._as)
         finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            if self._watchdog is not None:  # nothing left for it to do: let it go
+                self._watchdog.stdin.close()
+                self._watchdog.wait(timeout=120)
+                self._watchdog = None
+
+
+def _run_program(bindir: str, folder: str, run_as: dict[str, Any], *args: str) -> None:
+    result = subprocess.run([os.path.join(bindir, args[0]), *args[1:]], capture_output=True,
+                            text=True, timeout=120, cwd=folder, **run_as)
+    if result.returncode != 0:
+        raise Unavailable(f"{args[0]} failed ({result.returncode}): "
+                          f"{(result.stderr or result.stdout).strip()[-2000:]}")
+
+
+def _teardown(bindir: str, folder: str, run_as: dict[str, Any]) -> None:
+    """Stop the server of `folder` if it runs (its postmaster.pid says so), remove the
+    folder. Safe to call twice."""
+    data = os.path.join(folder, "data")
+    try:
+        if os.path.exists(os.path.join(data, "postmaster.pid")):
+            _run_program(bindir, folder, run_as, "pg_ctl", "-D", data, "-m", "immediate",
+                         "-w", "stop")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _watchdog_main(bindir: str, folder: str) -> None:
+    """The watchdog: wait until the starter's end of the pipe closes, then clean up."""
+    import signal
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)  # only the pipe's end tells us to go
+    sys.stdin.buffer.read()
+    if not os.path.isdir(folder):
+        return
+    stat = os.stat(folder)
+    run_as: dict[str, Any] = {}
+    if os.geteuid() == 0 and stat.st_uid != 0:
+        run_as = {"user": stat.st_uid, "group": stat.st_gid, "extra_groups": []}
+    try:
+        _teardown(bindir, folder, run_as)
+    except (Unavailable, OSError, subprocess.SubprocessError):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def with_schema(url: str, schema: str) -> str:
@@ -132,3 +183,9 @@ def schema(server_url: str, name: str) -> Iterator[str]:
     finally:
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["watch"] or len(sys.argv) != 4:
+        sys.exit("usage: pgserver.py watch BINDIR FOLDER  (started by Server, not by hand)")
+    _watchdog_main(sys.argv[2], sys.argv[3])

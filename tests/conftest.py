@@ -54,8 +54,10 @@ def file_db(db_path):
 @pytest.fixture(scope="session")
 def postgres_server():
     """The URL of a PostgreSQL server for the whole run: $UET_TEST_POSTGRES_URL, else a
-    private throwaway server started here (and stopped at the end). Tests that need it are
-    skipped, with the reason, only when no PostgreSQL server program exists at all."""
+    private throwaway server started here (and stopped at the end, however the run ends).
+    Tests that need it are skipped, with the reason, only when no PostgreSQL server program
+    exists at all — and in CI (`CI=true`) even that is a failure: CI must test both
+    engines."""
     import pgserver
     url = os.environ.get(pgserver.ENV_VAR)
     if url:
@@ -64,6 +66,8 @@ def postgres_server():
     try:
         server = pgserver.Server()
     except pgserver.Unavailable as exc:
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(f"CI=true and no PostgreSQL server can be had: {exc}")
         pytest.skip(f"PostgreSQL tests need a server: {exc}")
     try:
         yield server.start()
