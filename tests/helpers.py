@@ -79,7 +79,7 @@ def emptied_postgres_ledger(url: str) -> str:
     return url
 
 
-def wait_for(path: str, timeout: float = 30.0) -> None:
+def wait_for(path: str, timeout: float = 180.0) -> None:
     _wait_until(lambda: os.path.exists(path), timeout, f"start signal {path}")
 
 
@@ -97,7 +97,7 @@ def race_outcomes(outs: list[str]) -> tuple[Counter, Counter]:
     return Counter(o[0] for o in outcomes), Counter(o[1] for o in outcomes if o[0] == "won")
 
 
-def start_when_ready(outs: list[str], go: str, timeout: float = 60.0) -> None:
+def start_when_ready(outs: list[str], go: str, timeout: float = 120.0) -> None:
     """Give the start signal once every racer has written `<out>.ready`."""
     deadline = time.monotonic() + timeout
     while not all(os.path.exists(out + ".ready") for out in outs):
@@ -106,21 +106,46 @@ def start_when_ready(outs: list[str], go: str, timeout: float = 60.0) -> None:
     open(go, "w").close()
 
 
-def race(db_path: str, go: str, out: str) -> None:
-    """Try to move every pending run to running with compare-and-set; log each outcome."""
+def race(db_path: str, go: str, out: str, target: str = "running",
+         expected: str = "pending", kind: str = "run") -> None:
+    """Try to move every run (kind "run") or every step attempt (kind "step") that is in
+    `expected` to `target` with compare-and-set; log each outcome."""
     from uet.state import Database
     db = Database(db_path)
-    run_ids = [r["run_id"] for r in db.list_runs(limit=None)]
+    runs = db.list_runs(limit=None)
+    if kind == "run":
+        ids = [r["run_id"] for r in runs if r["state"] == expected]
+        move = db.transition_run
+    else:
+        ids = [s["step_attempt_id"] for r in runs for s in db.list_step_attempts(r["run_id"])
+               if s["state"] == expected]
+        move = db.transition_step_attempt
     open(out + ".ready", "w").close()
     wait_for(go)
-    attempt_all(run_ids, lambda run_id: db.transition_run(run_id, "running",
+    attempt_all(ids, lambda entity_id: move(entity_id, target, expected=expected,
+                                            **({"exit_code": 0} if target in (
+                                                "succeeded", "failed") else {})), out)
+
+
+def cancel_pending(db_path: str, go: str, out: str) -> None:
+    """Cancel every run with compare-and-set from pending, oldest first, racing claimers."""
+    from uet.state import Database
+    db = Database(db_path)
+    run_ids = [r["run_id"] for r in reversed(db.list_runs(limit=None))]
+    open(out + ".ready", "w").close()
+    wait_for(go)
+    attempt_all(run_ids, lambda run_id: db.transition_run(run_id, "canceled",
                                                           expected="pending"), out)
 
 
-def append(db_path: str, run_id: str, count: str, go: str) -> None:
-    """Append `count` events to a run as fast as possible."""
+def append(db_path: str, run_id: str, count: str, go: str, ready: str = "") -> None:
+    """Append `count` events to a run as fast as possible once `go` exists (having made
+    `ready` once the ledger is open, when given)."""
     from uet.state import Database
     db = Database(db_path)
+    db.schema_version()
+    if ready:
+        open(ready, "w").close()
     wait_for(go)
     for i in range(int(count)):
         db.create_event({"run_id": run_id, "event_type": "append", "data": {"pid": os.getpid(),
@@ -157,6 +182,7 @@ def claim(db_path: str, worker_id: str, go: str, out: str) -> None:
     workers = WorkerLifecycle(db)
     workers.spawn_worker(worker_id, "testing", {})
     workers.transition_state(worker_id, "IDLE")
+    open(out + ".ready", "w").close()
     wait_for(go)
     claimed = []
     while (run := workers.claim_run(worker_id)) is not None:
@@ -182,4 +208,4 @@ def try_write(db_path: str) -> None:
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     {"race": race, "append": append, "open": open_ledger, "patch_race": patch_race,
-     "claim": claim, "try_write": try_write}[command](*args)
+     "claim": claim, "cancel_pending": cancel_pending, "try_write": try_write}[command](*args)

@@ -7,13 +7,12 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from helpers import race_outcomes, start_when_ready
+from helpers import race_outcomes, start_when_ready, wait_for
 from uet.errors import DatabaseBusyError, ValidationError
 from uet.state import Database, get_db, init_db
 
@@ -96,39 +95,133 @@ def test_in_memory_ledger_is_shared_by_every_thread(in_memory_db):
 
 
 def test_threads_racing_on_one_instance_get_one_winner_each(shared_db):
+    """Half the threads want each pending run running, half want it canceled: both moves
+    are legal from pending and running → canceled is legal too, so only compare-and-set
+    can stop a second winner."""
+    from uet.errors import ConcurrentUpdateError
     db = shared_db
     run_ids = [db.create_run({"project_id": "p", "phase_id": "ph"}) for _ in range(100)]
     wins: Counter = Counter()
     barrier = threading.Barrier(8)
+    errors: list = []
 
-    def race():
-        from uet.errors import ConcurrentUpdateError
+    def race(target):
         barrier.wait()
         for run_id in run_ids:
             try:
-                db.transition_run(run_id, "running", expected="pending")
+                db.transition_run(run_id, target, expected="pending")
                 wins[run_id] += 1
             except ConcurrentUpdateError:
                 pass
+            except Exception as exc:  # asserted below
+                errors.append(exc)
 
-    threads = [threading.Thread(target=race) for _ in range(8)]
+    threads = [threading.Thread(target=race, args=(("running", "canceled")[n % 2],))
+               for n in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert set(wins.values()) == {1} and len(wins) == 100
+    assert errors == [] and set(wins.values()) == {1} and len(wins) == 100
+    for run_id in run_ids:
+        changes = [e for e in db.list_events(run_id) if e["event_type"] == "run.state_changed"]
+        assert len(changes) == 1 and changes[0]["data"]["to"] == db.get_run(run_id)["state"]
+
+
+def _race_processes(db, tmp_path, targets: list[tuple[str, ...]]) -> tuple[Counter, Counter]:
+    """One racer process per entry of `targets` (helpers.py race arguments: target,
+    expected, kind), all let go at once; returns race_outcomes."""
+    go = str(tmp_path / "go")
+    outs = [str(tmp_path / f"out{i}") for i in range(len(targets))]
+    procs = [subprocess.Popen([sys.executable, HELPERS, "race", db.db_path, go, out, *args])
+             for out, args in zip(outs, targets)]
+    start_when_ready(outs, go)
+    assert [p.wait(timeout=300) for p in procs] == [0] * len(procs)
+    return race_outcomes(outs)
+
+
+def _one_change_each(db, run_id: str, event_type: str, entity: str, since: str) -> dict:
+    """The data of the one state-change event of `entity` out of state `since`."""
+    changes = [e["data"] for e in db.list_events(run_id) if e["event_type"] == event_type
+               and e["data"]["from"] == since]
+    assert len(changes) == 1, (entity, changes)
+    return changes[0]
+
+
+def test_processes_wanting_different_states_for_the_same_runs_get_one_winner(shared_db,
+                                                                             tmp_path):
+    """Running vs canceled from pending: every racer's move is legal from pending, and
+    canceled is legal from running too — so a second winner is stopped only by
+    compare-and-set, never by the rule against moving to the state a run is in."""
+    db = shared_db
+    run_ids = {db.create_run({"project_id": "race", "phase_id": "ph"}) for _ in range(300)}
+    kinds, won = _race_processes(db, tmp_path, [("running",), ("canceled",)] * 4)
+    assert set(won) == run_ids and set(won.values()) == {1}
+    assert kinds == {"won": 300, "lost": 2100}
+    for run_id in run_ids:
+        change = _one_change_each(db, run_id, "run.state_changed", run_id, "pending")
+        assert change["to"] == db.get_run(run_id)["state"]
+
+
+def test_processes_finishing_the_same_runs_differently_get_one_winner(shared_db, tmp_path):
+    """Succeeded vs failed from running, for runs and for step attempts: the loser must be
+    told it lost (ConcurrentUpdateError), not left with a second end or a refused move."""
+    db = shared_db
+    run_ids = set()
+    for _ in range(150):
+        run_id = db.create_run({"project_id": "race", "phase_id": "ph"})
+        db.transition_run(run_id, "running", expected="pending")
+        db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "t"})
+        run_ids.add(run_id)
+    kinds, won = _race_processes(db, tmp_path, [
+        (target, "running", kind) for kind in ("run", "step")
+        for target in ("succeeded", "failed", "succeeded", "failed")])
+    assert set(won.values()) == {1} and len(won) == 300
+    assert kinds == {"won": 300, "lost": 900}
+    for run_id in run_ids:
+        run = db.get_run(run_id)
+        change = _one_change_each(db, run_id, "run.state_changed", run_id, "running")
+        assert change == {"from": "running", "to": run["state"], "exit_code": 0}
+        (step,) = db.list_step_attempts(run_id)
+        change = _one_change_each(db, run_id, "step_attempt.state_changed",
+                                  step["step_attempt_id"], "running")
+        assert change["to"] == step["state"]
+
+
+def test_claimers_and_cancelers_racing_never_both_win_a_run(shared_db, tmp_path):
+    """Four workers claim pending runs while four processes cancel them: each run ends
+    either claimed by exactly one worker or canceled by exactly one canceler."""
+    db = shared_db
+    run_ids = {db.create_run({"project_id": "race", "phase_id": "ph"}) for _ in range(200)}
+    go = str(tmp_path / "go")
+    claim_outs = [str(tmp_path / f"claim{i}") for i in range(4)]
+    cancel_outs = [str(tmp_path / f"cancel{i}") for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, HELPERS, "claim", db.db_path, f"w{i}", go, out])
+             for i, out in enumerate(claim_outs)]
+    procs += [subprocess.Popen([sys.executable, HELPERS, "cancel_pending", db.db_path, go, out])
+              for out in cancel_outs]
+    start_when_ready(claim_outs + cancel_outs, go)
+    assert [p.wait(timeout=300) for p in procs] == [0] * 8
+    claimed = Counter(line for out in claim_outs for line in Path(out).read_text().split())
+    kinds, canceled = race_outcomes(cancel_outs)
+    assert set(claimed.values()) <= {1} and set(canceled.values()) <= {1}
+    assert set(claimed) | set(canceled) == run_ids and not set(claimed) & set(canceled)
+    assert kinds["won"] == len(canceled) and kinds["lost"] == 4 * 200 - len(canceled)
+    for run in db.list_runs(limit=None):
+        changes = [e["data"]["to"] for e in db.list_events(run["run_id"])
+                   if e["event_type"] == "run.state_changed"]
+        if run["run_id"] in claimed:
+            assert run["state"] == "succeeded" and run["worker_id"] is not None
+            assert changes == ["running", "succeeded"]
+        else:
+            assert run["state"] == "canceled" and run["worker_id"] is None
+            assert changes == ["canceled"]
 
 
 def test_processes_racing_for_the_same_runs_get_exactly_one_winner(shared_db, tmp_path):
     db = shared_db
     run_ids = {db.create_run({"project_id": "race", "phase_id": "ph"}) for _ in range(500)}
-    go = str(tmp_path / "go")
-    outs = [str(tmp_path / f"out{i}") for i in range(8)]
-    procs = [subprocess.Popen([sys.executable, HELPERS, "race", db.db_path, go, out])
-             for out in outs]
-    start_when_ready(outs, go)
-    assert [p.wait(timeout=120) for p in procs] == [0] * 8
-    kinds, won = race_outcomes(outs)
+    kinds, won = _race_processes(db, tmp_path, [()] * 8)
     assert set(won) == run_ids and set(won.values()) == {1}
     assert kinds == {"won": 500, "lost": 3500}
     for run_id in run_ids:
@@ -140,10 +233,10 @@ def test_processes_appending_at_once_lose_nothing(shared_db, tmp_path):
     db = shared_db
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
     go = str(tmp_path / "go")
-    procs = [subprocess.Popen([sys.executable, HELPERS, "append", db.db_path, run_id, "300", go])
-             for _ in range(4)]
-    time.sleep(0.5)
-    Path(go).touch()
+    outs = [str(tmp_path / f"out{i}") for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, HELPERS, "append", db.db_path, run_id, "300", go,
+                               out + ".ready"]) for out in outs]
+    start_when_ready(outs, go)  # all four are writing at once, however slow they start
     assert [p.wait(timeout=120) for p in procs] == [0] * 4
     events = db.events_since(0, limit=10_000)
     assert [e["seq"] for e in events] == list(range(1, 1202))
@@ -161,27 +254,34 @@ def test_forked_child_writes_survive_the_parent_closing_the_ledger(shared_db):
     child's session."""
     db = shared_db
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
-    read_fd, write_fd = os.pipe()
+    to_parent, from_child = os.pipe()
+    to_child, from_parent = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: keeps writing after the parent has closed its connection
         code = 1
         try:
-            os.close(read_fd)
+            os.close(to_parent)
+            os.close(from_parent)
             for i in range(100):
                 db.create_event({"run_id": run_id, "event_type": "child", "data": {"i": i}})
-                if i == 10:
-                    os.write(write_fd, b"x")
-                time.sleep(0.002)
-            code = 0
+                if i == 10:  # half-way: wait until the parent has written and closed
+                    os.write(from_child, b"x")
+                    if os.read(to_child, 1) != b"c":
+                        break
+            else:
+                code = 0
         finally:
             os._exit(code)
-    os.close(write_fd)
-    assert os.read(read_fd, 1) == b"x"
+    os.close(from_child)
+    os.close(to_child)
+    assert os.read(to_parent, 1) == b"x"
     db.create_event({"run_id": run_id, "event_type": "parent"})
     db.close()  # the parent is done while the child still writes
+    os.write(from_parent, b"c")
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    os.close(read_fd)
+    os.close(to_parent)
+    os.close(from_parent)
     with init_db(db.db_path) as fresh:
         kinds = Counter(e["event_type"] for e in fresh.list_events(run_id))
         assert kinds["child"] == 100 and kinds["parent"] == 1
@@ -237,11 +337,10 @@ def test_a_relative_path_keeps_naming_the_same_file_after_chdir(tmp_path, monkey
 
 
 def test_writer_waits_for_a_lock_held_shorter_than_the_busy_timeout(file_db, tmp_path):
-    db = file_db
+    db = file_db  # busy timeout 10 s: twenty times the hold
     ready = str(tmp_path / "ready")
     holder = subprocess.Popen([sys.executable, PROGRAMS, "hold_lock", db.db_path, "0.5", ready])
-    while not os.path.exists(ready):
-        time.sleep(0.005)
+    wait_for(ready)
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})  # waits, then succeeds
     assert holder.wait(timeout=30) == 0
     assert db.get_run(run_id) is not None
@@ -255,15 +354,18 @@ def test_writer_waits_for_a_lock_held_shorter_than_the_busy_timeout(file_db, tmp
 def test_writer_past_the_busy_timeout_gets_a_typed_error_and_writes_nothing(db_path, tmp_path):
     init_db(db_path).close()
     db = Database(db_path, busy_timeout=0.2)
-    ready = str(tmp_path / "ready")
-    holder = subprocess.Popen([sys.executable, PROGRAMS, "hold_lock", db_path, "3", ready])
+    ready, release = str(tmp_path / "ready"), str(tmp_path / "release")
+    # held until released below: no machine is slow enough to let the write find it free
+    holder = subprocess.Popen([sys.executable, PROGRAMS, "hold_lock", db_path, "120", ready,
+                               "IMMEDIATE", release])
     try:
-        while not os.path.exists(ready):
-            time.sleep(0.005)
-        with pytest.raises(DatabaseBusyError, match="locked by another writer"):
+        wait_for(ready)
+        with pytest.raises(DatabaseBusyError, match="locked by another writer for more than "
+                                                    "0.2 s"):
             db.create_run({"run_id": "late", "project_id": "p", "phase_id": "ph"})
     finally:
-        holder.wait(timeout=30)
+        Path(release).touch()
+        assert holder.wait(timeout=60) == 0
     assert db.get_run("late") is None
     db.create_run({"run_id": "late", "project_id": "p", "phase_id": "ph"})  # usable again
     db.close()
@@ -275,18 +377,18 @@ def test_reads_are_not_blocked_by_another_process_holding_an_exclusive_lock(db_p
     with init_db(db_path) as db:
         db.create_run({"run_id": "r", "project_id": "p", "phase_id": "ph"})
     reader = Database(db_path, busy_timeout=0)  # any wait would be a DatabaseBusyError
-    ready = str(tmp_path / "ready")
-    holder = subprocess.Popen([sys.executable, PROGRAMS, "hold_lock", db_path, "2", ready,
-                               "EXCLUSIVE"])
+    ready, release = str(tmp_path / "ready"), str(tmp_path / "release")
+    holder = subprocess.Popen([sys.executable, PROGRAMS, "hold_lock", db_path, "120", ready,
+                               "EXCLUSIVE", release])  # held until released below
     try:
-        while not os.path.exists(ready):
-            time.sleep(0.005)
+        wait_for(ready)
         assert reader.get_run("r")["run_id"] == "r"
         assert [r["run_id"] for r in reader.list_runs()] == ["r"]
-        with pytest.raises(DatabaseBusyError):
+        with pytest.raises(DatabaseBusyError, match="locked by another writer"):
             reader.create_run({"project_id": "p", "phase_id": "ph"})
     finally:
-        holder.wait(timeout=30)
+        Path(release).touch()
+        assert holder.wait(timeout=60) == 0
         reader.close()
 
 
