@@ -160,17 +160,22 @@ def steady_writer(db_path: str, acklog: str, stop: str) -> None:
     db.close()
 
 
-def hold_lock(db_path: str, seconds: str, ready: str, mode: str = "IMMEDIATE") -> None:
+def hold_lock(db_path: str, seconds: str, ready: str, mode: str = "IMMEDIATE",
+              release: str = "") -> None:
     """Hold the ledger's write lock for a while, as a slow writer in another process would;
     its transaction leaves a marker row (ledger_counters 'lock_holder') that commits when
-    the lock is released."""
+    the lock is released. With `release`, hold it until that file exists (`seconds` is then
+    only a cap), so a test decides when the lock goes, however slow the machine is."""
     import sqlite3
     conn = sqlite3.connect(db_path, isolation_level=None)
     conn.execute({"IMMEDIATE": "BEGIN IMMEDIATE", "EXCLUSIVE": "BEGIN EXCLUSIVE"}[mode])
     conn.execute("INSERT OR REPLACE INTO ledger_counters (name, value) "
                  "VALUES ('lock_holder', 1)")
     open(ready, "w").close()
-    time.sleep(float(seconds))
+    if release:
+        wait_for(lambda: os.path.exists(release), float(seconds), "the release signal")
+    else:
+        time.sleep(float(seconds))
     conn.execute("COMMIT")
     conn.close()
 

@@ -1,6 +1,7 @@
 """Check 5: workers killed while BUSY. A reaper polling `reap_stale` must fail the runs and
 step attempts they held (with a reason) on its first pass after they missed two heartbeat
-intervals, and never touch a worker that is alive.
+intervals, and never touch a worker that is alive (one that heartbeat within two intervals
+of the reaping pass's clock; a live worker the machine starved for longer is stale).
 
 Pass or fail does not hang on timing: each reaper pass is judged against the dead worker's
 last heartbeat and the `now` the pass used. The latency from the kill is measured and
@@ -39,6 +40,7 @@ def _round(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random,
     passed_over: set[int] = set()     # stale by then, yet a reaper pass left its work
     recovered: dict[int, float] = {}  # when the reaper failed the work (the run's ended_at)
     reasons_missing = 0
+    live_starved: bool | None = None  # None: the live worker was never reaped
     db = Database(path)
     reaper = WorkerLifecycle(db)
     try:
@@ -62,8 +64,18 @@ def _round(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random,
                         "SELECT last_heartbeat FROM workers WHERE worker_id = ?",
                         (f"w-{i}",)).fetchone()[0])
                     conn.close()
+            conn = connect_raw(path)
+            live_beat = _wall(conn.execute(  # the live worker's heartbeat before this pass
+                "SELECT last_heartbeat FROM workers WHERE worker_id = ?",
+                (f"w-{count - 1}",)).fetchone()[0])
+            conn.close()
             moment = datetime.now(timezone.utc)
-            reaper.reap_stale(h, now=moment)
+            reaped = reaper.reap_stale(h, now=moment)
+            if f"w-{count - 1}" in reaped and live_starved is None:
+                # judged by the pass's own clock: a worker the machine starved of CPU for two
+                # whole intervals is stale, and reaping it is right; one that had beaten
+                # within two intervals of `now` was alive, and reaping it is the bug
+                live_starved = moment.timestamp() - live_beat > 2 * h
             conn = connect_raw(path)
             for i in killed:
                 if i in recovered:
@@ -100,7 +112,11 @@ def _round(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random,
         "passed_over": len(passed_over),
         "never": len(killed) - len(recovered),
         "reasons_missing": reasons_missing,
-        "live_reaped": int(alive_run != "running" or alive_worker != "BUSY"),
+        # reaped although it had beaten within two intervals of the reaping pass's `now`,
+        # or its run or state changed some other way
+        "live_reaped": int(live_starved is False or (
+            live_starved is None and (alive_run != "running" or alive_worker != "BUSY"))),
+        "live_starved": int(bool(live_starved)),
     }
 
 
@@ -119,4 +135,7 @@ def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Re
                "stranded")
     # a live worker's run failed under it: the work may end up done twice
     result.add("live workers reaped", sum(r["live_reaped"] for r in rounds), "double")
+    result.add("live workers starved for two intervals (rightly reaped)",
+               sum(r["live_starved"] for r in rounds), zero=False,
+               note="the machine, not uet: a heavily loaded host")
     return result
