@@ -90,6 +90,8 @@ def test_a_failing_event_write_rolls_back_the_state_change(ledger):
     step_id = db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "t"})
     refuse_event_inserts(db, "%state_changed")
     before = db.events_since(0)
+    # an outage of the event store is no rule of uet's: each engine reports it as its own
+    # error type, and only the trigger's own words (matched) prove it is this failure
     with pytest.raises(UetError, match="event store unavailable"):
         db.transition_run(run_id, "running")
     with pytest.raises(UetError, match="event store unavailable"):
@@ -146,25 +148,43 @@ def test_non_state_updates_write_no_event(db):
     assert len(db.list_events(run_id)) == n
 
 
+class _Bounded:
+    """A follower whose next events are first looked for in the trail: a follower waits for
+    ever by design, so an event that was never written must fail the test, not hang it."""
+
+    def __init__(self, db, follower, cursor: int = 0):
+        self.db, self.follower, self.cursor = db, follower, cursor
+
+    def take(self, count: int = 1) -> list[dict]:
+        ahead = self.db.events_since(self.cursor, limit=count)
+        assert len(ahead) == count, (
+            f"the trail holds {len(ahead)} of {count} events after seq {self.cursor}")
+        events = [next(self.follower) for _ in range(count)]
+        self.cursor = events[-1]["seq"]
+        return events
+
+
 def test_follow_events_gives_the_trail_then_each_new_event(db):
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
     follower = db.follow_events(0, poll_interval=0.01, batch=2)
+    trail = _Bounded(db, follower)
     try:
-        assert next(follower)["event_type"] == "run.created"
+        assert trail.take()[0]["event_type"] == "run.created"
         for i in range(3):
             db.create_event({"run_id": run_id, "event_type": "tick", "data": {"i": i}})
-        assert [next(follower)["data"]["i"] for _ in range(3)] == [0, 1, 2]
+        assert [e["data"]["i"] for e in trail.take(3)] == [0, 1, 2]
         db.transition_run(run_id, "running")
-        assert next(follower)["event_type"] == "run.state_changed"
+        assert trail.take()[0]["event_type"] == "run.state_changed"
     finally:
         follower.close()
-    only_mine = db.follow_events(2, run_id=run_id, poll_interval=0.01)
-    assert [next(only_mine)["seq"] for _ in range(3)] == [3, 4, 5]
-    only_mine.close()
-    for bad in ({"poll_interval": 0}, {"poll_interval": float("nan")}, {"batch": 0},
-                {"cursor": -1}):
-        with pytest.raises(ValidationError):
+    with contextlib.closing(db.follow_events(2, run_id=run_id, poll_interval=0.01)) as mine:
+        assert [e["seq"] for e in _Bounded(db, mine, 2).take(3)] == [3, 4, 5]
+    for bad, field in (({"poll_interval": 0}, "poll_interval"),
+                       ({"poll_interval": float("nan")}, "poll_interval"),
+                       ({"batch": 0}, "batch"), ({"cursor": -1}, "cursor")):
+        with pytest.raises(ValidationError, match=f"^{field} must be") as info:
             db.follow_events(**bad)
+        assert info.value.field == field
 
 
 def _follow_in_thread(db, count: int, seen: list) -> threading.Thread:
@@ -200,6 +220,30 @@ def test_a_follower_racing_writer_processes_sees_every_event_once_in_order(share
         e["event_id"] for e in shared_db.events_since(0, limit=10_000)]
 
 
+def _when_blocked(other: Database, holder: Database):
+    """A function that returns (True) once `other` has begun a write transaction that waits
+    for the write lock `holder` holds, or False after a minute. SQLite: its BEGIN IMMEDIATE
+    has started (it cannot finish while the lock is held). PostgreSQL: a session of the
+    server waits on a lock."""
+    if other.engine == "sqlite":
+        started = threading.Event()
+        other._backend.connect().set_trace_callback(
+            lambda sql: started.set() if sql.startswith("BEGIN IMMEDIATE") else None)
+        return lambda: started.wait(60)
+
+    def waiting() -> bool:
+        import psycopg
+        with psycopg.connect(holder.db_path, autocommit=True) as conn:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type "
+                                "= 'Lock' AND datname = current_database()").fetchone()[0]:
+                    return True
+                time.sleep(0.01)
+        return False
+    return waiting
+
+
 def test_a_writer_waits_for_an_earlier_uncommitted_one_so_seq_is_commit_order(shared_db):
     run_id = shared_db.create_run({"project_id": "p", "phase_id": "ph"})
     other, observer = Database(shared_db.db_path), Database(shared_db.db_path)
@@ -213,16 +257,21 @@ def test_a_writer_waits_for_an_earlier_uncommitted_one_so_seq_is_commit_order(sh
                               if e["event_id"] == event_id))
         later_done.set()
 
+    other.schema_version()  # its connection is open
+    began = _when_blocked(other, shared_db)
     thread = threading.Thread(target=later_writer)
     thread.start()
     try:
         with shared_db._backend.transaction() as tx:
             record_event(tx, run_id, "earlier", {})
             inside.set()
-            # the later writer is blocked: nothing it writes can commit before this does
-            assert not later_done.wait(0.5)
+            # the later writer has started its write and is waiting for ours to end (a
+            # handshake, so a slow machine cannot let this commit before the race begins)
+            assert began(), "the later writer never started its transaction"
+            assert not later_done.is_set()
             assert [e["event_type"] for e in observer.events_since(1)] == []
-        thread.join(timeout=30)
+        thread.join(timeout=60)
+        assert not thread.is_alive()
     finally:
         other.close()
         observer.close()
@@ -237,19 +286,27 @@ def test_a_postgresql_follower_wakes_on_notify_not_on_its_poll_interval(postgres
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
     seen: list = []
     try:
-        with contextlib.closing(db.follow_events(1, poll_interval=3600)) as trail:
+        with contextlib.closing(db.follow_events(0, poll_interval=3600)) as trail:
             got = threading.Event()
 
             def follow():
-                seen.append(next(trail))
-                got.set()
+                for event in trail:
+                    seen.append(event)
+                    if len(seen) == 2:
+                        got.set()
+                        return
             thread = threading.Thread(target=follow, daemon=True)
             thread.start()
-            time.sleep(0.3)  # the follower has read the trail and is waiting
+            # once the follower has the run's creation it has read the trail: from then on
+            # only a notification (or the hour-long poll) can show it the next event
+            deadline = time.monotonic() + 60
+            while not seen:
+                assert time.monotonic() < deadline, "the follower never read the trail"
+                time.sleep(0.01)
             with Database(postgres_url) as writer:
                 writer.create_event({"run_id": run_id, "event_type": "wake"})
             assert got.wait(120), "the follower was not woken by the commit"
             thread.join(5)
     finally:
         db.close()
-    assert [e["event_type"] for e in seen] == ["wake"]
+    assert [e["event_type"] for e in seen] == ["run.created", "wake"]
