@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from uet.errors import (AlreadyExistsError, ConcurrentUpdateError, InvalidTransitionError,
-                        NotFoundError, ValidationError)
+from uet.errors import (AlreadyExistsError, ConcurrentUpdateError, DuplicateTransitionError,
+                        InvalidTransitionError, NotFoundError, ValidationError)
 from helpers import REFUSED, raw_execute
 from uet.state import WORKER, WorkerLifecycle, WorkerRecord, WorkerState
 
@@ -52,7 +52,7 @@ def test_spawning_an_existing_worker_is_refused(workers, db):
     before = db.events_since(0)
     with pytest.raises(ValidationError, match="already exists"):
         workers.spawn_worker("w1", "linting", {})
-    with pytest.raises(AlreadyExistsError):
+    with pytest.raises(AlreadyExistsError, match="worker 'w1' already exists"):
         workers.spawn_worker("w1", "linting", {})
     assert workers.get_worker("w1").worker_type == "testing" and db.events_since(0) == before
 
@@ -86,7 +86,7 @@ def test_states_are_accepted_as_enum_or_string_and_checked(workers):
     assert workers.get_workers_by_state("IDLE")[0].worker_id == "w1"
     with pytest.raises(ValidationError, match="unknown worker"):
         workers.transition_state("w1", "idle")
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError, match="worker 'ghost' not found"):
         workers.transition_state("ghost", "IDLE")
 
 
@@ -106,7 +106,7 @@ def test_heartbeat_updates_the_row_only(workers, db):
     workers.heartbeat("w1")
     assert workers.get_worker("w1").last_heartbeat >= first is not None
     assert len(db.events_since(0)) == n
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError, match="worker 'ghost' not found"):
         workers.heartbeat("ghost")
 
 
@@ -122,7 +122,7 @@ def test_terminate_drains_a_busy_worker_and_stops_others(workers, db):
     assert workers.terminate_worker("busy").state == "DRAINING"
     assert workers.terminate_worker("idle").state == "TERMINATED"
     assert workers.terminate_worker("busy").state == "TERMINATED"
-    with pytest.raises(InvalidTransitionError):
+    with pytest.raises(DuplicateTransitionError, match="'busy' .* already TERMINATED"):
         workers.terminate_worker("busy")
 
 
@@ -142,6 +142,28 @@ def test_claim_takes_the_oldest_pending_run_and_makes_the_worker_busy(workers, d
     assert db.get_step_attempt(step)["worker_id"] == "w1"  # inherited from the run
 
 
+@pytest.mark.parametrize("older_state", ["running", "canceled", "succeeded", "failed"])
+def test_claim_passes_over_older_runs_that_are_not_pending(workers, db, older_state):
+    """The oldest run is not pending: the claim must take the newer pending one, not fail
+    on (or take) the older one."""
+    path = {"running": ["running"], "canceled": ["canceled"],
+            "succeeded": ["running", "succeeded"], "failed": ["running", "failed"]}
+    older = db.create_run({"project_id": "p", "phase_id": "ph",
+                           "created_at": "2026-01-01T00:00:00Z"})
+    for state in path[older_state]:
+        db.transition_run(older, state, **({"exit_code": 0} if state in ("succeeded", "failed")
+                                           else {}))
+    newer = db.create_run({"project_id": "p", "phase_id": "ph",
+                           "created_at": "2026-01-02T00:00:00Z"})
+    _worker_in(workers, "IDLE")
+    assert workers.claim_run("w1")["run_id"] == newer
+    assert db.get_run(older)["state"] == older_state and db.get_run(older)["worker_id"] is None
+    db.transition_run(newer, "succeeded", exit_code=0)
+    workers.release("w1")
+    assert workers.claim_run("w1") is None  # only non-pending runs are left
+    assert workers.get_worker("w1").state == "IDLE"
+
+
 def test_claim_with_nothing_pending_returns_none_and_changes_nothing(workers, db):
     _worker_in(workers, "IDLE")
     n = len(db.events_since(0))
@@ -154,18 +176,19 @@ def test_claim_of_a_given_run_that_is_gone_is_a_concurrent_update(workers, db):
     _worker_in(workers, "IDLE", "a")
     _worker_in(workers, "IDLE", "b")
     assert workers.claim_run("a", run_id)["worker_id"] == "a"
-    with pytest.raises(ConcurrentUpdateError):
+    with pytest.raises(ConcurrentUpdateError,
+                       match=f"run '{run_id}' was expected to be pending but is running"):
         workers.claim_run("b", run_id)
     assert workers.get_worker("b").state == "IDLE"
     assert db.get_run(run_id)["worker_id"] == "a"
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError, match="run 'ghost' not found"):
         workers.claim_run("b", "ghost")
 
 
 def test_only_an_idle_worker_can_claim(workers, db):
     db.create_run({"project_id": "p", "phase_id": "ph"})
     _worker_in(workers, "SPAWNING")
-    with pytest.raises(InvalidTransitionError):
+    with pytest.raises(InvalidTransitionError, match="'w1' cannot go from SPAWNING to BUSY"):
         workers.claim_run("w1")
     assert db.list_runs()[0]["state"] == "pending"
 
@@ -192,14 +215,16 @@ def test_release_needs_the_run_to_be_finished(workers, db):
 
 def test_affinity_is_fixed_after_spawning_at_the_sql_level(workers, db):
     _worker_in(workers, "IDLE")
-    with pytest.raises(REFUSED, match="affinity"):
+    with pytest.raises(REFUSED, match="worker affinity cannot change after SPAWNING"):
         raw_execute(db, "UPDATE workers SET affinity = '{}' WHERE worker_id = 'w1'")
     workers.spawn_worker("w2", "t", {"a": 1})
     raw_execute(db, "UPDATE workers SET affinity = '{\"a\": 2}' WHERE worker_id = 'w2'")
     assert workers.get_worker("w2").affinity == {"a": 2}
     # while SPAWNING it may change, but only to a JSON object
     for bad in ("not json", "[1, 2]"):
-        with pytest.raises(REFUSED, match="(?i)check|json"):
+        with pytest.raises(REFUSED, match=r"failed: json_valid\(affinity\)|"
+                                          r"\"workers_affinity_check\"|"
+                                          "invalid input syntax for type json"):
             raw_execute(db, "UPDATE workers SET affinity = ? WHERE worker_id = 'w2'",
                         (bad,))
 
@@ -293,12 +318,18 @@ def test_terminating_a_worker_that_holds_a_run_fails_the_run(workers, db):
 def test_terminated_at_is_set_exactly_when_terminated_at_the_sql_level(workers, db):
     _worker_in(workers, "IDLE", "idle")
     _worker_in(workers, "TERMINATED", "gone")
-    for sql in ["UPDATE workers SET terminated_at = '2026-01-01' WHERE worker_id = 'idle'",
-                "UPDATE workers SET state = 'TERMINATED' WHERE worker_id = 'idle'",
-                "UPDATE workers SET terminated_at = NULL WHERE worker_id = 'gone'",
-                "UPDATE workers SET state = 'ASLEEP' WHERE worker_id = 'idle'",
-                "UPDATE workers SET last_heartbeat = 'yesterday' WHERE worker_id = 'idle'"]:
-        with pytest.raises(REFUSED):
+    # each refused by the constraint named (SQLite quotes it, PostgreSQL names it)
+    exactly_when = r"\(state = 'TERMINATED'\) = \(terminated_at IS NOT NULL\)|\"workers_check\""
+    for sql, constraint in [
+            ("UPDATE workers SET terminated_at = '2026-01-01' WHERE worker_id = 'idle'",
+             exactly_when),
+            ("UPDATE workers SET state = 'TERMINATED' WHERE worker_id = 'idle'", exactly_when),
+            ("UPDATE workers SET terminated_at = NULL WHERE worker_id = 'gone'", exactly_when),
+            ("UPDATE workers SET state = 'ASLEEP' WHERE worker_id = 'idle'",
+             r"failed: state IN \(|\"workers_state_check\""),
+            ("UPDATE workers SET last_heartbeat = 'yesterday' WHERE worker_id = 'idle'",
+             r"failed: last_heartbeat GLOB|\"uet_timestamp_check\"")]:
+        with pytest.raises(REFUSED, match=constraint):
             raw_execute(db, sql)
     assert workers.get_worker("idle").state == "IDLE"
 
@@ -315,17 +346,17 @@ def test_processes_claiming_at_once_never_get_the_same_run(shared_db, tmp_path):
     """8 workers in 8 processes claim from 1,000 pending runs: each run exactly once."""
     import subprocess
     import sys
-    import time
     from collections import Counter
     from pathlib import Path
+
+    from helpers import start_when_ready
     helpers = str(Path(__file__).parent.parent / "helpers.py")
     run_ids = {shared_db.create_run({"project_id": "p", "phase_id": "ph"}) for _ in range(1000)}
     go = str(tmp_path / "go")
     outs = [str(tmp_path / f"out{i}") for i in range(8)]
     procs = [subprocess.Popen([sys.executable, helpers, "claim", shared_db.db_path, f"w{i}",
                                go, out]) for i, out in enumerate(outs)]
-    time.sleep(0.5)
-    Path(go).touch()
+    start_when_ready(outs, go)
     assert [p.wait(timeout=300) for p in procs] == [0] * 8
     claims = Counter(line for out in outs for line in Path(out).read_text().split())
     assert set(claims) == run_ids and set(claims.values()) == {1}
@@ -357,7 +388,6 @@ def test_a_step_attempt_names_a_live_worker(workers, db):
 
 
 def test_a_busy_worker_claiming_again_is_a_duplicate_transition(workers, db):
-    from uet.errors import DuplicateTransitionError
     db.create_run({"project_id": "p", "phase_id": "ph"})
     db.create_run({"project_id": "p", "phase_id": "ph"})
     _worker_in(workers, "IDLE")
