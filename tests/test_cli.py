@@ -37,8 +37,47 @@ def uet_env() -> dict[str, str]:
 
 def uet(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     env = uet_env()
+    # no terminal on stdin (as in CI): `uet run` gives the command its own process group
     return subprocess.run([UET, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def readline(proc: subprocess.Popen, timeout: float = 120) -> str | bytes:
+    """The next line of a running command's stdout, or a failure (and the command killed)
+    when none comes within `timeout` seconds: a test must fail, not hang."""
+    import threading
+    line: list = []
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive():
+        proc.kill()  # its end of the pipe closes, so the reader returns
+        reader.join(30)
+        pytest.fail(f"no line from {proc.args!r} within {timeout:g} s")
+    return line[0]
+
+
+def gone(pid: int, timeout: float = 30) -> bool:
+    """Whether process `pid` ends within `timeout` seconds (a zombie counts as ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _survived(pid: int) -> bool:
+    """Whether process `pid` is still alive 30 s on; one that is, is killed (a failing
+    test leaves nothing running)."""
+    if gone(pid):
+        return False
+    os.kill(pid, signal.SIGKILL)
+    return True
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -142,24 +181,18 @@ def test_timeout_kills_the_command_and_fails_the_run(tmp_path):
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_cancels_the_run_and_stops_the_command(tmp_path, signum, code):
     path = str(tmp_path / ".ledger" / "framework.db")
-    proc = subprocess.Popen([UET, "run", "--", "sleep", "30"], cwd=tmp_path,
+    command = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
+    proc = subprocess.Popen([UET, "run", "--", sys.executable, "-c", command], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while True:  # wait until the command is running under the ledger
-        assert time.monotonic() < deadline, "the run never started"
-        if os.path.exists(path):
-            with init_db(path) as db:
-                runs = db.list_runs()
-                if runs and db.list_step_attempts(runs[0]["run_id"]):
-                    break
-        time.sleep(0.05)
-    time.sleep(0.2)
+    child = int(readline(proc))  # the command runs, and uet is copying its output
     proc.send_signal(signum)
-    _, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
+    assert gone(child), "the command outlived the cancellation"
     with init_db(path) as db:
         run = db.list_runs()[0]
-        assert run["state"] == "canceled" and signal.Signals(signum).name in run["error_message"]
+        assert run["state"] == "canceled"
+        assert run["error_message"].startswith(f"canceled by {signal.Signals(signum).name}: ")
         assert db.list_step_attempts(run["run_id"])[0]["state"] == "canceled"
 
 
@@ -249,7 +282,7 @@ def test_events_follow_sees_what_another_process_writes(tmp_path, ledger):
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=uet_env())
     try:
-        first = json.loads(follower.stdout.readline())
+        first = json.loads(readline(follower))
         assert (first["event_type"], first["seq"]) == ("run.created", 1)
         writer = subprocess.run([sys.executable, "-c", (
             "import sys; from uet.state import init_db\n"
@@ -257,7 +290,7 @@ def test_events_follow_sees_what_another_process_writes(tmp_path, ledger):
             "for i in range(5): db.create_event({'run_id': sys.argv[2], 'event_type': 'tick', "
             "'data': {'i': i}})\n"), str(ledger), run_id], capture_output=True, text=True)
         assert writer.returncode == 0, writer.stderr
-        seen = [json.loads(follower.stdout.readline()) for _ in range(5)]
+        seen = [json.loads(readline(follower)) for _ in range(5)]
         assert [e["data"]["i"] for e in seen] == [0, 1, 2, 3, 4]
         assert [e["seq"] for e in seen] == [2, 3, 4, 5, 6]
     finally:
@@ -336,10 +369,12 @@ def test_doctor_reports_a_ledger_out_of_wal_and_exits_1(tmp_path, sqlite_ledger)
 
 
 def test_a_background_process_left_behind_does_not_keep_the_run_open(tmp_path):
-    started = time.monotonic()
-    result = uet("run", "--", "sh", "-c", "echo started; sleep 30 &", cwd=tmp_path,
-                 timeout=25)
-    assert result.returncode == 0 and time.monotonic() - started < 20
+    # the timeout below is far under the 300 s the leftover would keep its pipe open
+    result = uet("run", "--", "sh", "-c", "echo started; sleep 300 & echo $! > bg.pid",
+                 cwd=tmp_path, timeout=120)
+    # stopped with the command's process group when the command ended
+    assert not _survived(int((tmp_path / "bg.pid").read_text())), "the leftover sleep survived"
+    assert result.returncode == 0
     assert "started" in result.stdout
     with init_db(str(tmp_path / ".ledger" / "framework.db")) as db:
         assert db.list_runs()[0]["state"] == "succeeded"
@@ -372,14 +407,17 @@ def test_inspection_never_changes_a_ledger(tmp_path):
 
 def test_a_second_signal_while_stopping_changes_nothing_but_the_kill(tmp_path):
     path = str(tmp_path / ".ledger" / "framework.db")
+    # the command shrugs off SIGINT and SIGTERM, saying so (its print is our handshake)
     stubborn = ("import signal, time\n"
-                "for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_IGN)\n"
-                "print('ready', flush=True)\ntime.sleep(100)\n")
+                "def shrug(n, f): print('got', signal.Signals(n).name, flush=True)\n"
+                "for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, shrug)\n"
+                "print('ready', flush=True)\n"
+                "while True: time.sleep(100)\n")
     proc = subprocess.Popen([UET, "run", "--", sys.executable, "-c", stubborn], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline() == "ready\n"
+    assert readline(proc) == "ready\n"
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
+    assert readline(proc) == "got SIGINT\n"  # uet is stopping the command now
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)  # the child is killed after the grace period
     assert proc.returncode == 130 and "Traceback" not in err
@@ -393,21 +431,14 @@ def test_timeout_stops_what_the_command_started(tmp_path):
     script = "sleep 100 & echo $! > bg.pid; sleep 100"
     result = uet("run", "--timeout", "1", "--", "sh", "-c", script, cwd=tmp_path)
     assert result.returncode == 124
-    background = int((tmp_path / "bg.pid").read_text())
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            os.kill(background, 0)
-        except ProcessLookupError:
-            break  # gone with the command's process group
-        assert time.monotonic() < deadline, "the background sleep survived the timeout"
-        time.sleep(0.05)
+    # gone with the command's process group
+    assert not _survived(int((tmp_path / "bg.pid").read_text())), "the background sleep lives"
 
 
 def test_a_reader_that_goes_away_stops_the_command(tmp_path):
     proc = subprocess.Popen([UET, "run", "--", "yes"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    assert proc.stdout.readline() == b"y\n"
+    assert readline(proc) == b"y\n"
     proc.stdout.close()  # like `| head -1`
     proc.wait(timeout=30)
     proc.stderr.close()
@@ -481,14 +512,17 @@ def test_events_follow_on_postgresql_wakes_on_commit_not_on_its_interval(tmp_pat
                                  "--db", postgres_url], cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=uet_env())
     try:
-        assert json.loads(follower.stdout.readline())["event_type"] == "run.created"
-        time.sleep(0.5)  # the follower is now waiting: only a notification wakes it early
-        start = time.monotonic()
+        # once it printed the run's creation the follower has read the trail (it listens
+        # before reading): from then on only a notification, or its next poll 60 s after
+        # that read, shows it the next event
+        assert json.loads(readline(follower))["event_type"] == "run.created"
         with init_db(postgres_url) as db:
             db.create_event({"run_id": run_id, "event_type": "wake"})
-        assert json.loads(follower.stdout.readline())["event_type"] == "wake"
-        # under the 60 s interval: woken by NOTIFY, not by polling
-        assert time.monotonic() - start < 50
+        committed = time.monotonic()
+        assert json.loads(readline(follower, timeout=120))["event_type"] == "wake"
+        # a time bound, necessarily: polling would take up to 60 s from the read, while a
+        # notification takes well under a second; 40 s leaves room for a loaded machine
+        assert time.monotonic() - committed < 40
     finally:
         follower.send_signal(signal.SIGINT)
         follower.communicate(timeout=30)
