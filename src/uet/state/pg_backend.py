@@ -41,6 +41,15 @@ QUERIES = load_queries("postgresql")
 MIGRATIONS = load_migrations("postgresql")
 LATEST_VERSION = MIGRATIONS[-1].version
 POOL_MAX_SIZE = 8
+# the least a call waits for a pooled connection, whatever its busy_timeout: opening a new
+# connection to the server alone can take that long
+POOL_WAIT_FLOOR = 1.0
+
+
+def pool_wait(busy_timeout: float) -> float:
+    """How long a call waits for a connection from the pool."""
+    return max(busy_timeout, POOL_WAIT_FLOOR)
+
 # high 32 bits of the ledger lock's advisory key ('uet1'); the low 32 bits are the oid of
 # the ledger's schema, so ledgers in different schemas of one database do not contend
 _LOCK_CLASS = 0x75657431
@@ -114,7 +123,9 @@ def translate_error(exc: Exception, path: str, busy_timeout: float) -> UetError:
     if isinstance(exc, psycopg_pool.PoolTimeout):
         return DatabaseBusyError(
             f"ledger {path}: no connection to the server could be had within "
-            f"{busy_timeout:g} s ({text}); check that the server runs and accepts connections")
+            f"{pool_wait(busy_timeout):g} s ({text}); check that the server runs and accepts "
+            f"connections, and that this process's {POOL_MAX_SIZE} pooled connections are not "
+            "all held by long calls")
     if isinstance(exc, (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected,
                         pg_errors.SerializationFailure, pg_errors.QueryCanceled)):
         return DatabaseBusyError(
@@ -232,7 +243,7 @@ class PostgresBackend:
             if self._pool is None:
                 self._pool = psycopg_pool.ConnectionPool(
                     self.url, min_size=1, max_size=POOL_MAX_SIZE, kwargs=self._settings(),
-                    configure=self._configure, timeout=max(self.busy_timeout, 1.0),
+                    configure=self._configure, timeout=pool_wait(self.busy_timeout),
                     num_workers=1, open=True, name="uet")
             return self._pool
 

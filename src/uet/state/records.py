@@ -16,8 +16,11 @@ from uet.state.machines import RUN, STEP_ATTEMPT, Machine
 
 TEXT, INT, JSON, TIMESTAMP, STATE = "text", "integer", "json", "timestamp", "state"
 INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
-# SQLite's default limit on one value is 1e9 bytes; refuse above it with a clear message.
+# SQLite's default limit on one string is 1e9 bytes, and it stores a whole row as one
+# record under the same limit (PostgreSQL's limit on one message is about 1 GiB); refuse
+# above it with a clear message, counting a record's own bookkeeping per column generously.
 MAX_VALUE_BYTES = 1_000_000_000
+ROW_BYTES_PER_COLUMN = 16
 # JSON nested deeper than this is refused on write: Python's decoder has a recursion limit,
 # and a value that could be written but not read back would poison every later read.
 MAX_JSON_DEPTH = 200
@@ -249,7 +252,24 @@ def prepare_insert(table: Table, data: object) -> dict[str, object]:
             row[column.name] = table.machine.initial[0]
         else:
             row[column.name] = None
+    check_row_size(table, row)
     return row
+
+
+def check_row_size(table: Table, row: Mapping[str, object]) -> None:
+    """Refuse a row whose values together (as stored, plus per-column bookkeeping) exceed
+    MAX_VALUE_BYTES: SQLite would refuse the record, PostgreSQL the message."""
+    texts = [(name, value) for name, value in row.items() if isinstance(value, str)]
+    overhead = ROW_BYTES_PER_COLUMN * len(table.columns)
+    if 4 * sum(len(value) for _, value in texts) + overhead <= MAX_VALUE_BYTES:
+        return  # at most 4 UTF-8 bytes a character: cannot be over, no need to count
+    sizes = {name: len(value.encode("utf-8")) for name, value in texts}
+    if sum(sizes.values()) + overhead > MAX_VALUE_BYTES:
+        largest = max(sizes, key=sizes.__getitem__)
+        raise ValidationError(
+            f"{table.entity} values together are larger than {MAX_VALUE_BYTES:,} bytes, the "
+            f"limit of one ledger record (largest: {largest!r}, {sizes[largest]:,} bytes); "
+            "keep large output outside the ledger and store a reference", field=largest)
 
 
 def prepare_update(table: Table, entity_id: str, updates: object) -> dict[str, object]:
@@ -266,6 +286,7 @@ def prepare_update(table: Table, entity_id: str, updates: object) -> dict[str, o
             raise ValidationError(
                 f"{table.entity} field {name!r} can never change", field=name)
         changes[name] = encode_value(table, column, value)
+    check_row_size(table, changes)
     return changes
 
 

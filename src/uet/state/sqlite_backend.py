@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
 from uet.errors import (ConstraintViolation, DatabaseBusyError, NotALedgerError,
-                        StorageError, UetError)
+                        StorageError, UetError, ValidationError)
 from uet.state.backend import Transaction, rows_of
+from uet.state.records import MAX_VALUE_BYTES
 from uet.state.sqlfiles import load_queries
 
 QUERIES = load_queries("sqlite")
@@ -80,6 +81,10 @@ def translate_error(exc: sqlite3.Error, path: str, busy_timeout: float) -> UetEr
     text = str(exc)
     if primary == sqlite3.SQLITE_CONSTRAINT:
         return ConstraintViolation(text, kind=_CONSTRAINT_KINDS.get(code, "other"))
+    if primary == sqlite3.SQLITE_TOOBIG:  # the values a row already holds and new ones
+        return ValidationError(
+            f"the record would be larger than {MAX_VALUE_BYTES:,} bytes, SQLite's limit on "
+            f"one row ({text}); keep large output outside the ledger and store a reference")
     if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return DatabaseBusyError(
             f"ledger {path} stayed locked by another writer for more than {busy_timeout:g} s "
