@@ -59,8 +59,11 @@ def refuse_event_inserts(db, event_type_like: str) -> None:
 
 
 def allow_event_inserts(db) -> None:
-    raw_execute(db, "DROP TRIGGER no_events" + (" ON run_events" if db.engine == "postgresql"
-                                                else ""))
+    if db.engine == "postgresql":
+        raw_execute(db, "DROP TRIGGER no_events ON run_events")
+        raw_execute(db, "DROP FUNCTION test_no_events()")
+    else:
+        raw_execute(db, "DROP TRIGGER no_events")
 
 
 # every row of a ledger, children first (DELETE: far cheaper than TRUNCATE on tiny tables)
