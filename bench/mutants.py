@@ -52,6 +52,7 @@ VALIDATION = "tests/state/test_validation.py"
 WORKERS = "tests/state/test_workers.py"
 CONCURRENCY = "tests/state/test_concurrency.py"
 BAD_INPUT = "tests/state/test_bad_input_properties.py"
+CLI = "tests/test_cli.py"
 
 TEST_TIMEOUT_S = 120  # pytest-timeout, per test (setup, call and teardown together)
 WALL_CLOCK_S = 900  # one mutant's whole pytest run, targeted selection
@@ -192,6 +193,17 @@ MUTANTS: tuple[Mutant, ...] = (
               "        size = len(value.encode(\"utf-8\"))",
               "        size = len(value.encode(\"utf-8\", \"surrogatepass\"))"),),
         (VALIDATION, BAD_INPUT, CRUD),
+    ),
+    Mutant(
+        "leftover_survives",
+        "uet run leaves the command's leftovers running",
+        "When the command ends, `uet run` no longer stops what it left behind in its "
+        "process group (a `sleep &` of a shell script keeps running, holding the output "
+        "pipe).",
+        (Edit("uet/engine/executor.py",
+              "    if own_group:  # what the command left behind in its group goes with it",
+              "    if False:  # mutant: what the command left behind keeps running"),),
+        (CLI,),
     ),
 )
 BY_NAME = {m.name: m for m in MUTANTS}
