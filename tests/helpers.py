@@ -66,6 +66,18 @@ def allow_event_inserts(db) -> None:
         raw_execute(db, "DROP TRIGGER no_events")
 
 
+def refused_by(sqlite: str, postgres: str) -> str:
+    """The `match` pattern for a raw write refused by one constraint: SQLite quotes an
+    unnamed CHECK's expression (as written, line breaks included), PostgreSQL names the
+    constraint; a trigger's RAISE text is the same on both (pass it twice)."""
+    import re
+    if sqlite == postgres:
+        return re.escape(sqlite)
+    expression = r"\s+".join(re.escape(word) for word in sqlite.split())
+    return (f"^CHECK constraint failed: {expression}"
+            f'|violates check constraint "{re.escape(postgres)}"')
+
+
 # every row of a ledger, children first (DELETE: far cheaper than TRUNCATE on tiny tables)
 EMPTY_POSTGRES_LEDGER = ("DELETE FROM gate_dependencies; DELETE FROM test_gates; "
                  "DELETE FROM patch_ledger_entries; DELETE FROM patches; "

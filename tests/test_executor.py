@@ -30,6 +30,7 @@ def test_run_command_from_a_worker_thread(in_memory_db):
 
 def test_run_command_needs_a_command(in_memory_db):
     for argv in ([], [""]):
-        with pytest.raises(ValidationError):
+        with pytest.raises(ValidationError, match="^uet run needs a command to run$") as info:
             run_command(in_memory_db, argv, project_id="p", phase_id="ph")
+        assert info.value.field == "command"
     assert in_memory_db.list_runs() == []

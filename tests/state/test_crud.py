@@ -69,7 +69,7 @@ def test_datetime_objects_are_accepted(db):
 
 def test_duplicate_run_id_is_refused(db, sample_run_data):
     db.create_run(sample_run_data)
-    with pytest.raises(AlreadyExistsError, match="run-0001"):
+    with pytest.raises(AlreadyExistsError, match="^run 'run-0001' already exists$"):
         db.create_run(sample_run_data)
     assert len(db.list_runs()) == 1
 
@@ -86,16 +86,16 @@ def test_update_run_changes_known_columns_and_returns_the_row(db, sample_run_dat
 def test_update_run_accepts_an_unchanged_run_id_but_never_a_new_one(db, sample_run_data):
     db.create_run(sample_run_data)
     db.update_run("run-0001", {"run_id": "run-0001", "exit_code": 3})
-    with pytest.raises(ValidationError, match="run_id"):
+    with pytest.raises(ValidationError, match="^run field 'run_id' can never change$"):
         db.update_run("run-0001", {"run_id": "other"})
     assert db.get_run("run-0001")["exit_code"] == 3
     assert db.get_run("other") is None
 
 
 def test_update_missing_run_is_not_found(db):
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError, match="^run 'ghost' not found$"):
         db.update_run("ghost", {"exit_code": 1})
-    with pytest.raises(LookupError):
+    with pytest.raises(NotFoundError, match="^step_attempt 'ghost' not found$"):
         db.update_step_attempt("ghost", {"exit_code": 1})
 
 
@@ -132,7 +132,8 @@ def test_list_runs_filters(db):
 
 @pytest.mark.parametrize("limit", [0, -1, "10", 1.5, True])
 def test_list_runs_bad_limit(db, limit):
-    with pytest.raises(ValidationError, match="limit"):
+    with pytest.raises(ValidationError, match=f"^limit must be an integer from 1 to "
+                                              f"{2**63 - 1}, got {re.escape(repr(limit))}$"):
         db.list_runs(limit=limit)
 
 
@@ -163,16 +164,19 @@ def test_list_step_attempts_by_sequence_then_attempt(db, sample_run_data):
 def test_explicit_attempt_numbers_must_be_unique_per_sequence(db, sample_run_data):
     run_id = db.create_run(sample_run_data)
     db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "t", "attempt": 4})
-    with pytest.raises(ValidationError, match="attempt 4"):
+    with pytest.raises(ValidationError, match=f"^run '{run_id}' already has attempt 4 of step "
+                                              "sequence 1; omit attempt"):
         db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "t", "attempt": 4})
     nxt = db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "t"})
     assert db.get_step_attempt(nxt)["attempt"] == 5
 
 
 def test_step_attempt_for_missing_run_is_a_dangling_reference(db):
-    with pytest.raises(ValidationError, match="does not exist"):
+    with pytest.raises(ValidationError, match="^step_attempt '[0-9A-Z]{26}' refers to run "
+                                              "'ghost', which does not exist$"):
         db.create_step_attempt({"run_id": "ghost", "sequence": 1, "tool_id": "t"})
-    with pytest.raises(ValidationError, match="does not exist"):
+    with pytest.raises(ValidationError, match="^event '[0-9A-Z]{26}' refers to run 'ghost', "
+                                              "which does not exist$"):
         db.create_event({"run_id": "ghost", "event_type": "x"})
     assert db.events_since(0) == []
 
@@ -184,7 +188,7 @@ def test_create_event_and_list(db, sample_run_data, sample_event_data):
     assert events == [{"event_id": "event-0001", "run_id": "run-0001",
                        "timestamp": "2026-01-31T12:00:02.000000Z", "event_type": "tool.output",
                        "data": {"line": "ok", "n": 1}, "seq": events[0]["seq"]}]
-    with pytest.raises(AlreadyExistsError):
+    with pytest.raises(AlreadyExistsError, match="^event 'event-0001' already exists$"):
         db.create_event(sample_event_data)
 
 
@@ -200,7 +204,7 @@ def test_delete_run_removes_steps_and_events(db, sample_run_data, sample_step_da
     assert db.list_events("run-0001") == []
     assert db.list_step_attempts("run-0001") == []
     assert [e["run_id"] for e in db.events_since(0)] == ["keep"]
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError, match="^run 'run-0001' not found$"):
         db.delete_run("run-0001")
 
 
@@ -220,7 +224,7 @@ def test_context_manager_closes(tmp_path):
     with init_db(str(tmp_path / "x.db")) as db:
         db.create_run({"project_id": "p", "phase_id": "ph"})
     assert db.closed
-    with pytest.raises(StorageError, match="closed"):
+    with pytest.raises(StorageError, match=f"^ledger {re.escape(db.db_path)} is closed$"):
         db.list_runs()
     db.connect()  # the seed's reopen
     assert len(db.list_runs()) == 1

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from uet.errors import InvalidTransitionError, NotFoundError, ValidationError
-from helpers import REFUSED, raw_execute
+from helpers import REFUSED, raw_execute, refused_by
 from uet.state import GATE, GateLedger, GateState, GateType
 
 LEGAL = sorted((a, b) for a in GATE.states for b in GATE.states if GATE.can(a, b))
@@ -53,24 +54,31 @@ def test_define_gate(gates, db):
     assert gates.get_gate("ghost") is None
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"gate_type": "SMOKE"}, "gate_type"),
-    ({"command": ""}, "command"),
-    ({"phase_id": None}, "phase_id"),
-    ({"timeout_sec": 0}, "timeout_sec"),
-    ({"timeout_sec": "5"}, "timeout_sec"),
-    ({"depends_on": "LINT"}, "depends_on"),
-    ({"depends_on": None}, "depends_on"),
-    ({"depends_on": 3}, "depends_on"),
-    ({"gate_type": ["UNIT"]}, "gate_type"),
-    ({"gate_type": {}}, "gate_type"),
-    ({"depends_on": ["NOPE"]}, "depends_on"),
-    ({"run_id": "ghost"}, "run_id"),
-    ({"ledger_id": "ghost"}, "ledger_id"),
+GATE_TYPES = "; known: LINT, UNIT, INTEGRATION, SECURITY"
+
+
+@pytest.mark.parametrize("kwargs, field, message", [
+    ({"gate_type": "SMOKE"}, "gate_type", "unknown gate_type 'SMOKE'" + GATE_TYPES),
+    ({"command": ""}, "command", "command must be a non-empty string, got ''"),
+    ({"phase_id": None}, "phase_id", "phase_id must be a non-empty string, got None"),
+    ({"timeout_sec": 0}, "timeout_sec", "timeout_sec must be a number of seconds > 0, got 0"),
+    ({"timeout_sec": "5"}, "timeout_sec",
+     "timeout_sec must be a number of seconds > 0, got '5'"),
+    ({"depends_on": "LINT"}, "depends_on", "depends_on must be a list of gate names, got 'LINT'"),
+    ({"depends_on": None}, "depends_on", "depends_on must be a list of gate names, got None"),
+    ({"depends_on": 3}, "depends_on", "depends_on must be a list of gate names, got 3"),
+    ({"gate_type": ["UNIT"]}, "gate_type", "unknown gate_type ['UNIT']" + GATE_TYPES),
+    ({"gate_type": {}}, "gate_type", "unknown gate_type {}" + GATE_TYPES),
+    ({"depends_on": ["NOPE"]}, "depends_on",
+     "depends_on names gate 'NOPE', which is not defined in this phase/run/patch scope"),
+    ({"run_id": "ghost"}, "run_id", "gate refers to a run or patch entry that does not exist "
+                                    "(run_id='ghost', ledger_id=None)"),
+    ({"ledger_id": "ghost"}, "ledger_id", "gate refers to a run or patch entry that does not "
+                                          "exist (run_id=None, ledger_id='ghost')"),
 ])
-def test_bad_definitions_are_refused_and_write_nothing(gates, db, kwargs, field):
+def test_bad_definitions_are_refused_and_write_nothing(gates, db, kwargs, field, message):
     args = {"gate_type": "UNIT", "phase_id": "PH-1", "command": "pytest", **kwargs}
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ValidationError, match=f"^{re.escape(message)}$") as info:
         gates.define_gate(args.pop("gate_type"), args.pop("phase_id"), args.pop("command"),
                           **args)
     assert info.value.field == field
@@ -97,7 +105,8 @@ def test_legal_transitions(gates, db, current, target):
 def test_illegal_transitions_change_nothing(gates, db, current, target):
     gate_id = _gate_in(gates, current)
     before, events = gates.get_gate(gate_id), db.events_since(0)
-    with pytest.raises(InvalidTransitionError, match=f"{current}.*{target}"):
+    with pytest.raises(InvalidTransitionError, match=f"^gate '{gate_id}' cannot go from "
+                                                     f"{current} to {target}: "):
         gates.transition_state(gate_id, target, exit_code=0)
     assert gates.get_gate(gate_id) == before and db.events_since(0) == events
 
@@ -105,10 +114,10 @@ def test_illegal_transitions_change_nothing(gates, db, current, target):
 @pytest.mark.parametrize("target", ["PASSED", "FAILED"])
 def test_completion_needs_an_exit_code(gates, target):
     gate_id = _gate_in(gates, "RUNNING")
-    with pytest.raises(ValidationError, match="exit_code"):
+    with pytest.raises(ValidationError, match=f"^a gate that {target} needs its exit_code$"):
         gates.transition_state(gate_id, target)
     assert gates.get_gate(gate_id)["state"] == "RUNNING"
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError, match="^gate 'ghost' not found$"):
         gates.transition_state("ghost", "RUNNING")
 
 
@@ -174,16 +183,19 @@ def test_dependencies_are_scoped(gates, db):
     gates.transition_state(lint_a["gate_id"], "FAILED", exit_code=1)
     assert gates.get_gate(unit_b["gate_id"])["state"] == "PENDING"
     assert [g["state"] for g in gates.list_gates(run_id=run_a)] == ["FAILED", "BLOCKED"]
-    with pytest.raises(ValidationError, match="not defined in this"):
+    with pytest.raises(ValidationError, match="^depends_on names gate 'LINT', which is not "
+                                              "defined in this phase/run/patch scope$"):
         gates.define_gate("UNIT", "PH-2", "pytest", depends_on=["LINT"], run_id=run_a)
 
 
 def test_dependency_cycles_are_refused(gates):
     gates.define_gate("LINT", "PH-1", "ruff")
     gates.define_gate("UNIT", "PH-1", "pytest", depends_on=["LINT"])
-    with pytest.raises(ValidationError, match="cycle"):
+    with pytest.raises(ValidationError, match="^gate 'LINT' would depend on itself through "
+                                              "UNIT: dependency cycles are refused$"):
         gates.define_gate("LINT", "PH-1", "ruff", depends_on=["UNIT"])
-    with pytest.raises(ValidationError, match="cycle"):
+    with pytest.raises(ValidationError, match="^gate 'UNIT' would depend on itself through "
+                                              "UNIT: dependency cycles are refused$"):
         gates.define_gate("UNIT", "PH-1", "pytest", depends_on=["UNIT"])
     assert len(gates.list_gates()) == 2
 
@@ -201,7 +213,9 @@ def test_expire_timeouts_fails_gates_past_their_timeout(gates, db):
     assert "timeout" in gate["stderr"] and 60 <= gate["duration_sec"] < 62
     assert gates.get_gate(quick)["state"] == "RUNNING"
     assert _states(gates)["SECURITY"] == "BLOCKED"
-    with pytest.raises(ValidationError, match="aware"):
+    with pytest.raises(ValidationError, match=r"^now must be an aware datetime \(e\.g\. "
+                                              r"datetime\.now\(timezone\.utc\)\), got "
+                                              r"datetime\.datetime\(2030, 1, 1, 0, 0\)$"):
         gates.expire_timeouts(now=datetime(2030, 1, 1))
     assert gates.expire_timeouts(now=datetime.now(timezone.utc)) == []
 
@@ -214,18 +228,33 @@ def test_list_gates_filters(gates, db):
     assert [g["name"] for g in gates.list_gates(phase_id="PH-2")] == ["UNIT"]
     assert [g["gate_id"] for g in gates.list_gates(state=GateState.PASSED)] == [a]
     assert len(gates.list_gates()) == 2
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError,
+                       match="^unknown gate state 'DONE'; known states: PENDING, "):
         gates.list_gates(state="DONE")
 
 
 def test_sql_level_invariants(gates, db):
     gate_id = _gate_in(gates, "RUNNING")
-    for sql in ["UPDATE test_gates SET state = 'PASSED', completed_at = 'x'",
-                "UPDATE test_gates SET state = 'FAILED', exit_code = 1",
-                "UPDATE test_gates SET gate_type = 'SMOKE'",
-                "UPDATE test_gates SET state = 'DONE'",
-                "UPDATE test_gates SET timeout_sec = 0"]:
-        with pytest.raises(REFUSED):
+    done = "'2026-01-01T00:00:00.000000Z'"
+    for sql, constraint in [
+        # a well-formed completed_at, so that only the missing exit code is wrong
+        (f"UPDATE test_gates SET state = 'PASSED', completed_at = {done}",
+         refused_by("state NOT IN ('PASSED', 'FAILED') OR exit_code IS NOT NULL",
+                "test_gates_check")),
+        ("UPDATE test_gates SET state = 'FAILED', exit_code = 1",
+         refused_by("(state IN ('PASSED', 'FAILED')) = (completed_at IS NOT NULL)",
+                "test_gates_check1")),
+        # (PostgreSQL checks the timestamp format with a domain of its own)
+        ("UPDATE test_gates SET started_at = 'x'",
+         refused_by("started_at GLOB '[0-9]", "uet_timestamp_check")),
+        ("UPDATE test_gates SET gate_type = 'SMOKE'",
+         refused_by("gate_type IN ('LINT',", "test_gates_gate_type_check")),
+        ("UPDATE test_gates SET state = 'DONE'",
+         refused_by("state IN ( 'PENDING',", "test_gates_state_check")),
+        ("UPDATE test_gates SET timeout_sec = 0",
+         refused_by("timeout_sec IS NULL OR (typeof(timeout_sec) = 'real'",
+                "test_gates_timeout_sec_check"))]:
+        with pytest.raises(REFUSED, match=constraint):
             raw_execute(db, sql)
     assert gates.get_gate(gate_id)["state"] == "RUNNING"
 
@@ -233,10 +262,12 @@ def test_sql_level_invariants(gates, db):
 def test_a_gate_starts_only_after_its_dependencies_passed(gates):
     lint = _gate_in(gates, "PENDING", gate_type="LINT")
     unit = _gate_in(gates, "PENDING", gate_type="UNIT", depends_on=["LINT"])
-    with pytest.raises(InvalidTransitionError, match="dependency LINT has not passed"):
+    not_passed = (f"^gate '{unit}' cannot go from PENDING to RUNNING: its dependency LINT has "
+                  "not passed")
+    with pytest.raises(InvalidTransitionError, match=not_passed + r" \(it is PENDING\)$"):
         gates.transition_state(unit, "RUNNING")
     gates.transition_state(lint, "RUNNING")
-    with pytest.raises(InvalidTransitionError, match="RUNNING"):
+    with pytest.raises(InvalidTransitionError, match=not_passed + r" \(it is RUNNING\)$"):
         gates.transition_state(unit, "RUNNING")
     gates.transition_state(lint, "PASSED", exit_code=0)
     assert gates.transition_state(unit, "RUNNING")["state"] == "RUNNING"
@@ -247,7 +278,8 @@ def test_a_blocked_gate_cannot_be_released_while_its_dependency_is_failed(gates)
     unit = _gate_in(gates, "PENDING", gate_type="UNIT", depends_on=["LINT"])
     gates.transition_state(lint, "RUNNING")
     gates.transition_state(lint, "FAILED", exit_code=2)
-    with pytest.raises(InvalidTransitionError, match="dependency LINT is FAILED"):
+    with pytest.raises(InvalidTransitionError, match=f"^gate '{unit}' cannot go from BLOCKED to "
+                                                     "PENDING: its dependency LINT is FAILED$"):
         gates.transition_state(unit, "PENDING")
     assert gates.get_gate(unit)["state"] == "BLOCKED"
 
@@ -297,7 +329,8 @@ def test_diamond_blocks_once_and_unblocks(gates, db):
 
 def test_bad_now_values_are_typed_errors(gates):
     from datetime import timezone as tz
-    with pytest.raises(ValidationError, match="now"):
+    with pytest.raises(ValidationError, match="^now is outside the years 1 to 9999 in UTC: "):
         gates.expire_timeouts(now=datetime(9999, 12, 31, 23, tzinfo=tz(timedelta(hours=-5))))
-    with pytest.raises(ValidationError, match="now"):
+    with pytest.raises(ValidationError,
+                       match="^now must be an aware datetime .*, got '2026-01-01'$"):
         gates.expire_timeouts(now="2026-01-01")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from uet.errors import ConcurrentUpdateError, InvalidTransitionError, ValidationError
@@ -77,7 +79,8 @@ def test_illegal_run_transition_is_refused_and_changes_nothing(db, via,
     db = db
     run_id = _run_in(db, current)
     before_row, before_events = db.get_run(run_id), db.events_since(0)
-    with pytest.raises(InvalidTransitionError) as info:
+    with pytest.raises(InvalidTransitionError,
+                       match=f"^run '{run_id}' cannot go from {current} to {target}: ") as info:
         if via == "transition":
             db.transition_run(run_id, target)
         else:
@@ -116,7 +119,8 @@ def test_illegal_step_transition(db, via, current, target):
     step_id = _step_in(db, current)
     before = db.get_step_attempt(step_id)
     before_events = db.events_since(0)
-    with pytest.raises(InvalidTransitionError, match=f"{step_id}.*{current}.*{target}"):
+    with pytest.raises(InvalidTransitionError, match=f"^step_attempt '{step_id}' cannot go "
+                                                     f"from {current} to {target}: "):
         if via == "transition":
             db.transition_step_attempt(step_id, target)
         else:
@@ -129,7 +133,8 @@ def test_same_state_is_refused_and_writes_no_event(db):
     db = db
     run_id = _run_in(db, "running")
     n = len(db.list_events(run_id))
-    with pytest.raises(InvalidTransitionError, match="already running"):
+    with pytest.raises(InvalidTransitionError, match=f"^run '{run_id}' cannot go from running "
+                                                     "to running: it is already running$"):
         db.transition_run(run_id, "running")
     assert len(db.list_events(run_id)) == n
 
@@ -167,7 +172,8 @@ def test_run_may_be_created_running_with_started_at(db):
 
 @pytest.mark.parametrize("state", ["succeeded", "failed", "canceled", "quarantined"])
 def test_run_cannot_be_created_in_a_later_state(db, state):
-    with pytest.raises(ValidationError, match="created pending"):
+    with pytest.raises(ValidationError, match=f"^a run is created pending or running, not "
+                                              f"{state}; create it pending"):
         db.create_run({"project_id": "p", "phase_id": "ph", "state": state})
     assert db.list_runs() == []
 
@@ -175,7 +181,8 @@ def test_run_cannot_be_created_in_a_later_state(db, state):
 def test_step_cannot_be_created_finished(db):
     db = db
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
-    with pytest.raises(ValidationError, match="created running"):
+    with pytest.raises(ValidationError,
+                       match="^a step attempt is created running, not succeeded; "):
         db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "t",
                                 "state": "succeeded"})
     assert db.list_step_attempts(run_id) == []
@@ -191,32 +198,38 @@ def test_compare_and_set_fails_when_another_writer_moved_first(db):
     db = db
     run_id = _run_in(db, "running")
     n = len(db.events_since(0))
-    with pytest.raises(ConcurrentUpdateError, match="expected to be pending but is running"):
+    with pytest.raises(ConcurrentUpdateError, match=f"^run '{run_id}' was expected to be "
+                                                    "pending but is running: "):
         db.transition_run(run_id, "canceled", expected="pending")
     assert db.get_run(run_id)["state"] == "running"
     assert len(db.events_since(0)) == n
     step_id = _step_in(db, "failed")
-    with pytest.raises(ConcurrentUpdateError):
+    with pytest.raises(ConcurrentUpdateError, match=f"^step_attempt '{step_id}' was expected "
+                                                    "to be running but is failed: "):
         db.transition_step_attempt(step_id, "canceled", expected="running")
+    assert db.get_step_attempt(step_id)["state"] == "failed"
 
 
 def test_expected_must_be_a_known_state(db):
     run_id = _run_in(db, "pending")
-    with pytest.raises(ValidationError, match="unknown run expected"):
+    with pytest.raises(ValidationError,
+                       match="^unknown run expected 'waiting'; known states: pending, "):
         db.transition_run(run_id, "running", expected="waiting")
 
 
 @pytest.mark.parametrize("state", ["done", "RUNNING", "", None, 3])
 def test_unknown_target_state_is_a_validation_error(db, state):
     run_id = _run_in(db, "pending")
-    with pytest.raises(ValidationError):
+    refused = ("^run field 'state' cannot be empty$" if state is None else
+               f"^unknown run state {re.escape(repr(state))}; known states: pending, ")
+    with pytest.raises(ValidationError, match=refused):
         db.transition_run(run_id, state)
     assert db.get_run(run_id)["state"] == "pending"
 
 
 def test_transition_of_missing_rows_is_not_found(db):
     from uet.errors import NotFoundError
-    with pytest.raises(NotFoundError, match="run 'ghost' not found"):
+    with pytest.raises(NotFoundError, match="^run 'ghost' not found$"):
         db.transition_run("ghost", "running")
-    with pytest.raises(NotFoundError, match="step_attempt 'ghost'"):
+    with pytest.raises(NotFoundError, match="^step_attempt 'ghost' not found$"):
         db.transition_step_attempt("ghost", "failed")

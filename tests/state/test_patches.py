@@ -10,7 +10,7 @@ import pytest
 
 from uet.errors import ConcurrentUpdateError, InvalidTransitionError, NotFoundError, ValidationError
 from uet.state import PATCH, PatchArtifact, PatchLedger, PatchLedgerEntry, PatchState
-from helpers import REFUSED, race_outcomes, raw_execute, start_when_ready
+from helpers import REFUSED, race_outcomes, raw_execute, refused_by, start_when_ready
 from uet.state.patches import parse_unified_diff
 
 HELPERS = str(Path(__file__).parent.parent / "helpers.py")
@@ -91,11 +91,17 @@ def test_recording_the_same_diff_for_the_same_step_is_idempotent(patches, db, st
     assert patches.record_patch(DIFF, step_attempt_id=other_step).patch_id != first.patch_id
 
 
-@pytest.mark.parametrize("diff", ["", "just words", "--- a/x\n+++ b/x\nno hunk\n",
-                                  "@@ -1 +1 @@\n-a\n+b\n", 42, None])
-def test_what_is_not_a_unified_diff_is_refused(patches, db, diff):
-    with pytest.raises(ValidationError, match="diff"):
+NOT_A_DIFF = r"^diff is not a unified diff: expected '--- a/PATH'"
+NOT_TEXT = "^diff must be a non-empty string$"
+
+
+@pytest.mark.parametrize("diff, refused", [
+    ("", NOT_TEXT), ("just words", NOT_A_DIFF), ("--- a/x\n+++ b/x\nno hunk\n", NOT_A_DIFF),
+    ("@@ -1 +1 @@\n-a\n+b\n", NOT_A_DIFF), (42, NOT_TEXT), (None, NOT_TEXT)])
+def test_what_is_not_a_unified_diff_is_refused(patches, db, diff, refused):
+    with pytest.raises(ValidationError, match=refused) as info:
         patches.record_patch(diff)
+    assert info.value.field == "diff"
     assert db.events_since(0) == []
 
 
@@ -110,15 +116,19 @@ def test_git_renames_and_plain_diffs_parse():
 
 
 def test_patch_references_are_checked(patches, db, step):
-    with pytest.raises(ValidationError, match="does not exist"):
+    with pytest.raises(ValidationError, match="^step attempt 'ghost' does not exist$"):
         patches.record_patch(DIFF, step_attempt_id="ghost")
-    with pytest.raises(ValidationError, match="does not exist"):
+    with pytest.raises(ValidationError, match="^run 'ghost' does not exist$"):
         patches.record_patch(DIFF, run_id="ghost")
     other_run = db.create_run({"project_id": "p", "phase_id": "ph"})
-    with pytest.raises(ValidationError, match="belongs to run"):
+    owner = db.get_step_attempt(step)["run_id"]
+    with pytest.raises(ValidationError, match=f"^step attempt '{step}' belongs to run "
+                                              f"'{owner}', not '{other_run}'$"):
         patches.record_patch(DIFF, run_id=other_run, step_attempt_id=step)
-    with pytest.raises(ValidationError, match="record it first"):
+    with pytest.raises(ValidationError,
+                       match="^patch 'no-such-patch' does not exist; record it first$"):
         patches.create_entry("no-such-patch", "PH-1")
+    assert db.events_since(0)[-1]["event_type"] == "run.created"  # nothing was recorded
 
 
 def test_create_entry_starts_created_with_history(patches):
@@ -154,17 +164,21 @@ def test_legal_transitions_append_history(patches, db, current, target):
 def test_illegal_transitions_change_nothing(patches, db, current, target):
     ledger_id = _entry_in(patches, current)
     before, events = patches.get_entry(ledger_id), db.events_since(0)
-    with pytest.raises(InvalidTransitionError, match=f"{ledger_id}.*{current}.*{target}"):
+    with pytest.raises(InvalidTransitionError, match=f"^patch_entry '{ledger_id}' cannot go "
+                                                     f"from {current} to {target}: "):
         patches.transition_state(ledger_id, target, reason="x")
     assert patches.get_entry(ledger_id) == before and db.events_since(0) == events
 
 
 def test_quarantine_needs_a_reason(patches):
     ledger_id = _entry_in(patches, "validated")
-    with pytest.raises(ValidationError, match="reason"):
+    with pytest.raises(ValidationError, match="^quarantining a patch needs a reason$"):
         patches.transition_state(ledger_id, "quarantined")
-    with pytest.raises(ValidationError, match="reason"):
+    with pytest.raises(ValidationError, match="^reason must be a non-empty string, got ''$"):
         patches.quarantine(ledger_id, "")
+    with pytest.raises(ValidationError, match="^quarantining a patch needs a reason$"):
+        patches.quarantine(ledger_id, "  ")
+    assert patches.get_entry(ledger_id).state == "validated"
     entry = patches.quarantine(ledger_id, "touches files outside its scope")
     assert entry.state == "quarantined"
     assert entry.quarantine_reason == "touches files outside its scope"
@@ -179,17 +193,20 @@ def test_set_validation_records_flags(patches, db):
         True, False, None)
     entry = patches.set_validation(ledger_id, tests=True)
     assert (entry.validated_format, entry.validated_tests, entry.version) == (True, True, 3)
-    with pytest.raises(ValidationError, match="format"):
+    with pytest.raises(ValidationError, match="^format must be True, False or None, got 'yes'$"):
         patches.set_validation(ledger_id, format="yes")
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError, match="^patch_entry 'ghost' not found$"):
         patches.set_validation("ghost", format=True)
+    assert patches.get_entry(ledger_id).version == 3
 
 
 def test_expected_version_is_compare_and_set(patches):
     ledger_id = _entry_in(patches, "created")
     version = patches.get_entry(ledger_id).version
     patches.transition_state(ledger_id, "validated", expected_version=version)
-    with pytest.raises(ConcurrentUpdateError, match="version"):
+    with pytest.raises(ConcurrentUpdateError, match=rf"^patch_entry '{ledger_id}' was expected "
+                                                    rf"to be version {version} but is version "
+                                                    rf"{version + 1} \(validated\): "):
         patches.transition_state(ledger_id, "queued", expected_version=version)
     assert patches.get_entry(ledger_id).state == "validated"
 
@@ -197,9 +214,11 @@ def test_expected_version_is_compare_and_set(patches):
 def test_the_same_transition_twice_is_a_concurrent_update(patches):
     ledger_id = _entry_in(patches, "created")
     patches.transition_state(ledger_id, "validated")
-    with pytest.raises(ConcurrentUpdateError):
+    duplicate = (f"^patch_entry '{ledger_id}' cannot go from validated to validated: it is "
+                 "already validated$")
+    with pytest.raises(ConcurrentUpdateError, match=duplicate):
         patches.transition_state(ledger_id, "validated")
-    with pytest.raises(InvalidTransitionError):  # it is also a refused transition
+    with pytest.raises(InvalidTransitionError, match=duplicate):  # also a refused transition
         patches.transition_state(ledger_id, "validated")
 
 
@@ -211,7 +230,8 @@ def test_get_patches_by_state_and_phase(patches):
     assert [e.ledger_id for e in patches.get_patches_by_state("queued")] == [a, entry.ledger_id]
     assert [e.ledger_id for e in patches.get_patches_by_state(PatchState.QUEUED, "PH-2")] == [
         entry.ledger_id]
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError,
+                       match="^unknown patch_entry state 'merged'; known states: created, "):
         patches.get_patches_by_state("merged")
 
 
@@ -232,21 +252,37 @@ def test_history_of_run_shows_lineage(patches, db):
     assert patches.history_of_run("other") == []
 
 
+APPEND_ONLY = refused_by("patch state_history is append-only",
+                          "patch state_history is append-only")
+QUARANTINE_REASON = refused_by(
+    "state != 'quarantined' OR coalesce(length(quarantine_reason), 0) > 0",
+    "patch_ledger_entries_check1")
+
+
 def test_sql_level_invariants(patches, db):
     ledger_id = _entry_in(patches, "validated")
     bad = [
-        "UPDATE patch_ledger_entries SET state = 'quarantined', quarantine_reason = NULL",
-        "UPDATE patch_ledger_entries SET state = 'quarantined', quarantine_reason = ''",
-        "UPDATE patch_ledger_entries SET updated_at = '2000-01-01T00:00:00.000000Z'",
-        "UPDATE patch_ledger_entries SET state_history = '[]'",
-        "UPDATE patch_ledger_entries SET state_history = '[{\"state\": \"forged\"}, 1, 2, 3]'",
-        "UPDATE patch_ledger_entries SET state = 'merged'",
-        "UPDATE patch_ledger_entries SET validated_tests = 2",
-        "UPDATE patches SET sha256 = 'short'",
-        "UPDATE patches SET files = '{}'",
+        ("UPDATE patch_ledger_entries SET state = 'quarantined', quarantine_reason = NULL",
+         QUARANTINE_REASON),
+        ("UPDATE patch_ledger_entries SET state = 'quarantined', quarantine_reason = ''",
+         QUARANTINE_REASON),
+        ("UPDATE patch_ledger_entries SET updated_at = '2000-01-01T00:00:00.000000Z'",
+         refused_by("updated_at >= created_at", "patch_ledger_entries_check")),
+        ("UPDATE patch_ledger_entries SET state_history = '[]'", APPEND_ONLY),
+        ("UPDATE patch_ledger_entries SET state_history = "
+         "'[{\"state\": \"forged\"}, 1, 2, 3]'", APPEND_ONLY),
+        ("UPDATE patch_ledger_entries SET state = 'merged'",
+         refused_by("state IN ( 'created',", "patch_ledger_entries_state_check")),
+        ("UPDATE patch_ledger_entries SET validated_tests = 2",
+         refused_by("validated_tests IN (0, 1)", "patch_ledger_entries_validated_tests_check")),
+        ("UPDATE patches SET sha256 = 'short'",
+         refused_by("length(sha256) = 64", "patches_sha256_check")),
+        ("UPDATE patches SET files = '{}'",
+         refused_by("json_valid(files) AND json_type(files) = 'array'",
+                     "patches_files_check")),
     ]
-    for sql in bad:
-        with pytest.raises(REFUSED):
+    for sql, constraint in bad:
+        with pytest.raises(REFUSED, match=constraint):
             raw_execute(db, sql)
     assert patches.get_entry(ledger_id).state == "validated"
 

@@ -21,7 +21,7 @@ import pytest
 from helpers import allow_event_inserts, raw_execute, refuse_event_inserts
 from reliability_suite.migration import make_seed_ledger
 from uet.errors import (AmbiguousIdError, ConstraintViolation, DatabaseBusyError,
-                        NotALedgerError, NotFoundError, SchemaVersionError, StorageError,
+                        NotALedgerError, SchemaVersionError, StorageError,
                         ValidationError)
 from uet.state import Database, GateLedger, PatchLedger, WorkerLifecycle, init_db
 from uet.state.db import peek_version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
 import pytest
@@ -39,28 +40,40 @@ def test_named_indices_exist(raw):
     assert {"idx_runs_project", "idx_runs_state", "idx_steps_run", "idx_events_run"} <= names
 
 
-@pytest.mark.parametrize("sql", [
-    "INSERT INTO runs (run_id, project_id, phase_id, created_at, state) "
-    "VALUES ('r', 'p', 'ph', 't', 'finished')",
-    "INSERT INTO runs (run_id, project_id, phase_id, created_at, state, metadata) "
-    "VALUES ('r', 'p', 'ph', 't', 'pending', 'not json')",
-    "INSERT INTO runs (run_id, project_id, phase_id, created_at) VALUES ('r', NULL, 'ph', 't')",
-    "INSERT INTO step_attempts (step_attempt_id, run_id, sequence, tool_id, started_at, state) "
-    "VALUES ('s', 'r0', 1, 't', 'x', 'paused')",
-    "INSERT INTO step_attempts (step_attempt_id, run_id, sequence, tool_id, started_at, "
-    "attempt) VALUES ('s', 'r0', 1, 't', 'x', 0)",
-    "INSERT INTO step_attempts (step_attempt_id, run_id, sequence, tool_id, started_at) "
-    "VALUES ('s', 'ghost', 1, 't', 'x')",
-    "INSERT INTO run_events (event_id, run_id, timestamp, event_type, seq) "
-    "VALUES ('e', 'ghost', 't', 'x', 99)",
-    "INSERT INTO run_events (event_id, run_id, timestamp, event_type, data, seq) "
-    "VALUES ('e', 'r0', 't', 'x', '{', 99)",
-    "UPDATE runs SET state = 'done' WHERE run_id = 'r0'",
+def _check(expression: str) -> str:
+    """SQLite's words for an unnamed CHECK that refused a write: its expression as written
+    (line breaks included)."""
+    return "^CHECK constraint failed: " + r"\s+".join(re.escape(w) for w in expression.split())
+
+
+RUN_STATE = _check("state IN ( 'pending', 'running',")
+FOREIGN_KEY = "^FOREIGN KEY constraint failed$"
+
+
+@pytest.mark.parametrize("sql, constraint", [
+    ("INSERT INTO runs (run_id, project_id, phase_id, created_at, state) "
+     "VALUES ('r', 'p', 'ph', 't', 'finished')", RUN_STATE),
+    ("INSERT INTO runs (run_id, project_id, phase_id, created_at, state, metadata) "
+     "VALUES ('r', 'p', 'ph', 't', 'pending', 'not json')",
+     _check("metadata IS NULL OR json_valid(metadata)")),
+    ("INSERT INTO runs (run_id, project_id, phase_id, created_at) VALUES ('r', NULL, 'ph', 't')",
+     r"^NOT NULL constraint failed: runs\.project_id$"),
+    ("INSERT INTO step_attempts (step_attempt_id, run_id, sequence, tool_id, started_at, state) "
+     "VALUES ('s', 'r0', 1, 't', 'x', 'paused')", _check("state IN ( 'running', 'succeeded',")),
+    ("INSERT INTO step_attempts (step_attempt_id, run_id, sequence, tool_id, started_at, "
+     "attempt) VALUES ('s', 'r0', 1, 't', 'x', 0)", _check("attempt >= 1")),
+    ("INSERT INTO step_attempts (step_attempt_id, run_id, sequence, tool_id, started_at) "
+     "VALUES ('s', 'ghost', 1, 't', 'x')", FOREIGN_KEY),
+    ("INSERT INTO run_events (event_id, run_id, timestamp, event_type, seq) "
+     "VALUES ('e', 'ghost', 't', 'x', 99)", FOREIGN_KEY),
+    ("INSERT INTO run_events (event_id, run_id, timestamp, event_type, data, seq) "
+     "VALUES ('e', 'r0', 't', 'x', '{', 99)", _check("data IS NULL OR json_valid(data)")),
+    ("UPDATE runs SET state = 'done' WHERE run_id = 'r0'", RUN_STATE),
 ])
-def test_constraints_hold_at_the_sql_level(raw, sql):
+def test_constraints_hold_at_the_sql_level(raw, sql, constraint):
     raw.execute("INSERT INTO runs (run_id, project_id, phase_id, created_at) "
                 "VALUES ('r0', 'p', 'ph', 't')")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(sqlite3.IntegrityError, match=constraint):
         raw.execute(sql)
 
 

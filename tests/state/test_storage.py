@@ -5,6 +5,7 @@ tests/test_reliability.py.)"""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,10 @@ def test_read_only_ledger_refuses_writes_typed_and_stays_intact(db_path):
     _make_read_only(files)
     try:
         before = Path(db_path).read_bytes()
-        with pytest.raises(StorageError, match="cannot be written|cannot open"):
+        path = re.escape(db_path)
+        with pytest.raises(StorageError, match=rf"^ledger {path} cannot be written \(attempt to "
+                                               rf"write a readonly database\)|^cannot open "
+                                               rf"ledger {path} "):
             with Database(db_path) as db:
                 db.create_run({"project_id": "p", "phase_id": "ph"})
         assert Path(db_path).read_bytes() == before
@@ -57,11 +61,14 @@ def test_read_only_ledger_refuses_writes_typed_and_stays_intact(db_path):
 def test_a_folder_cannot_be_a_ledger(tmp_path):
     folder = tmp_path / "ledger.db"
     folder.mkdir()
-    with pytest.raises(StorageError, match="cannot open ledger"):
+    with pytest.raises(StorageError, match=f"^cannot open ledger {re.escape(str(folder))}: it is "
+                                           "a folder, not a file$"):
         Database(str(folder))
 
 
 def test_a_file_where_the_folder_should_be(tmp_path):
     (tmp_path / "blocker").write_text("")
-    with pytest.raises(StorageError, match="cannot create the folder"):
-        Database(str(tmp_path / "blocker" / "sub" / "framework.db"))
+    path = tmp_path / "blocker" / "sub" / "framework.db"
+    with pytest.raises(StorageError, match=f"^cannot create the folder of ledger "
+                                           f"{re.escape(str(path))}: Not a directory$"):
+        Database(str(path))
