@@ -181,7 +181,7 @@ def test_processes_finishing_the_same_runs_differently_get_one_winner(shared_db,
     for run_id in run_ids:
         run = db.get_run(run_id)
         change = _one_change_each(db, run_id, "run.state_changed", run_id, "running")
-        assert change == {"from": "running", "to": run["state"], "exit_code": 0}
+        assert (change["to"], change["exit_code"]) == (run["state"], 0)
         (step,) = db.list_step_attempts(run_id)
         change = _one_change_each(db, run_id, "step_attempt.state_changed",
                                   step["step_attempt_id"], "running")

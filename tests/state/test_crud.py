@@ -209,7 +209,7 @@ def test_delete_run_removes_steps_and_events(db, sample_run_data, sample_step_da
 
 
 def test_json_round_trip_keeps_types(db):
-    metadata = {"s": "é ✓ \u0000", "i": 2**62, "f": 1.5, "b": True, "n": None,
+    metadata = {"s": "é ✓ \u0001 \U0001F600", "i": 2**62, "f": 1.5, "b": True, "n": None,
                 "l": [1, "two", {"three": 3}], "d": {"deep": {"deeper": []}}}
     run_id = db.create_run({"project_id": "p", "phase_id": "ph", "metadata": metadata})
     assert db.get_run(run_id)["metadata"] == metadata

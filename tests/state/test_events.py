@@ -140,12 +140,13 @@ def test_every_state_change_has_its_event(db):
                        "state": "running"}
 
 
-def test_non_state_updates_write_no_event(db):
-    db = db
+def test_non_state_updates_write_one_updated_event(db):
     run_id = db.create_run({"project_id": "p", "phase_id": "ph"})
     n = len(db.list_events(run_id))
     db.update_run(run_id, {"metadata": {"note": "x"}, "error_message": "y"})
-    assert len(db.list_events(run_id)) == n
+    assert [(e["event_type"], e["data"]) for e in db.list_events(run_id)[n:]] == [
+        ("run.updated", {"changed": {"error_message": {"from": None, "to": "y"},
+                                     "metadata": {"from": {}, "to": {"note": "x"}}}})]
 
 
 class _Bounded:

@@ -255,7 +255,7 @@ def test_reap_stale_fails_the_work_held_in_one_go(workers, db):
     _worker_in(workers, "IDLE", "alive")
     workers.claim_run("lost", run_id)
     step = db.create_step_attempt({"run_id": run_id, "sequence": 1, "tool_id": "aider"})
-    done = db.create_step_attempt({"run_id": run_id, "sequence": 0, "tool_id": "lint"})
+    done = db.create_step_attempt({"run_id": run_id, "sequence": 2, "tool_id": "lint"})
     db.transition_step_attempt(done, "succeeded", exit_code=0)
     later = datetime.now(timezone.utc) + timedelta(seconds=30)
     workers.heartbeat("alive")

@@ -14,7 +14,8 @@ from uet.errors import (AlreadyExistsError, AmbiguousIdError, ConcurrentUpdateEr
                         ConstraintViolation, NotFoundError, ValidationError)
 from uet.state import records
 from uet.state.events import (RESERVED_EVENT_TYPES, RUN_CREATED, RUN_STATE_CHANGED,
-                              STEP_ATTEMPT_CREATED, STEP_ATTEMPT_STATE_CHANGED)
+                              RUN_UPDATED, STEP_ATTEMPT_CREATED, STEP_ATTEMPT_STATE_CHANGED,
+                              STEP_ATTEMPT_UPDATED)
 from uet.state.ids import new_ulid, utc_now
 from uet.state.records import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
 from uet.state.sqlite_backend import DEFAULT_BUSY_TIMEOUT, DURABILITY, MEMORY, SQLiteBackend
@@ -249,8 +250,12 @@ class Database:
     def update_run(self, run_id: str, updates: Mapping[str, Any]) -> dict[str, Any]:
         """Change run columns; returns the updated run.
 
-        Known columns only; run_id never changes. A `state` change must be a legal transition
-        and writes its `run.state_changed` event in the same transaction.
+        Known columns only; run_id and created_at never change. A `state` change must be a
+        legal transition and writes its `run.state_changed` event in the same transaction,
+        with the other fields the call changed under `changed`; without one, a call that
+        changes fields writes `run.updated` (`{"changed": {field: {"from", "to"}}}`, long
+        values abbreviated). Fields given with the value they hold change nothing, and a call
+        that changes nothing writes no event.
         """
         run_id = records.text(run_id, "run_id")
         changes = records.prepare_update(RUNS, run_id, updates)
@@ -318,7 +323,12 @@ class Database:
     def update_step_attempt(self, step_attempt_id: str,
                             updates: Mapping[str, Any]) -> dict[str, Any]:
         """Change step attempt columns (state, ended_at, exit_code, output_patch_id,
-        error_log, ...); a state change must be legal and writes its event atomically."""
+        error_log, ...); a state change must be legal and writes its event atomically.
+
+        What the call changed is recorded as `update_run` records it: under `changed` in the
+        `step_attempt.state_changed` event, else in a `step_attempt.updated` event (both
+        name the step_attempt_id); a call that changes nothing writes no event.
+        """
         step_attempt_id = records.text(step_attempt_id, "step_attempt_id")
         changes = records.prepare_update(STEP_ATTEMPTS, step_attempt_id, updates)
         return self._change(STEP_ATTEMPTS, step_attempt_id, changes, expected=None)
@@ -405,9 +415,8 @@ class Database:
     def _change(self, table: Table, entity_id: str, changes: dict[str, object], *,
                 expected: object) -> dict[str, Any]:
         with self._backend.transaction() as tx:
-            return change_row(tx, table, entity_id, changes, expected=expected)
-
-
+            return change_row(tx, table, entity_id, changes, expected=expected,
+                              record_changes=True)
 
     @staticmethod
     def _explain(exc: ConstraintViolation, table: Table, row: Mapping[str, Any]) -> Exception:
@@ -435,12 +444,17 @@ def _stamp(table: Table, state: str, changes: dict[str, object],
 
 
 def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
-               expected: object = None,
-               event_data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               expected: object = None, event_data: Mapping[str, Any] | None = None,
+               record_changes: bool = False) -> dict[str, Any]:
     """Change a run or step attempt inside the caller's transaction; returns the new row.
 
     Checks the state machine (and `expected`, compare-and-set), stamps timestamps and writes
-    the state-change event (with `event_data` added) in the same transaction.
+    the state-change event (with `event_data` added) in the same transaction. Fields given
+    with the value they already hold (JSON compared as values) are left alone. With
+    `record_changes`, the other fields the call changes are recorded too: under `changed`
+    in the state-change event, or, when the state stays, in a `*.updated` event; a call that
+    changes nothing writes no event. (Timestamps stamped for the state entered are not listed:
+    the state-change event says when.)
     """
     machine = table.machine
     if expected is not None:
@@ -452,6 +466,9 @@ def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
     old_state = current["state"]
     if expected is not None and old_state != expected:
         raise ConcurrentUpdateError(table.entity, entity_id, expected, old_state)
+    changed = records.describe_changes(table, current, changes)
+    changes = {name: value for name, value in changes.items()
+               if name == "state" or name in changed}
     new_state = changes.get("state")
     if new_state is not None:
         machine.check_transition(entity_id, old_state, new_state)
@@ -461,15 +478,20 @@ def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
     columns = tuple(name for name in table.names if name in changes)
     row = tx.query(_update_sql(table, columns, tx.placeholder),
                    [changes[name] for name in columns] + [entity_id])[0]
+    named = {"step_attempt_id": entity_id} if table is STEP_ATTEMPTS else {}
     if new_state is not None:
         data: dict[str, Any] = {"from": old_state, "to": new_state}
-        if table is STEP_ATTEMPTS:
-            data = {"step_attempt_id": entity_id, **data}
+        data = {**named, **data}
         if row["exit_code"] is not None:
             data["exit_code"] = row["exit_code"]
         data.update(event_data or {})
+        if record_changes and changed:
+            data["changed"] = changed
         event_type = RUN_STATE_CHANGED if table is RUNS else STEP_ATTEMPT_STATE_CHANGED
         record_event(tx, row["run_id"], event_type, data)
+    elif record_changes:
+        event_type = RUN_UPDATED if table is RUNS else STEP_ATTEMPT_UPDATED
+        record_event(tx, row["run_id"], event_type, {**named, "changed": changed})
     return row
 
 

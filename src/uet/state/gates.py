@@ -20,7 +20,7 @@ from uet.state.ids import new_ulid, utc_now
 from uet.state.machines import GATE
 from uet.state.models import (GateType, moment, output, parse_stamp, positive_seconds,
                               seconds_between, state_value, stamp, text)
-from uet.state.records import INT_MAX, INT_MIN
+from uet.state.records import EXIT_CODE_MAX, EXIT_CODE_MIN
 
 TIMEOUT_EXIT_CODE = 124  # what timeout(1) exits with
 
@@ -105,9 +105,9 @@ class GateLedger:
         gate_id = text(gate_id, "gate_id")
         target = state_value(GATE, new_state, "new_state")
         if exit_code is not None and (not isinstance(exit_code, int) or isinstance(exit_code, bool)
-                                      or not INT_MIN <= exit_code <= INT_MAX):
-            raise ValidationError(f"exit_code must be an integer, got {exit_code!r}",
-                                  field="exit_code")
+                                      or not EXIT_CODE_MIN <= exit_code <= EXIT_CODE_MAX):
+            raise ValidationError(f"exit_code must be an integer from {EXIT_CODE_MIN} to "
+                                  f"{EXIT_CODE_MAX}, got {exit_code!r}", field="exit_code")
         if target in ("PASSED", "FAILED") and exit_code is None:
             raise ValidationError(f"a gate that {target} needs its exit_code", field="exit_code")
         stdout = output(stdout, "stdout")

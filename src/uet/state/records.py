@@ -7,6 +7,7 @@ conversion of stored rows back to plain dicts (JSON columns decoded) too.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -24,6 +25,14 @@ ROW_BYTES_PER_COLUMN = 16
 # JSON nested deeper than this is refused on write: Python's decoder has a recursion limit,
 # and a value that could be written but not read back would poison every later read.
 MAX_JSON_DEPTH = 200
+# An exit status is 0..255 on POSIX (uet records 128+N for signal N, 124, 126, 127), a
+# negative -N where Python reports death by signal N, and a 32-bit DWORD on Windows (seen
+# signed or unsigned, e.g. 0xC0000005 as 3221225477 or -1073741819): anything outside 32 bits,
+# signed or unsigned, is no exit status of any system.
+EXIT_CODE_MIN, EXIT_CODE_MAX = -(1 << 31), (1 << 32) - 1
+# Events that record a change show a long value abbreviated (its first characters, a marker
+# and its full length): the record itself holds the whole value.
+SHOWN_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,8 @@ class Column:
     generate: str | None = None  # "ulid" or "now": filled in when omitted on create
     updatable: bool = True
     nullable: bool = True   # may be set to None by an update
-    minimum: int | None = None  # for integers
+    minimum: int | None = None  # for integers: the range a written value must be in
+    maximum: int | None = None
     managed_by: str | None = None  # set only through this API, never by create/update
 
 
@@ -59,11 +69,11 @@ RUNS = Table("runs", "run", "run_id", (
     Column("phase_id", TEXT, required=True),
     Column("workstream_id", TEXT),
     Column("execution_request_id", TEXT),
-    Column("created_at", TIMESTAMP, generate="now"),
+    Column("created_at", TIMESTAMP, generate="now", updatable=False),
     Column("started_at", TIMESTAMP),
     Column("ended_at", TIMESTAMP),
     Column("state", STATE),
-    Column("exit_code", INT),
+    Column("exit_code", INT, minimum=EXIT_CODE_MIN, maximum=EXIT_CODE_MAX),
     Column("error_message", TEXT),
     Column("metadata", JSON),
     # Beyond the seed: the worker holding the run (set by WorkerLifecycle.claim_run).
@@ -73,7 +83,7 @@ RUNS = Table("runs", "run", "run_id", (
 STEP_ATTEMPTS = Table("step_attempts", "step_attempt", "step_attempt_id", (
     Column("step_attempt_id", TEXT, generate="ulid", updatable=False),
     Column("run_id", TEXT, required=True, updatable=False),
-    Column("sequence", INT, required=True),
+    Column("sequence", INT, required=True, minimum=1),
     Column("tool_id", TEXT, required=True),
     Column("tool_run_id", TEXT),
     Column("execution_request_id", TEXT),
@@ -81,7 +91,7 @@ STEP_ATTEMPTS = Table("step_attempts", "step_attempt", "step_attempt_id", (
     Column("started_at", TIMESTAMP, generate="now"),
     Column("ended_at", TIMESTAMP),
     Column("state", STATE),
-    Column("exit_code", INT),
+    Column("exit_code", INT, minimum=EXIT_CODE_MIN, maximum=EXIT_CODE_MAX),
     Column("input_prompt", TEXT),
     Column("output_patch_id", TEXT),
     Column("error_log", TEXT),
@@ -149,10 +159,8 @@ def encode_value(table: Table, column: Column, value: object, *,
             raise ValidationError(
                 f"{table.entity} field {column.name!r} is out of the 64-bit integer range",
                 field=column.name)
-        if column.minimum is not None and value < column.minimum:
-            raise ValidationError(
-                f"{table.entity} field {column.name!r} must be at least {column.minimum}, "
-                f"got {value}", field=column.name)
+        if not filtering:  # a filter may look for rows written before a range applied
+            _check_range(table, column, value)
         return value
     if kind == JSON:
         return encode_json(value, f"{table.entity} field {column.name!r}", column.name)
@@ -167,8 +175,24 @@ def encode_value(table: Table, column: Column, value: object, *,
     raise AssertionError(kind)  # pragma: no cover - the tables above use the kinds above
 
 
+def _check_range(table: Table, column: Column, value: int) -> None:
+    low, high = column.minimum, column.maximum
+    if (low is None or value >= low) and (high is None or value <= high):
+        return
+    if high is None:
+        wanted = f"at least {low}"
+    elif low is None:
+        wanted = f"at most {high}"
+    else:
+        wanted = f"from {low} to {high}"
+    raise ValidationError(f"{table.entity} field {column.name!r} must be {wanted}, got {value}",
+                          field=column.name)
+
+
 def encode_json(value: object, what: str, field: str) -> str:
-    """A dict as JSON text, refusing what could not be stored or read back."""
+    """A dict as JSON text, refusing what could not be stored or read back: the text rule
+    (valid Unicode, no NUL) holds for every key and string value at every depth, and a
+    refusal names the path of the first one that breaks it (`metadata.a[2].b`)."""
     _check_mapping(value, what, field)
     try:
         text = json.dumps(value, allow_nan=False)
@@ -178,9 +202,84 @@ def encode_json(value: object, what: str, field: str) -> str:
     if len(text) > 2 * MAX_JSON_DEPTH and _too_deep(value):
         raise ValidationError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels",
                               field=field)
+    # the text is ASCII: a lone surrogate or a NUL in any string shows as a \u escape
+    if "\\u" in text:
+        found = _first_bad_text(value)
+        if found is not None:
+            path, is_key, fault = found
+            where = json_path(field, path)
+            raise ValidationError(f"{what} at {where}{' (a key)' if is_key else ''} {fault}",
+                                  field=where)
     if len(text) > MAX_VALUE_BYTES:
         raise ValidationError(f"{what} is larger than {MAX_VALUE_BYTES:,} bytes", field=field)
     return text
+
+
+_SURROGATE = "is not valid Unicode text (it contains a lone surrogate)"
+_NUL = "contains a NUL character (\\x00), which a ledger cannot store; remove or escape it"
+
+
+def _text_fault(value: str) -> str | None:
+    """Why a string breaks the text rule (a lone surrogate, a NUL), or None."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return _SURROGATE
+    return _NUL if "\x00" in value else None
+
+
+def _first_bad_text(value: object) -> tuple[tuple, bool, str] | None:
+    """The first key or string value (in document order) of a JSON-serialisable value that
+    breaks the text rule: (path as a tuple of keys and indexes, whether it is a key, why)."""
+    # each path is (parent path, step): linked, so that deep values cost no copying
+    stack: list[tuple[object, tuple | None, bool]] = [(value, None, False)]
+    while stack:
+        node, path, is_key = stack.pop()
+        if isinstance(node, str):
+            fault = _text_fault(node)
+            if fault is not None:
+                steps = []
+                while path is not None:
+                    path, step = path
+                    steps.append(step)
+                return tuple(reversed(steps)), is_key, fault
+        elif is_key:
+            continue  # a key json.dumps writes as text (a number, true, null)
+        elif isinstance(node, Mapping):
+            for key, child in reversed(list(node.items())):
+                name = key if isinstance(key, str) else _key_text(key)
+                stack.append((child, (path, name), False))
+                stack.append((key, (path, name), True))
+        elif isinstance(node, (list, tuple)):
+            stack.extend((node[i], (path, i), False) for i in reversed(range(len(node))))
+    return None
+
+
+def _key_text(key: object) -> str:
+    """The text JSON writes for a key that is not a string (1 -> "1", None -> "null")."""
+    return next(iter(json.loads(json.dumps({key: None}))))
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+PATH_KEY_CHARS = 40
+
+
+def json_path(field: str, path: Iterable[str | int]) -> str:
+    """A place inside a JSON value as people write it (keys as strings, list indexes as
+    ints): `metadata.a[2].b`; a key that is not a plain name is quoted with its characters
+    escaped (`metadata["a b"]`, `metadata["\\ud800"]`) and cut after PATH_KEY_CHARS
+    characters (`["aaa"...]`)."""
+    parts = [field]
+    for step in path:
+        if isinstance(step, int):
+            parts.append(f"[{step}]")
+        elif _PLAIN_KEY.fullmatch(step):
+            parts.append(f".{step}")
+        else:
+            cut = step[:PATH_KEY_CHARS]
+            parts.append(f"[{json.dumps(cut)}{'...' if len(step) > len(cut) else ''}]")
+    return "".join(parts)
 
 
 def _check_text(value: str, what: str, field: str) -> None:
@@ -288,6 +387,60 @@ def prepare_update(table: Table, entity_id: str, updates: object) -> dict[str, o
         changes[name] = encode_value(table, column, value)
     check_row_size(table, changes)
     return changes
+
+
+def read_back(column: Column, stored: object) -> object:
+    """A stored value as reads return it (JSON decoded, a missing JSON value as {})."""
+    if column.kind != JSON:
+        return stored
+    value = json.loads(stored) if stored else None
+    return {} if value is None else value
+
+
+def _same(column: Column, old: object, new: object) -> bool:
+    if column.kind == JSON:  # as values: key order and spacing aside, but 1 is not 1.0
+        return (json.dumps(old, sort_keys=True, separators=(",", ":"))
+                == json.dumps(new, sort_keys=True, separators=(",", ":")))
+    return type(old) is type(new) and old == new
+
+
+def shown(value: object) -> object:
+    """A value as an event that records a change shows it: a string longer than SHOWN_CHARS
+    (or a JSON value whose text is) cut there with a marker giving its full length, and text
+    stored before the text rule (a lone surrogate, a NUL) escaped, so the event can be
+    written and read whatever the row held."""
+    if isinstance(value, str):
+        if _text_fault(value) is not None:
+            value = (value.encode("utf-8", "backslashreplace").decode("utf-8")
+                     .replace("\x00", "\\x00"))
+        return _abbreviated(value)
+    if isinstance(value, (dict, list)):
+        bad = _first_bad_text(value) is not None
+        text = json.dumps(value, ensure_ascii=bad, separators=(",", ":"))
+        if bad or len(text) > SHOWN_CHARS:
+            return _abbreviated(text)
+    return value
+
+
+def _abbreviated(text: str) -> str:
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}... [{len(text):,} characters in all]"
+
+
+def describe_changes(table: Table, current: Mapping[str, Any],
+                     changes: Mapping[str, object]) -> dict[str, dict[str, object]]:
+    """What an update really changes, for its event: {column: {"from": old, "to": new}} for
+    each column in `changes` (stored values) but `state` whose value as read back differs
+    from the row's `current` one, in column order, values `shown` (abbreviated)."""
+    described = {}
+    for column in table.columns:
+        if column.name not in changes or column.kind == STATE:
+            continue
+        old, new = current.get(column.name), read_back(column, changes[column.name])
+        if not _same(column, old, new):
+            described[column.name] = {"from": shown(old), "to": shown(new)}
+    return described
 
 
 def prepare_filters(table: Table, filters: object) -> list[tuple[str, object]]:
