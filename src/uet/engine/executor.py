@@ -1,14 +1,21 @@
 """The step executor: run one command as a subprocess and record it in the ledger as a run
 with one step attempt — exit code, duration, the tail of its output, and how it ended.
 
-Output passes through live; cancellation (SIGINT/SIGTERM) stops the command and records
-`canceled`; a timeout kills it and records `failed`. Signals are caught from before the run
-is created until it is finished, so the ledger never keeps a run `running` after this
-returns.
+Output passes through live; cancellation (SIGINT, SIGTERM, SIGHUP, SIGQUIT, or `uet cancel`
+from another shell) stops the command and records `canceled`; a timeout kills it and records
+`failed`. Signals are caught from before the run is created until it is finished, so the
+ledger never keeps a run `running` after this returns.
+
+The process owns its run through a worker record (`uet.state.recovery.Owner`) that
+heartbeats while the command runs. Were this process killed outright (SIGKILL), the command
+dies with it (a parent-death signal set in the child), and the next reaper pass (any uet
+process that writes to the ledger, or `uet recover`) fails the run and stops what the
+command left in its process group.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import signal
@@ -17,10 +24,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
-from uet.errors import UetError, ValidationError
+from uet.errors import DatabaseBusyError, StorageError, UetError, ValidationError
 from uet.state import Database
+from uet.state.recovery import (DEFAULT_HEARTBEAT_S, Owner, cancel_requested, process_start,
+                                recover)
 
 TAIL_BYTES = 8192
 GRACE_SECONDS = 5.0
@@ -28,7 +37,11 @@ POLL_SECONDS = 0.05
 # How long output may keep coming after the command itself ended: a background process it
 # started can hold the pipes open for ever, and must not keep the run open with it.
 DRAIN_SECONDS = 2.0
-FINISH_TRIES = 3
+# How long the final write is retried (with backoff) while the ledger is out of reach.
+FINISH_TIMEOUT = 60.0
+CANCEL_POLL_SECONDS = 0.5  # how often the ledger is asked whether `uet cancel` was called
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+EXIT_CANCELED = 143  # canceled through the ledger (`uet cancel`): as by SIGTERM
 EXIT_TIMEOUT = 124
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
@@ -77,8 +90,8 @@ class _Pump(threading.Thread):
 
 
 class _Signals:
-    """Catches SIGINT/SIGTERM for the whole life of a recorded command: the first one asks
-    the command to stop (forwarded to it), later ones are remembered and change nothing."""
+    """Catches SIGINT, SIGTERM, SIGHUP and SIGQUIT for the whole life of a recorded command:
+    the first one asks the command to stop (forwarded to it), later ones change nothing."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -90,8 +103,7 @@ class _Signals:
         # handling applies (the command is still stopped on timeout).
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
-            self.previous = {sig: signal.signal(sig, self._handle)
-                             for sig in (signal.SIGINT, signal.SIGTERM)}
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -102,7 +114,29 @@ class _Signals:
         if self.received is None:
             self.received = signum
             if self.child is not None:
-                send(self.child, signum, self.own_group)
+                # SIGHUP/SIGQUIT are asked of the command as SIGTERM: a hang-up of uet's
+                # terminal is no reason for the command to dump core or keep running
+                send(self.child, signum if signum in (signal.SIGINT, signal.SIGTERM)
+                     else signal.SIGTERM, self.own_group)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child receive SIGKILL when this process dies (Linux's
+    parent-death signal); None where the platform has none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    set_parent_death_signal = 1  # PR_SET_PDEATHSIG
+
+    def preexec() -> None:
+        prctl(set_parent_death_signal, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGKILL)
+    return preexec
 
 
 def send(child: subprocess.Popen, signum: int, own_group: bool) -> None:
@@ -119,15 +153,22 @@ def send(child: subprocess.Popen, signum: int, own_group: bool) -> None:
 def run_command(db: Database, argv: list[str], *, project_id: str, phase_id: str,
                 workstream_id: str | None = None, tool_id: str | None = None,
                 timeout: float | None = None, stdout: BinaryIO | None = None,
-                stderr: BinaryIO | None = None, tail_bytes: int = TAIL_BYTES) -> CommandResult:
+                stderr: BinaryIO | None = None, tail_bytes: int = TAIL_BYTES,
+                heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+                finish_timeout: float = FINISH_TIMEOUT) -> CommandResult:
     """Run `argv`, recording it as a run with one step attempt; returns how it ended.
 
     The child's output is copied to `stdout`/`stderr` (default: this process's) while the
     last `tail_bytes` of each are kept in the step attempt (`metadata`, and stderr in
-    `error_log`). SIGINT/SIGTERM received meanwhile stop the command and record `canceled`.
-    When standard input is not a terminal the command gets its own process group, so that
-    stopping it stops what it started too; on a terminal it stays in the foreground group
-    (interactive tools keep their keyboard) and only the command itself is signalled.
+    `error_log`). SIGINT/SIGTERM/SIGHUP/SIGQUIT received meanwhile, or a `uet cancel` of the
+    run, stop the command and record `canceled`. When standard input is not a terminal the
+    command gets its own process group, so that stopping it stops what it started too; on a
+    terminal it stays in the foreground group (interactive tools keep their keyboard) and
+    only the command itself is signalled.
+
+    The run is owned by this process (a `cli` worker heartbeating every `heartbeat_s`);
+    one reaper pass runs first, failing runs whose owners are gone. The final write is
+    retried for up to `finish_timeout` seconds while the ledger is out of reach.
     """
     if not argv or not isinstance(argv[0], str) or not argv[0]:
         raise ValidationError("uet run needs a command to run", field="command")
@@ -136,30 +177,45 @@ def run_command(db: Database, argv: list[str], *, project_id: str, phase_id: str
     stderr = stderr if stderr is not None else getattr(sys.stderr, "buffer", None)
     command_line = shlex.join(argv)
     with _Signals() as signals:
-        run_id = db.create_run({"project_id": project_id, "phase_id": phase_id,
-                                "workstream_id": workstream_id,
-                                "metadata": {"command": argv, "cwd": os.getcwd()}})
+        recover(db)
+        owner = Owner(db, "cli", heartbeat_s=heartbeat_s)
+        owner.register()
         try:
-            step_id = db.create_step_attempt({"run_id": run_id, "sequence": 1,
-                                              "tool_id": tool, "metadata": {"command": argv}})
-        except UetError:
-            db.transition_run(run_id, "canceled", error_message="could not record the step")
-            raise
-        db.transition_run(run_id, "running", expected="pending")
-        started = time.monotonic()
-        state, code, error, outcome, pumps = _execute(argv, command_line, timeout, signals,
-                                                      stdout, stderr, tail_bytes)
-        duration = round(time.monotonic() - started, 6)
-        metadata = {"command": argv, "duration_sec": duration}
-        error_log = error
-        if pumps is not None:
-            metadata["stdout_tail"], metadata["stderr_tail"] = pumps[0].text(), pumps[1].text()
-            error_log = "\n".join(p for p in (pumps[1].text(), error) if p) or None
-        _finish(db, run_id, step_id, state, code, error, error_log, metadata)
+            run_id = db.create_run({"project_id": project_id, "phase_id": phase_id,
+                                    "workstream_id": workstream_id,
+                                    "metadata": {"command": argv, "cwd": os.getcwd(),
+                                                 "uet_owner": owner.worker_id}})
+            owner.claim(run_id)
+            try:
+                step_id = db.create_step_attempt({"run_id": run_id, "sequence": 1,
+                                                  "tool_id": tool,
+                                                  "metadata": {"command": argv}})
+            except UetError:
+                db.transition_run(run_id, "canceled", error_message="could not record the step")
+                raise
+            started = time.monotonic()
+            state, code, error, outcome, pumps = _execute(
+                db, owner, run_id, step_id, argv, command_line, timeout, signals, stdout,
+                stderr, tail_bytes)
+            duration = round(time.monotonic() - started, 6)
+            metadata = {"command": argv, "duration_sec": duration}
+            error_log = error
+            if pumps is not None:
+                metadata["stdout_tail"] = pumps[0].text()
+                metadata["stderr_tail"] = pumps[1].text()
+                error_log = "\n".join(p for p in (pumps[1].text(), error) if p) or None
+            _finish(db, run_id, step_id, state, code, error, error_log, metadata,
+                    finish_timeout)
+        finally:
+            try:
+                owner.close()
+            except UetError:
+                pass  # the ledger is out of reach: the reaper retires the worker later
     return CommandResult(run_id, step_id, state, outcome, duration, error)
 
 
-def _execute(argv, command_line, timeout, signals, stdout, stderr, tail_bytes):
+def _execute(db, owner, run_id, step_id, argv, command_line, timeout, signals, stdout,
+             stderr, tail_bytes):
     """Run the command; (state, recorded exit code, error, uet's exit code, pumps)."""
     if signals.received is not None:
         name = signal.Signals(signals.received).name
@@ -168,13 +224,19 @@ def _execute(argv, command_line, timeout, signals, stdout, stderr, tail_bytes):
     own_group = not os.isatty(0)
     try:
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 process_group=0 if own_group else None)
+                                 process_group=0 if own_group else None,
+                                 preexec_fn=_die_with_parent())
     except FileNotFoundError:
         return "failed", EXIT_NOT_FOUND, f"command not found: {argv[0]}", EXIT_NOT_FOUND, None
     except OSError as exc:
         message = f"cannot execute {argv[0]}: {exc.strerror or exc}"
         return "failed", EXIT_CANNOT_EXECUTE, message, EXIT_CANNOT_EXECUTE, None
     signals.child, signals.own_group = child, own_group
+    # the command's process (and group) for the reaper, should this process die outright
+    db.update_step_attempt(step_id, {"metadata": {
+        "command": argv, "pid": child.pid, "pid_started": process_start(child.pid),
+        "pgid": child.pid if own_group else None}})
+    owner.start_heartbeat()  # only now: no thread of ours may hold a lock across the fork
     broken = threading.Event()
     pumps = (_Pump(child.stdout, stdout, tail_bytes, broken.set),
              _Pump(child.stderr, stderr, tail_bytes, broken.set))
@@ -182,13 +244,25 @@ def _execute(argv, command_line, timeout, signals, stdout, stderr, tail_bytes):
         pump.start()
     deadline = None if timeout is None else time.monotonic() + timeout
     timed_out = False
+    canceled_by = None  # why the ledger wants the command stopped, if it does
+    next_poll = time.monotonic() + CANCEL_POLL_SECONDS
+    seen = 0  # the run's events read so far, looking for a cancel request
     stop_by = None  # when the grace period of a stop request ends
     while child.poll() is None:
         now = time.monotonic()
-        if signals.received is not None or timed_out or broken.is_set():
+        if canceled_by is None and now >= next_poll:
+            next_poll = now + CANCEL_POLL_SECONDS
+            if owner.lost:
+                canceled_by = f"its owner was retired: {owner.lost}"
+            else:
+                canceled_by, seen = _asked_to_cancel(db, run_id, seen)
+        if (signals.received is not None or timed_out or broken.is_set()
+                or canceled_by is not None):
             if stop_by is None:
                 stop_by = now + GRACE_SECONDS
-                if broken.is_set() and signals.received is None and not timed_out:
+                if canceled_by is not None and signals.received is None:
+                    send(child, signal.SIGTERM, own_group)
+                elif broken.is_set() and signals.received is None and not timed_out:
                     send(child, signal.SIGPIPE, own_group)  # as a shell pipeline would
                 elif timed_out:
                     send(child, signal.SIGTERM, own_group)
@@ -209,6 +283,9 @@ def _execute(argv, command_line, timeout, signals, stdout, stderr, tail_bytes):
         name = signal.Signals(signals.received).name
         return "canceled", None, f"canceled by {name}: {command_line}", \
             128 + signals.received, pumps
+    if canceled_by is not None:
+        return "canceled", None, f"canceled ({canceled_by}): {command_line}", \
+            EXIT_CANCELED, pumps
     if timed_out:
         return "failed", EXIT_TIMEOUT, f"timed out after {timeout:g} s: {command_line}", \
             EXIT_TIMEOUT, pumps
@@ -220,9 +297,27 @@ def _execute(argv, command_line, timeout, signals, stdout, stderr, tail_bytes):
     return "failed", code, f"exited with {code}: {command_line}", code, pumps
 
 
-def _finish(db, run_id, step_id, state, code, error, error_log, metadata) -> None:
-    """Record the end, retrying when the ledger is busy: a run must not stay running."""
-    for attempt in range(1, FINISH_TRIES + 1):
+def _asked_to_cancel(db, run_id, seen: int) -> tuple[str | None, int]:
+    """Why the ledger asks for the run to stop (`uet cancel`), or None, and the events read;
+    a ledger out of reach asks nothing (the command goes on; the final write retries)."""
+    try:
+        return cancel_requested(db, run_id, seen)
+    except UetError:
+        return None, seen
+
+
+class RunNotClosedError(UetError):
+    """The run's end could not be written within the finish timeout."""
+
+
+def _finish(db, run_id, step_id, state, code, error, error_log, metadata,
+            finish_timeout: float) -> None:
+    """Record the end, retrying with backoff while the ledger is busy or out of reach: a run
+    must not stay running. Past `finish_timeout`, RunNotClosedError (the reaper fails the
+    run once the ledger is reachable again)."""
+    deadline = time.monotonic() + finish_timeout
+    pause = 0.1
+    while True:
         try:
             step = db.get_step_attempt(step_id)
             if step["state"] == "running":
@@ -231,9 +326,15 @@ def _finish(db, run_id, step_id, state, code, error, error_log, metadata) -> Non
             if db.get_run(run_id)["state"] == "running":
                 db.transition_run(run_id, state, exit_code=code, error_message=error)
             return
-        except UetError:
-            if attempt == FINISH_TRIES:
-                raise
+        except (DatabaseBusyError, StorageError) as exc:  # out of reach: worth a retry
+            if time.monotonic() + pause > deadline:
+                raise RunNotClosedError(
+                    f"run {run_id} could not be closed ({state}) within {finish_timeout:g} s: "
+                    f"{exc}; it stays running in the ledger until a reaper pass (any uet "
+                    "command that writes, or `uet recover`) fails it once the ledger is "
+                    "reachable") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 def _drain(pumps) -> None:

@@ -142,6 +142,21 @@ class WorkerLifecycle:
                 reaped.append(worker["worker_id"])
         return reaped
 
+    def terminate_lost(self, worker_id: str, reason: str, *,
+                       last_heartbeat: object = ...) -> bool:
+        """Terminate a worker judged lost, failing the runs and step attempts it held with
+        `reason`, in one transaction; returns False when it was already TERMINATED, or (when
+        `last_heartbeat` is given) when it heartbeat since it was judged: it is alive."""
+        worker_id = text(worker_id, "worker_id")
+        reason = text(reason, "reason")
+        with self._backend.transaction() as tx:
+            worker = self._fetch(tx, worker_id)
+            if worker["state"] == "TERMINATED" or (
+                    last_heartbeat is not ... and worker["last_heartbeat"] != last_heartbeat):
+                return False
+            self._transition(tx, worker, "TERMINATED", reason=reason)
+        return True
+
     # -- queries -------------------------------------------------------------------------
 
     def get_worker(self, worker_id: str) -> WorkerRecord | None:
