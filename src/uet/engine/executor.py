@@ -28,6 +28,7 @@ from typing import BinaryIO, Callable
 
 from uet.errors import DatabaseBusyError, StorageError, UetError, ValidationError
 from uet.state import Database
+from uet.state.records import RUNS, prepare_insert
 from uet.state.recovery import (DEFAULT_HEARTBEAT_S, Owner, cancel_requested, process_start,
                                 recover)
 
@@ -176,15 +177,16 @@ def run_command(db: Database, argv: list[str], *, project_id: str, phase_id: str
     stdout = stdout if stdout is not None else getattr(sys.stdout, "buffer", None)
     stderr = stderr if stderr is not None else getattr(sys.stderr, "buffer", None)
     command_line = shlex.join(argv)
+    owner = Owner(db, "cli", heartbeat_s=heartbeat_s)
+    run_data = {"project_id": project_id, "phase_id": phase_id, "workstream_id": workstream_id,
+                "metadata": {"command": argv, "cwd": os.getcwd(),
+                             "uet_owner": owner.worker_id}}
+    prepare_insert(RUNS, run_data)  # bad input is refused before anything is written
     with _Signals() as signals:
         recover(db)
-        owner = Owner(db, "cli", heartbeat_s=heartbeat_s)
         owner.register()
         try:
-            run_id = db.create_run({"project_id": project_id, "phase_id": phase_id,
-                                    "workstream_id": workstream_id,
-                                    "metadata": {"command": argv, "cwd": os.getcwd(),
-                                                 "uet_owner": owner.worker_id}})
+            run_id = db.create_run(run_data)
             owner.claim(run_id)
             try:
                 step_id = db.create_step_attempt({"run_id": run_id, "sequence": 1,

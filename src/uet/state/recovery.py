@@ -32,6 +32,7 @@ from uet.errors import ConcurrentUpdateError, NotFoundError, UetError, Validatio
 from uet.state.db import Database
 from uet.state.events import RUN_CANCEL_REQUESTED
 from uet.state.ids import new_ulid
+from uet.state.models import positive_seconds
 
 DEFAULT_HEARTBEAT_S = 10.0
 OWNER_STATES = ("SPAWNING", "IDLE", "BUSY", "DRAINING")
@@ -269,7 +270,7 @@ class Owner:
                  heartbeat_s: float = DEFAULT_HEARTBEAT_S) -> None:
         from uet.state.workers import WorkerLifecycle
         self.db, self.workers = db, WorkerLifecycle(db)
-        self.heartbeat_s = float(heartbeat_s)
+        self.heartbeat_s = positive_seconds(heartbeat_s, "heartbeat_s")
         self.incarnation = new_ulid()
         self.worker_id = f"{worker_type}-{self.incarnation}"
         self.worker_type = worker_type
