@@ -31,7 +31,8 @@ from psycopg import sql as pg_sql
 from psycopg.types.string import TextLoader
 
 from uet.errors import (ConstraintViolation, DatabaseBusyError, MigrationError,
-                        NotALedgerError, SchemaVersionError, StorageError, UetError)
+                        NotALedgerError, SchemaVersionError, StorageError, UetError,
+                        ValidationError)
 from uet.state.ids import utc_now
 from uet.state.pg_url import redact
 from uet.state.backend import Transaction, rows_of
@@ -120,6 +121,10 @@ def translate_error(exc: Exception, path: str, busy_timeout: float) -> UetError:
             return ConstraintViolation(_constraint_message(exc, kind), kind=kind)
     if isinstance(exc, pg_errors.IntegrityError):
         return ConstraintViolation(text, kind="other")
+    if isinstance(exc, pg_errors.ProgramLimitExceeded):  # e.g. an index row over 8 kB
+        return ValidationError(
+            f"a value is too large for the ledger ({text}); ids and the text columns runs are "
+            "listed by must stay within a few kilobytes")
     if isinstance(exc, psycopg_pool.PoolTimeout):
         return DatabaseBusyError(
             f"ledger {path}: no connection to the server could be had within "

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from uet.errors import ValidationError
+from uet.errors import StorageError, ValidationError
 from uet.state.ids import new_ulid, normalize_timestamp, utc_now
 from uet.state.machines import RUN, STEP_ATTEMPT, Machine
 
@@ -466,6 +466,11 @@ def decode_row(names: tuple[str, ...], values: tuple) -> dict[str, Any]:
     row = dict(zip(names, values))
     for name in JSON_COLUMNS.intersection(row):
         text = row[name]
-        value = json.loads(text) if text else None
+        try:
+            value = json.loads(text) if text else None
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise StorageError(
+                f"field {name!r} of a stored row is not readable JSON ({type(exc).__name__}): "
+                "the ledger is corrupt or was written past uet's checks") from None
         row[name] = {} if value is None else value
     return row

@@ -74,8 +74,20 @@ _CONSTRAINT_KINDS = {
 }
 
 
-def translate_error(exc: sqlite3.Error, path: str, busy_timeout: float) -> UetError:
+# What a call into the driver may raise. Besides sqlite3.Error: UnicodeDecodeError, which
+# the driver raises in place of the error when SQLite's message is not UTF-8. A uet
+# ledger's schema, statements and paths are UTF-8, so such a message quotes bytes of the
+# file that uet never wrote (a damaged schema, "malformed database schema ... near ..."):
+# the file is corrupt.
+DRIVER_ERRORS = (sqlite3.Error, UnicodeDecodeError)
+
+
+def translate_error(exc: BaseException, path: str, busy_timeout: float) -> UetError:
     """The typed uet error for a driver exception, with a message a person can act on."""
+    if isinstance(exc, UnicodeDecodeError):
+        raw = exc.object if isinstance(exc.object, (bytes, bytearray)) else b""
+        text = bytes(raw).decode("utf-8", "replace") or str(exc)
+        return StorageError(f"ledger {path} is corrupt ({text}); restore it from a backup")
     code = getattr(exc, "sqlite_errorcode", None) or 0
     primary = code & 0xFF
     text = str(exc)
@@ -164,12 +176,12 @@ class SQLiteBackend:
             conn = sqlite3.connect(target, timeout=self.busy_timeout, uri=uri,
                                    isolation_level=None, check_same_thread=False,
                                    cached_statements=256)
-        except sqlite3.Error as exc:
+        except DRIVER_ERRORS as exc:
             raise translate_error(exc, self.path, self.busy_timeout) from None
         try:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(DURABILITY[self.durability])
-        except sqlite3.Error as exc:
+        except DRIVER_ERRORS as exc:
             conn.close()
             raise translate_error(exc, self.path, self.busy_timeout) from None
         self._conn = conn
@@ -214,7 +226,7 @@ class SQLiteBackend:
     def _run(self, action):
         try:
             return action(self.connect())
-        except sqlite3.Error as exc:
+        except DRIVER_ERRORS as exc:
             raise translate_error(exc, self.path, self.busy_timeout) from None
 
     def query(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
@@ -244,14 +256,14 @@ class SQLiteBackend:
             conn = self.connect()
             try:
                 conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
+            except DRIVER_ERRORS as exc:
                 raise translate_error(exc, self.path, self.busy_timeout) from None
             try:
                 yield SQLiteTx(conn)
                 conn.execute("COMMIT")
             except BaseException as exc:
                 self._rollback(conn)
-                if isinstance(exc, sqlite3.Error):
+                if isinstance(exc, DRIVER_ERRORS):
                     raise translate_error(exc, self.path, self.busy_timeout) from None
                 raise
 

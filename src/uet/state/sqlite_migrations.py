@@ -13,7 +13,7 @@ import sqlite3
 from uet.errors import MigrationError, NotALedgerError, SchemaVersionError
 from uet.state.ids import normalize_timestamp, utc_now
 from uet.state.sqlfiles import Migration, load_migrations
-from uet.state.sqlite_backend import SQLiteBackend, translate_error
+from uet.state.sqlite_backend import DRIVER_ERRORS, SQLiteBackend, translate_error
 
 MIGRATIONS = load_migrations("sqlite")
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -89,7 +89,7 @@ def peek_version(path: str) -> int | None:
             return _read_version(conn, path)
         finally:
             conn.close()
-    except sqlite3.Error as exc:
+    except DRIVER_ERRORS as exc:
         raise translate_error(exc, path, 0) from None
 
 
@@ -98,7 +98,7 @@ def check_current(backend: SQLiteBackend) -> int:
     with backend._lock:
         try:
             version = _read_version(backend.connect(), backend.path)
-        except sqlite3.Error as exc:
+        except DRIVER_ERRORS as exc:
             raise translate_error(exc, backend.path, backend.busy_timeout) from None
     check_version(version, backend.path)
     if version is None:
@@ -128,7 +128,7 @@ def migrate(backend: SQLiteBackend) -> tuple[int | None, int]:
         conn = backend.connect()
         try:
             before = _read_version(conn, backend.path)
-        except sqlite3.Error as exc:
+        except DRIVER_ERRORS as exc:
             raise translate_error(exc, backend.path, backend.busy_timeout) from None
         check_version(before, backend.path)
         version = before
@@ -174,7 +174,7 @@ def _apply(backend: SQLiteBackend, conn: sqlite3.Connection, migration: Migratio
         finally:
             if adopt_seed:
                 conn.execute("PRAGMA foreign_keys=ON")
-    except sqlite3.Error as exc:
+    except DRIVER_ERRORS as exc:
         error = translate_error(exc, backend.path, backend.busy_timeout)
         raise MigrationError(
             f"could not apply migration {migration.version:04d}_{migration.name} to "
