@@ -21,6 +21,7 @@ from uet.state import GateLedger, PatchLedger, WorkerLifecycle, init_db
 
 UET = shutil.which("uet", path=os.path.dirname(sys.executable))
 COMMANDS = ["init", "migrate", "doctor", "run", "runs", "show", "events", "workers", "patches",
+            "recover", "cancel",
             "gates"]
 
 

@@ -7,6 +7,7 @@ through the ledger stops the owner's command. On SQLite and PostgreSQL, with rea
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,15 +15,19 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
-from helpers import raw_execute
+from helpers import raw_execute, wait_for
 from test_cli import UET, gone, readline, uet_env
 from uet.errors import InvalidTransitionError
 from uet.state import Database, WorkerLifecycle, init_db
 from uet.state.recovery import (RUN_CANCEL_REQUESTED, Owner, identity, process_start, recover,
                                 request_cancel)
+
+# the reliability suite's processes (hold_lock: a writer holding the ledger's lock)
+PROGRAMS = str(Path(__file__).parent.parent / "bench" / "reliability_suite" / "programs.py")
 
 # prints its pid, starts a grandchild in its process group that writes its own pid, waits
 COMMAND = ("import os, subprocess, sys, time\n"
@@ -248,3 +253,80 @@ def test_an_owner_heartbeats_and_learns_when_it_was_reaped(tmp_path):
     assert "TERMINATED" in owner.lost
     owner.close()
     db.close()
+
+
+def _uet(*args: str, cwd, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([UET, *args], cwd=cwd, capture_output=True, text=True,
+                          env=uet_env(), stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def test_inspection_shows_a_lost_owner_and_uet_recover_fails_its_run(ledger, tmp_path):
+    proc, command = _start(ledger, tmp_path)
+    proc.kill()
+    proc.communicate(timeout=60)
+    with Database(ledger) as db:
+        run_id = db.list_runs()[0]["run_id"]
+    table = _uet("runs", "--db", ledger, cwd=tmp_path)
+    assert table.returncode == 0 and "running (owner lost)" in table.stdout
+    shown = _uet("show", "--db", ledger, cwd=tmp_path)
+    assert f"running (owner lost: process {proc.pid} on host" in shown.stdout
+    listed = json.loads(_uet("runs", "--db", ledger, "--json", cwd=tmp_path).stdout)
+    assert listed[0]["state"] == "running"  # inspection wrote nothing
+    recovered = _uet("recover", "--db", ledger, "--json", cwd=tmp_path)
+    assert recovered.returncode == 0, recovered.stderr
+    (found,) = json.loads(recovered.stdout)
+    assert found["runs"] == [run_id] and "has ended" in found["reason"]
+    again = _uet("recover", "--db", ledger, cwd=tmp_path)
+    assert again.stdout == "nothing to recover: every running run has a live owner\n"
+    with Database(ledger) as db:
+        assert db.get_run(run_id)["state"] == "failed"
+    assert gone(command, timeout=30)
+
+
+def test_uet_cancel_stops_a_run_from_another_shell(ledger, tmp_path):
+    proc, command = _start(ledger, tmp_path)
+    with Database(ledger) as db:
+        run_id = db.list_runs()[0]["run_id"]
+    canceled = _uet("cancel", "--db", ledger, run_id[:16], "--wait", "60", cwd=tmp_path)
+    assert canceled.returncode == 0, canceled.stderr
+    assert canceled.stdout.startswith(f"run {run_id} canceled: canceled (requested by uet "
+                                      "cancel): ")
+    assert proc.wait(timeout=60) == 143 and gone(command, timeout=30)
+    proc.communicate()
+    finished = _uet("cancel", "--db", ledger, run_id, cwd=tmp_path)
+    assert finished.returncode == 1
+    assert finished.stderr == (f"uet: error: run '{run_id}' cannot go from canceled to "
+                               "canceled: it is already canceled\n")
+
+
+def test_uet_run_says_in_one_line_when_it_cannot_close_its_run(tmp_path):
+    """The ledger stays locked by another process past --finish-timeout: one line says the
+    run could not be closed, and the reaper closes it once the owner is gone."""
+    ledger = str(tmp_path / "framework.db")
+    init_db(ledger).close()
+    ready, release = str(tmp_path / "held"), str(tmp_path / "release")
+    go = tmp_path / "go"
+    script = ("import os, sys, time\n"
+              "print('started', flush=True)\n"
+              f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n")
+    proc = subprocess.Popen([UET, "run", "--db", ledger, "--finish-timeout", "1", "--",
+                             sys.executable, "-c", script], cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=uet_env())
+    assert readline(proc) == "started\n"
+    holder = subprocess.Popen([sys.executable, PROGRAMS, "hold_lock", ledger, "300", ready,
+                               "IMMEDIATE", release])
+    try:
+        wait_for(ready)
+        go.touch()  # the command ends while the ledger cannot be written
+        _, err = proc.communicate(timeout=120)
+    finally:
+        Path(release).touch()
+        assert holder.wait(timeout=60) == 0
+    assert proc.returncode == 1
+    assert err.startswith("uet: error: run ") and err.count("\n") == 1, err
+    assert "could not be closed (succeeded) within 1 s" in err and "uet recover" in err
+    with Database(ledger) as db:
+        (found,) = recover(db)  # its owner has exited: the run is failed, not left running
+        run = db.get_run(found.runs[0])
+        assert run["state"] == "failed" and "has ended" in run["error_message"]

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import signal
+import stat
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import click
 
 from uet import __version__
-from uet.cli.output import (cell, emit_fields, emit_json, emit_json_line, emit_table,
-                            progress)
+from uet.cli.output import (FIELD_LIMIT, cell, emit_fields, emit_json, emit_json_line,
+                            emit_table, one_line, progress, shown)
 from uet.errors import UetError, ValidationError
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
@@ -33,24 +36,93 @@ class Context:
     def __init__(self, db_path: str | None, as_json: bool, debug: bool) -> None:
         self.db_path, self.as_json, self.debug = db_path, as_json, debug
 
-    def open(self, *, create: bool = False):
-        """The ledger: created or upgraded for commands that record; opened read-only for
-        inspection, which never creates, migrates or otherwise changes a ledger."""
+    def path(self) -> str:
+        """The ledger the command means, checked before anything is opened or created: a
+        SQLite file path or a PostgreSQL URL."""
+        from uet.state.db import ENV_VAR, resolve_path
+        path = resolve_path(self.db_path)
+        source = ("--db" if self.db_path is not None
+                  else f"${ENV_VAR}" if os.environ.get(ENV_VAR) else "the default ledger")
+        check_location(path, source)
+        return path
+
+    def open(self, *, create: bool = False, write: bool = False):
+        """The ledger: created or upgraded for commands that record; opened for writing, but
+        never created, for commands that change what exists (`write`); opened read-only for
+        inspection, which never creates, migrates or otherwise changes a ledger. An open
+        that fails leaves no folder it created behind."""
         from uet.errors import NotALedgerError
         from uet.state import Database
-        from uet.state.db import MEMORY, is_postgres_url, resolve_path
-        path = resolve_path(self.db_path)
+        from uet.state.db import MEMORY, is_postgres_url
+        path = self.path()
         if create:
-            return Database(path)
+            made = _missing_folders(path)
+            try:
+                return Database(path)
+            except BaseException:
+                for folder in made:  # deepest first; only what is still empty
+                    with contextlib.suppress(OSError):
+                        os.rmdir(folder)
+                raise
         if path != MEMORY and not is_postgres_url(path) and not os.path.exists(path):
             raise NotALedgerError(f"no ledger at {path}; create one with `uet init` (or name "
                                   "another with --db)")
-        return Database(path, read_only=True)
+        return Database(path, read_only=not write)
+
+
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_FILE_KINDS = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+               stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket"}
+
+
+def check_location(path: str, source: str) -> None:
+    """Refuse a ledger name that could only go wrong: a URL of another database, a path
+    through a file, something that is not a regular file (a device, a pipe)."""
+    from uet.errors import StorageError
+    from uet.state.db import MEMORY, is_postgres_url
+    if path == MEMORY or is_postgres_url(path):
+        return
+    scheme = _URL_SCHEME.match(path)
+    if scheme:
+        raise ValidationError(
+            f"{source} {path}: {scheme[1]}:// URLs are not supported; a ledger is a SQLite "
+            "file path (e.g. ledger.db) or a postgresql:// (postgres://) URL", field="db")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{source} {path}: the path is not valid UTF-8, which SQLite "
+                              "needs; rename the file or folder", field="db") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise StorageError(f"cannot open ledger {path}: {folder} is a file, not a folder; "
+                           "move it away or name another ledger with --db")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # not there (yet), or not ours to look at: opening says what is wrong
+    kind = _FILE_KINDS.get(stat.S_IFMT(mode))
+    if kind:
+        raise StorageError(f"cannot open ledger {path}: it is {kind}, not a regular file; "
+                           "name a file with --db")
+
+
+def _missing_folders(path: str) -> list[str]:
+    """The folders `path` needs that do not exist yet, deepest first."""
+    missing = []
+    folder = os.path.dirname(os.path.abspath(path))
+    while folder and not os.path.lexists(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing
 
 
 def _fail(message: str, code: int) -> None:
-    # the message may quote the caller's input: keep it one line, with no control codes
-    from uet.cli.output import one_line
+    # the message may quote the caller's input or the ledger: one line, no control codes
     click.echo(f"uet: error: {one_line(message)}", err=True)
     sys.exit(code)
 
@@ -92,6 +164,14 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The console script: click parses; every error, usage errors included, is one line."""
+    # the PostgreSQL pool's own log lines (reconnect attempts ...) are not for the user:
+    # uet says in one line what went wrong
+    pool_log = logging.getLogger("psycopg")
+    pool_log.addHandler(logging.NullHandler())
+    pool_log.propagate = False
+    for stream in (sys.stdout, sys.stderr):  # a character the stream cannot encode is
+        with contextlib.suppress(AttributeError, ValueError):  # escaped, not a crash
+            stream.reconfigure(errors="backslashreplace")
     try:
         code = cli.main(args=argv, prog_name="uet", standalone_mode=False)
     except getattr(click.exceptions, "NoArgsIsHelpError", ()) as exc:
@@ -115,27 +195,32 @@ def init(ctx: Context) -> None:
     from uet.state.db import display_name
     with ctx.open(create=True) as db:
         facts = {"database": display_name(db.db_path), "schema_version": db.schema_version()}
+        _reap(db)
     if ctx.as_json:
         emit_json(facts)
     else:
-        click.echo(f"ledger {facts['database']} at schema version {facts['schema_version']}")
+        click.echo(f"ledger {shown(facts['database'], FIELD_LIMIT)} at schema version "
+                   f"{facts['schema_version']}")
 
 
 @command(cli, "migrate", epilog="\b\nExample:\n  uet migrate --db old-ledger.db")
 def migrate(ctx: Context) -> None:
     """Upgrade the ledger's schema; prints the version before and after."""
-    from uet.state.db import display_name, peek_version, resolve_path
-    path = resolve_path(ctx.db_path)
+    from uet.state.db import display_name, peek_version
+    path = ctx.path()
     before = peek_version(path)
     path = display_name(path)  # a URL's password is never printed
     if not ctx.as_json:
-        click.echo(f"{path}: schema version {_version_text(before)}; migrating ...", err=True)
+        click.echo(f"{shown(path, FIELD_LIMIT)}: schema version {_version_text(before)}; "
+                   "migrating ...", err=True)
     with progress(f"migrating {path}"), ctx.open(create=True) as db:
         after = db.schema_version()
+        _reap(db)
     if ctx.as_json:
         emit_json({"database": path, "before": before, "after": after})
     else:
-        click.echo(f"{path}: schema version {_version_text(before)} -> {after}")
+        click.echo(f"{shown(path, FIELD_LIMIT)}: schema version {_version_text(before)} -> "
+                   f"{after}")
 
 
 def _version_text(version: int | None) -> str:
@@ -146,30 +231,128 @@ def _version_text(version: int | None) -> str:
 def doctor(ctx: Context) -> None:
     """Check the ledger: file, schema version, pragmas, integrity, row counts.
     Exits 1 when something is wrong."""
-    with ctx.open() as db:
-        facts = db.doctor()
+    from uet.state.db import display_name
+    path = ctx.path()  # a --db that cannot name a ledger is an error, not a finding
+    try:
+        with ctx.open() as db:
+            facts = db.doctor()
+    except ValidationError:
+        raise  # a usage error, not a finding
+    except UetError as exc:  # no ledger, a corrupt or unreadable file, server unreachable
+        facts = {"database": display_name(path), "problems": [str(exc)]}
+    else:
+        facts["problems"] = _problems(facts)
+    problems = facts["problems"]
+    if ctx.as_json:
+        emit_json(facts)
+    else:
+        emit_fields("ledger", [(k, v) for k, v in facts.items() if k != "row_counts"])
+        if "row_counts" in facts:
+            emit_table("rows", ["table", "rows"], sorted(facts["row_counts"].items()),
+                       state_column=None)
+        click.echo("ok" if not problems else "problems found")
+    if problems:
+        sys.exit(EXIT_ERROR)
+
+
+def _problems(facts: dict[str, Any]) -> list[str]:
     problems = []
     if facts["integrity_check"] != ["ok"]:
-        problems.append("integrity_check: " + "; ".join(facts["integrity_check"][:5]))
+        problems.append("integrity_check: "
+                        + "; ".join(map(str, facts["integrity_check"][:5])))
     if facts["foreign_key_violations"]:
         problems.append(f"{facts['foreign_key_violations']} foreign key violations")
     if facts["journal_mode"] not in ("wal", "memory"):
         problems.append(f"journal_mode is {facts['journal_mode']}, not wal")
     if not facts["foreign_keys"]:
         problems.append("foreign keys are not enforced")
-    facts["problems"] = problems
-    if ctx.as_json:
-        emit_json(facts)
-    else:
-        emit_fields("ledger", [(k, v) for k, v in facts.items() if k != "row_counts"])
-        emit_table("rows", ["table", "rows"], sorted(facts["row_counts"].items()),
-                   state_column=None)
-        click.echo("ok" if not problems else "problems found")
-    if problems:
-        sys.exit(EXIT_ERROR)
+    return problems
 
 
 # -- recording -------------------------------------------------------------------------
+
+class _TextSink:
+    """A binary sink that writes into a text stream (one without a `buffer`)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data.decode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _binary(stream: Any) -> Any:
+    """The binary side of a text stream (for copying a command's output into it)."""
+    return getattr(stream, "buffer", None) or _TextSink(stream)
+
+
+def _reap(db) -> list:
+    """The reaper pass every uet process that writes to a ledger makes once: runs whose
+    owner is gone are failed (uet.state.recovery)."""
+    from uet.state.recovery import recover
+    return recover(db)
+
+
+@command(cli, "recover", epilog="\b\nExample:\n  uet recover --db /srv/ledger/framework.db")
+def recover_command(ctx: Context) -> None:
+    """Fail the runs whose owner is gone (its process ended, or it missed two heartbeats),
+    with their running step attempts, and stop what their commands left running on this
+    host; prints what it recovered. Every `uet run` does this once on its own."""
+    with ctx.open(write=True) as db:
+        found = _reap(db)
+    if ctx.as_json:
+        emit_json([{"worker_id": r.worker_id, "reason": r.reason, "runs": r.runs}
+                   for r in found])
+    elif not found:
+        click.echo("nothing to recover: every running run has a live owner")
+    else:
+        emit_table(None, ["worker_id", "runs", "reason"],
+                   ([r.worker_id, _joined(r.runs), r.reason] for r in found), state_column=None)
+
+
+@command(cli, "cancel", epilog="\b\nExamples:\n  uet cancel 01HX\n  uet cancel 01HX --wait 30")
+@click.argument("run_id")
+@click.option("--wait", type=click.FloatRange(min=0, max=3600), default=10.0,
+              show_default=True, help="Seconds to wait for the run's owner to stop it.")
+def cancel(ctx: Context, run_id: str, wait: float) -> None:
+    """Cancel a run: a pending one, or one whose owner is gone, at once; a running one by
+    asking its owner (through the ledger), which stops the command and records canceled."""
+    from uet.state.recovery import request_cancel
+    with ctx.open(write=True) as db:
+        run_id = db.resolve_run_id(run_id)
+        run = request_cancel(db, run_id)
+        deadline = time.monotonic() + wait
+        while run["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            run = db.get_run(run_id)
+    if ctx.as_json:
+        emit_json(run)
+    if run["state"] == "running":
+        raise UetError(f"run {run_id}: cancel requested, but its owner has not stopped it "
+                       f"within {wait:g} s; it will when it next looks (every half second), "
+                       "or `uet recover` fails the run once its owner is gone")
+    if not ctx.as_json:
+        click.echo(f"run {run_id} {run['state']}: {run['error_message'] or ''}")
+
+
+def _owner_lost(db, rows: list) -> dict[str, str]:
+    """{run_id: why} of the running runs among `rows` whose owner is gone (nothing written:
+    the next reaper pass fails them)."""
+    from uet.state import WorkerLifecycle
+    from uet.state.recovery import owner_lost
+    workers = WorkerLifecycle(db)
+    lost = {}
+    for row in rows:
+        if row["state"] == "running" and row.get("worker_id"):
+            worker = workers.get_worker(row["worker_id"])
+            why = owner_lost(worker) if worker is not None else "its owner is not recorded"
+            if why:
+                lost[row["run_id"]] = why
+    return lost
+
 
 def _finite(_ctx, param, value):
     if value is not None and value != value:  # NaN passes every range check
@@ -181,8 +364,9 @@ def _finite(_ctx, param, value):
          context_settings={"allow_interspersed_args": False},
          epilog="\b\nExamples:\n  uet run -- pytest -q\n  uet run --project api --phase PH-2 "
                 "--tool aider --timeout 600 -- aider --yes\n\nExits with the command's "
-                "own exit code; 124 on timeout, 126/127 when it cannot be started, 130/143 "
-                "when canceled by SIGINT/SIGTERM.")
+                "own exit code; 124 on timeout, 126/127 when it cannot be started, 128+N when "
+                "canceled by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP, 131 SIGQUIT), 143 "
+                "when canceled by `uet cancel`.")
 @click.option("--project", default="default", show_default=True, help="Project id.")
 @click.option("--phase", default="default", show_default=True, help="Phase id.")
 @click.option("--workstream", default=None, help="Workstream id.")
@@ -190,19 +374,31 @@ def _finite(_ctx, param, value):
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=31_536_000),
               default=None, callback=_finite,
               help="Seconds after which the command is killed and the run failed.")
+@click.option("--heartbeat", type=click.FloatRange(min=0.05, max=3600), default=10.0,
+              show_default=True, callback=_finite,
+              help="Seconds between the heartbeats of this process, the run's owner; a "
+                   "reaper fails the run once two are missed.")
+@click.option("--finish-timeout", type=click.FloatRange(min=0, max=86_400), default=60.0,
+              show_default=True, callback=_finite,
+              help="Seconds the run's end is retried while the ledger is out of reach.")
 @click.argument("command_argv", nargs=-1, required=True, type=click.UNPROCESSED,
                 metavar="-- CMD [ARGS]...")
 def run(ctx: Context, project: str, phase: str, workstream: str | None, tool: str | None,
-        timeout: float | None, command_argv: tuple[str, ...]) -> None:
+        timeout: float | None, heartbeat: float, finish_timeout: float,
+        command_argv: tuple[str, ...]) -> None:
     """Run CMD and record it as a run with one step attempt (exit code, duration, the tail
     of its output). Its output passes through live; Ctrl-C cancels it."""
     from uet.engine import run_command
+    # --json: stdout holds the one JSON document, so the command's output goes to stderr
+    output = {"stdout": _binary(sys.stderr)} if ctx.as_json else {}
     with ctx.open(create=True) as db:
         result = run_command(db, list(command_argv), project_id=project, phase_id=phase,
-                             workstream_id=workstream, tool_id=tool, timeout=timeout)
+                             workstream_id=workstream, tool_id=tool, timeout=timeout,
+                             heartbeat_s=heartbeat, finish_timeout=finish_timeout, **output)
     why = f": {result.error}" if result.error and result.state != "succeeded" else ""
-    click.echo(f"uet: run {result.run_id} {result.state} (exit {result.exit_code}, "
-               f"{result.duration_sec:.2f} s){why}", err=True)
+    # the error quotes the command line: escaped like everything else uet prints
+    click.echo(one_line(f"uet: run {result.run_id} {result.state} (exit {result.exit_code}, "
+                        f"{result.duration_sec:.2f} s){why}"), err=True)
     if ctx.as_json:
         emit_json(result)
     sys.exit(result.exit_code)
@@ -228,18 +424,25 @@ def parse_since(value: str | None) -> str | None:
             raise ValidationError(f"--since {value} reaches before the year 1",
                                   field="since") from None
         return then.isoformat()
-    return value  # the ledger checks it and names it in the error
+    from uet.state.ids import normalize_timestamp
+    try:
+        return normalize_timestamp(value, "created_at")
+    except ValueError:
+        raise ValidationError(
+            f"--since {value!r} is neither an age (a number and a unit: 30s, 15m, 2h, 7d, "
+            "1w) nor an ISO timestamp (2026-01-31, 2026-01-31T12:00:00Z); it selects the "
+            "runs created_at or after it", field="since") from None
 
 
 def duration(row: dict[str, Any]) -> str | None:
     if not row.get("started_at") or not row.get("ended_at"):
         return None
-    try:
-        start = datetime.fromisoformat(row["started_at"])
-        end = datetime.fromisoformat(row["ended_at"])
-    except ValueError:
+    try:  # a stored value may be anything (raw SQL): no duration then, not a crash
+        seconds = (datetime.fromisoformat(row["ended_at"])
+                   - datetime.fromisoformat(row["started_at"])).total_seconds()
+    except (TypeError, ValueError, OverflowError):
         return None
-    return f"{(end - start).total_seconds():.2f}s"
+    return f"{seconds:.2f}s"
 
 
 @command(cli, "runs", epilog="\b\nExamples:\n  uet runs --project api --state failed\n"
@@ -258,11 +461,14 @@ def runs(ctx: Context, project, phase, workstream, state, since, limit) -> None:
                                  ("workstream_id", workstream), ("state", state)) if v}
     with ctx.open() as db:
         rows = db.list_runs(filters, limit, since=parse_since(since))
+        lost = {} if ctx.as_json else _owner_lost(db, rows)
     if ctx.as_json:
         emit_json(rows)
     else:
+        shown_rows = [{**r, "state": "running (owner lost)"} if r["run_id"] in lost else r
+                      for r in rows]
         emit_table(None, RUN_COLUMNS, ([*(r[c] for c in RUN_COLUMNS[:-1]), duration(r)]
-                                       for r in rows))
+                                       for r in shown_rows))
 
 
 @command(cli, "show", epilog="\b\nExamples:\n  uet show            # the newest run\n"
@@ -272,22 +478,26 @@ def show(ctx: Context, run_id: str | None) -> None:
     """Show a run (a unique prefix of its id will do; none: the newest run): its step
     attempts with durations, its events, patches and gates."""
     from uet.state import GateLedger, PatchLedger
-    from uet.errors import NotFoundError
+    from uet.state.db import display_name
     with ctx.open() as db:
         if run_id is None:
             newest = db.list_runs(limit=1)
             if not newest:
-                raise NotFoundError("run", "(any: the ledger has no runs yet)")
+                raise UetError(f"the ledger {display_name(db.db_path)} has no runs yet; "
+                               "record one with `uet run -- CMD`")
             run_id = newest[0]["run_id"]
         run_id = db.resolve_run_id(run_id)
         document = {"run": db.get_run(run_id), "step_attempts": db.list_step_attempts(run_id),
                     "events": db.list_events(run_id),
                     "patches": PatchLedger(db).history_of_run(run_id),
                     "gates": GateLedger(db).list_gates(run_id=run_id)}
+        lost = {} if ctx.as_json else _owner_lost(db, [document["run"]])
     if ctx.as_json:
         emit_json(document)
         return
     run_row = document["run"]
+    if run_id in lost:  # shown, not written: the next reaper pass fails it
+        run_row = {**run_row, "state": f"running (owner lost: {lost[run_id]})"}
     emit_fields(f"run {run_id}", [(k, v) for k, v in run_row.items() if k != "run_id"]
                 + [("duration", duration(run_row))])
     emit_table("step attempts", ["sequence", "attempt", "step_attempt_id", "tool_id", "state",
@@ -296,8 +506,8 @@ def show(ctx: Context, run_id: str | None) -> None:
                  s["exit_code"], duration(s)] for s in document["step_attempts"]))
     if document["patches"]:
         emit_table("patches", ["patch_id", "step_attempt_id", "files", "entries"],
-                   ([p["patch_id"], p["step_attempt_id"], ", ".join(p["files"]),
-                     ", ".join(f"{e['ledger_id']}:{e['state']}" for e in p["entries"])]
+                   ([p["patch_id"], p["step_attempt_id"], _joined(p["files"]),
+                     _joined(f"{e['ledger_id']}:{e['state']}" for e in p["entries"])]
                     for p in document["patches"]), state_column=None)
     if document["gates"]:
         emit_table("gates", ["gate_id", "name", "gate_type", "state", "exit_code",
@@ -317,7 +527,8 @@ def show(ctx: Context, run_id: str | None) -> None:
 @click.option("--since-seq", type=click.IntRange(min=0), default=0,
               help="Start after this event sequence number.")
 @click.option("--interval", type=click.FloatRange(min=0.01, max=60), default=0.2,
-              show_default=True, callback=_finite, help="Seconds between reads when following (on PostgreSQL new events wake the "
+              show_default=True, callback=_finite,
+              help="Seconds between reads when following (on PostgreSQL new events wake the "
                    "follower at once; this is then only the longest wait).")
 def events(ctx: Context, run_id: str | None, follow: bool, since_seq: int,
            interval: float) -> None:
@@ -360,9 +571,17 @@ def _print_event(ctx: Context, event: dict[str, Any]) -> None:
     if ctx.as_json:
         emit_json_line(event)
     else:
-        click.echo(f"{event['seq']:>8}  {event['timestamp']}  {event['run_id'] or '-':26}  "
-                   f"{cell(event['event_type']):<28} {cell(event['data'])}")
+        click.echo(f"{cell(event['seq']):>8}  {cell(event['timestamp'])}  "
+                   f"{cell(event['run_id']):26}  {cell(event['event_type']):<28} "
+                   f"{cell(event['data'], FIELD_LIMIT)}")
         sys.stdout.flush()
+
+
+def _joined(values: Any) -> str:
+    """A list of stored texts as one cell's text (anything else as its JSON)."""
+    if not isinstance(values, list) and not hasattr(values, "__next__"):
+        return values
+    return ", ".join(v if isinstance(v, str) else cell(v) for v in values)
 
 
 @command(cli, "workers", epilog="\b\nExample:\n  uet workers --state BUSY")
@@ -416,5 +635,5 @@ def gates(ctx: Context, phase: str | None, state: str | None, run_id: str | None
         emit_table(None, ["gate_id", "name", "gate_type", "phase_id", "state", "exit_code",
                           "depends_on", "blocked_by"],
                    ([g["gate_id"], g["name"], g["gate_type"], g["phase_id"], g["state"],
-                     g["exit_code"], ", ".join(g["depends_on"]), g["blocked_by"]]
+                     g["exit_code"], _joined(g["depends_on"]), g["blocked_by"]]
                     for g in rows))
