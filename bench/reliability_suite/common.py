@@ -21,7 +21,7 @@ MUTANT_VAR = "UET_RELIABILITY_MUTANT"
 
 # The keys of the final RELIABILITY line, in order.
 SUMMARY_KEYS = ("corrupt", "lost", "missing_events", "double", "locked", "partial", "untyped",
-                "half_migrated", "stranded")
+                "half_migrated", "stranded", "stuck", "orphans")
 
 
 @dataclass(frozen=True)
@@ -39,14 +39,19 @@ class Mode:
     stale_rounds: int
     heartbeat_s: float
     lock_hold_s: float
+    owner_rounds: int
+    owner_processes: int
+    owner_heartbeat_s: float
 
 
 QUICK = Mode("quick", crash_rounds=10, crash_writers=3, race_processes=8, race_runs=1000,
              race_entries=200, bad_input_cases=2400, migration_kills=4, stale_workers=4,
-             stale_rounds=1, heartbeat_s=1.0, lock_hold_s=1.0)
+             stale_rounds=1, heartbeat_s=1.0, lock_hold_s=1.0, owner_rounds=1,
+             owner_processes=6, owner_heartbeat_s=1.0)
 SOAK = Mode("soak", crash_rounds=200, crash_writers=4, race_processes=8, race_runs=1000,
             race_entries=1000, bad_input_cases=52_000, migration_kills=60, stale_workers=6,
-            stale_rounds=5, heartbeat_s=0.5, lock_hold_s=2.0)
+            stale_rounds=5, heartbeat_s=0.5, lock_hold_s=2.0, owner_rounds=20,
+            owner_processes=8, owner_heartbeat_s=0.5)
 MODES = {"quick": QUICK, "soak": SOAK}
 
 

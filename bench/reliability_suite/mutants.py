@@ -242,6 +242,19 @@ def pg_lazy_commit() -> None:
     m.PostgresBackend.transaction = transaction
 
 
+def reaper_ignores_pids() -> None:
+    """The reaper never looks at an owner's process: a dead one is noticed only when its
+    heartbeats stop, two intervals later."""
+    from uet.state import recovery
+    recovery.why_gone = lambda affinity: None
+
+
+def reaper_forgets_groups() -> None:
+    """The reaper fails a dead owner's run but leaves what its command started running."""
+    from uet.state import recovery
+    recovery._stop_group = lambda pgid: None
+
+
 MUTANTS = {
     "deferred_begin": deferred_begin,
     "split_event": split_event,
@@ -258,6 +271,8 @@ MUTANTS = {
     "slow_reaper": slow_reaper,
     "pg_no_write_lock": pg_no_write_lock,
     "pg_lazy_commit": pg_lazy_commit,
+    "reaper_ignores_pids": reaper_ignores_pids,
+    "reaper_forgets_groups": reaper_forgets_groups,
 }
 
 # Which checks must report a non-zero figure against each mutant.
@@ -277,6 +292,8 @@ CAUGHT_BY = {
     "slow_reaper": ("stale",),
     "pg_no_write_lock": ("races_pg",),
     "pg_lazy_commit": ("crash_pg",),
+    "reaper_ignores_pids": ("owners",),
+    "reaper_forgets_groups": ("owners",),
 }
 
 

@@ -26,6 +26,7 @@ CHECKS = {
     "disk": "reliability_suite.disk",
     "boundaries": "reliability_suite.boundaries",
     "waiting": "reliability_suite.waiting",
+    "owners": "reliability_suite.owners",
     "crash_pg": "reliability_suite.crash",
     "races_pg": "reliability_suite.races",
 }
@@ -38,6 +39,7 @@ TITLES = {
     "disk": "6. disk trouble",
     "boundaries": "7. every statement boundary",
     "waiting": "8. waiting, not failing",
+    "owners": "9. owners killed (uet run)",
     "crash_pg": "1. crash safety on PostgreSQL (random SIGKILL of clients)",
     "races_pg": "2. races on PostgreSQL (8 processes)",
 }
