@@ -21,7 +21,7 @@ from uet.state import GateLedger, PatchLedger, WorkerLifecycle, init_db
 
 UET = shutil.which("uet", path=os.path.dirname(sys.executable))
 COMMANDS = ["init", "migrate", "doctor", "run", "runs", "show", "events", "workers", "patches",
-            "recover", "cancel",
+            "recover", "cancel", "logs",
             "gates"]
 
 
@@ -553,3 +553,55 @@ def test_run_records_into_a_postgresql_ledger(tmp_path, postgres_url):
     shown = json.loads(uet("show", "--db", postgres_url, "--json", cwd=tmp_path).stdout)
     assert shown["run"] == run and shown["events"] == expected
     assert not (tmp_path / ".ledger").exists()
+
+
+def test_logs_prints_the_kept_output_whole_and_escaped(tmp_path, ledger):
+    script = "printf 'one\\n\\033[31mred\\033[0m\\tTAB\\n'; printf 'err\\n' >&2; exit 2"
+    assert uet("run", "--", "sh", "-c", script, cwd=tmp_path).returncode == 2
+    assert uet("run", "--", "sh", "-c", "echo later", cwd=tmp_path).returncode == 0
+    with init_db(str(ledger)) as db:
+        first = db.list_runs()[1]["run_id"]
+    out = uet("logs", first[:14], cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout == "one\n\\x1b[31mred\\x1b[0m\tTAB\n"
+    assert uet("logs", first, "--stderr", cwd=tmp_path).stdout == "err\n"
+    assert uet("logs", cwd=tmp_path).stdout == "later\n"  # the newest run
+    (tail,) = json.loads(uet("logs", first, "--json", cwd=tmp_path).stdout)
+    assert (tail["sequence"], tail["stdout_tail"], tail["stderr_tail"]) == (
+        1, "one\n\x1b[31mred\x1b[0m\tTAB\n", "err\n")
+    missing = uet("logs", first, "--step", "2", cwd=tmp_path)
+    assert missing.returncode == 1
+    assert missing.stderr == f"uet: error: run {first} has no step attempt with sequence 2\n"
+    assert f"kept output: uet logs {first}" in uet("show", first, cwd=tmp_path).stdout
+
+
+def test_events_follow_of_one_run_ends_once_the_run_is_finished(tmp_path, ledger):
+    go = tmp_path / "go"
+    script = (f"import os, time\nprint('started', flush=True)\n"
+              f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n")
+    runner = subprocess.Popen([UET, "run", "--", sys.executable, "-c", script], cwd=tmp_path,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=uet_env())
+    assert readline(runner) == "started\n"
+    with init_db(str(ledger)) as db:
+        run_id = db.list_runs()[0]["run_id"]
+    follower = subprocess.Popen([UET, "events", run_id, "--follow", "--json", "--interval",
+                                 "0.05"], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=uet_env())
+    try:
+        assert json.loads(readline(follower))["event_type"] == "run.created"
+        go.touch()
+        assert runner.wait(timeout=60) == 0
+        out, err = follower.communicate(timeout=60)  # it ends by itself
+    finally:
+        for proc in (runner, follower):
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+    assert follower.returncode == 0, err
+    last = json.loads(out.splitlines()[-1])
+    assert (last["event_type"], last["data"]["to"]) == ("run.state_changed", "succeeded")
+    again = uet("events", run_id, "--follow", "--json", cwd=tmp_path, timeout=30)
+    assert again.returncode == 0  # a finished run: its trail, then done at once
+    with init_db(str(ledger)) as db:
+        trail = [e["seq"] for e in db.list_events(run_id)]
+    assert [json.loads(line)["seq"] for line in again.stdout.splitlines()] == trail

@@ -24,7 +24,7 @@ import click
 
 from uet import __version__
 from uet.cli.output import (FIELD_LIMIT, cell, emit_fields, emit_json, emit_json_line,
-                            emit_table, one_line, progress, shown)
+                            emit_table, log_text, one_line, progress, shown)
 from uet.errors import UetError, ValidationError
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
@@ -478,15 +478,8 @@ def show(ctx: Context, run_id: str | None) -> None:
     """Show a run (a unique prefix of its id will do; none: the newest run): its step
     attempts with durations, its events, patches and gates."""
     from uet.state import GateLedger, PatchLedger
-    from uet.state.db import display_name
     with ctx.open() as db:
-        if run_id is None:
-            newest = db.list_runs(limit=1)
-            if not newest:
-                raise UetError(f"the ledger {display_name(db.db_path)} has no runs yet; "
-                               "record one with `uet run -- CMD`")
-            run_id = newest[0]["run_id"]
-        run_id = db.resolve_run_id(run_id)
+        run_id = _run_or_newest(db, run_id)
         document = {"run": db.get_run(run_id), "step_attempts": db.list_step_attempts(run_id),
                     "events": db.list_events(run_id),
                     "patches": PatchLedger(db).history_of_run(run_id),
@@ -504,6 +497,10 @@ def show(ctx: Context, run_id: str | None) -> None:
                                  "exit_code", "duration"],
                ([s["sequence"], s["attempt"], s["step_attempt_id"], s["tool_id"], s["state"],
                  s["exit_code"], duration(s)] for s in document["step_attempts"]))
+    if any(_tail(s, "stdout_tail") or _tail(s, "stderr_tail")
+           for s in document["step_attempts"]):
+        click.echo(f"\nkept output: uet logs {run_id} (stdout), uet logs {run_id} --stderr "
+                   "(add --step N for one step)")
     if document["patches"]:
         emit_table("patches", ["patch_id", "step_attempt_id", "files", "entries"],
                    ([p["patch_id"], p["step_attempt_id"], _joined(p["files"]),
@@ -519,11 +516,62 @@ def show(ctx: Context, run_id: str | None) -> None:
                 for e in document["events"]), state_column=None)
 
 
+@command(cli, "logs", epilog="\b\nExamples:\n  uet logs            # the newest run's output\n"
+                              "  uet logs 01HX --step 2 --stderr")
+@click.argument("run_id", required=False)
+@click.option("--step", type=click.IntRange(min=1), default=None,
+              help="Only the step attempts of this sequence number.")
+@click.option("--stderr", "which", flag_value="stderr", default="stdout",
+              help="The tail of stderr instead of stdout.")
+def logs(ctx: Context, run_id: str | None, step: int | None, which: str) -> None:
+    """Print the kept output (the last 8 KB of stdout, or of stderr) of a run's step
+    attempts (a unique prefix of its id will do; none: the newest run), whole."""
+    with ctx.open() as db:
+        run_id = _run_or_newest(db, run_id)
+        steps = [s for s in db.list_step_attempts(run_id)
+                 if step is None or s["sequence"] == step]
+    if step is not None and not steps:
+        raise UetError(f"run {run_id} has no step attempt with sequence {step}")
+    tails = [{"step_attempt_id": s["step_attempt_id"], "sequence": s["sequence"],
+              "attempt": s["attempt"], "tool_id": s["tool_id"],
+              "stdout_tail": _tail(s, "stdout_tail"), "stderr_tail": _tail(s, "stderr_tail")}
+             for s in steps]
+    if ctx.as_json:
+        emit_json(tails)
+        return
+    for tail in tails:
+        if len(tails) > 1:  # which step each part is from (on stderr: stdout stays the log)
+            click.echo(f"== step {tail['sequence']}.{tail['attempt']} "
+                       f"{shown(tail['tool_id'])} ({which}) ==", err=True)
+        text = tail[f"{which}_tail"] or ""
+        click.echo(log_text(text), nl=bool(text) and not text.endswith("\n"))
+
+
+def _tail(step: dict[str, Any], key: str) -> str | None:
+    meta = step["metadata"] if isinstance(step["metadata"], dict) else {}
+    value = meta.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _run_or_newest(db, run_id: str | None) -> str:
+    """The run named by a unique id prefix, or the newest run."""
+    from uet.state.db import display_name
+    if run_id is None:
+        newest = db.list_runs(limit=1)
+        if not newest:
+            raise UetError(f"the ledger {display_name(db.db_path)} has no runs yet; "
+                           "record one with `uet run -- CMD`")
+        return newest[0]["run_id"]
+    return db.resolve_run_id(run_id)
+
+
 @command(cli, "events", epilog="\b\nExamples:\n  uet events 01HX\n"
                                 "  uet events --follow --json | jq .event_type")
 @click.argument("run_id", required=False)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as other "
-                                                   "processes write them, until Ctrl-C.")
+                                                   "processes write them: of one run until "
+                                                   "it is finished, of the whole ledger "
+                                                   "until Ctrl-C.")
 @click.option("--since-seq", type=click.IntRange(min=0), default=0,
               help="Start after this event sequence number.")
 @click.option("--interval", type=click.FloatRange(min=0.01, max=60), default=0.2,
@@ -533,9 +581,11 @@ def show(ctx: Context, run_id: str | None) -> None:
 def events(ctx: Context, run_id: str | None, follow: bool, since_seq: int,
            interval: float) -> None:
     """Print the event trail (of one run, or of the whole ledger) in order."""
+    lines = follow  # --follow prints JSON lines, one per event, however it ends
     with ctx.open() as db:
         if run_id is not None:
             run_id = db.resolve_run_id(run_id)
+            follow = follow and db.get_run(run_id)["state"] not in FINISHED
         if follow:
             # Ctrl-C (SIGINT) ends following, even when the shell that started uet in the
             # background set SIGINT to be ignored (Python then never raises
@@ -548,9 +598,13 @@ def events(ctx: Context, run_id: str | None, follow: bool, since_seq: int,
                 try:
                     for event in trail:
                         _print_event(ctx, event)
+                        since_seq = event["seq"]
+                        if run_id is not None and _finishes(event):
+                            break  # the rest of what is there now, then done
+                    else:
+                        return
                 except KeyboardInterrupt:
                     return
-            return
         cursor = since_seq
         rows = []
         while True:
@@ -558,13 +612,22 @@ def events(ctx: Context, run_id: str | None, follow: bool, since_seq: int,
             if not batch:
                 break
             cursor = batch[-1]["seq"]
-            if ctx.as_json:
+            if ctx.as_json and not lines:
                 rows.extend(batch)
             else:
                 for event in batch:
                     _print_event(ctx, event)
-        if ctx.as_json:
+        if ctx.as_json and not lines:
             emit_json(rows)
+
+
+FINISHED = ("succeeded", "failed", "canceled", "quarantined")
+
+
+def _finishes(event: dict[str, Any]) -> bool:
+    """Whether the event is its run's move into a finished state."""
+    data = event["data"] if isinstance(event["data"], dict) else {}
+    return event["event_type"] == "run.state_changed" and data.get("to") in FINISHED
 
 
 def _print_event(ctx: Context, event: dict[str, Any]) -> None:

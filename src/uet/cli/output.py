@@ -71,6 +71,15 @@ def shown(text: Any, limit: int = CELL_LIMIT) -> str:
     return UNSAFE.sub(_escape, clip(str(text), limit))
 
 
+_UNSAFE_IN_LOGS = re.compile(f"[\x00-\x08\x0b-\x1f{_HIDDEN}]")  # keeps \t and \n
+
+
+def log_text(text: str) -> str:
+    """Kept output as it was written, lines and tabs kept, every other unsafe character
+    escaped (a tool's colour codes show as `\x1b[31m`, never act on the terminal)."""
+    return _UNSAFE_IN_LOGS.sub(_escape, text)
+
+
 def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
     """A message (an error, a summary) as one safe terminal line: every control character
     and line break escaped; a huge one keeps its start and its end (where the advice is)."""
