@@ -65,6 +65,7 @@ class Server:
         self.folder = tempfile.mkdtemp(prefix="uet-pg-")
         self.data = os.path.join(self.folder, "data")
         self.port = 0
+        self._options = ""
         self._watchdog: subprocess.Popen | None = None
         self._as: dict[str, Any] = {}
         if os.geteuid() == 0:
@@ -95,6 +96,7 @@ class Server:
             if not durable:  # for throwaway test data only, never for a real ledger
                 options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             try:
+                self._options = options
                 self._run("pg_ctl", "-D", self.data, "-l", os.path.join(self.folder, "log"),
                           "-o", options, "-w", "-t", "60", "start")
                 return self.url()
@@ -103,6 +105,15 @@ class Server:
                     raise
                 time.sleep(0.2)
         raise AssertionError("unreachable")
+
+    def halt(self) -> None:
+        """Stop the server at once, as a crash or an outage would (its data is kept)."""
+        self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start a halted server again, on the same port with the same data."""
+        self._run("pg_ctl", "-D", self.data, "-l", os.path.join(self.folder, "log"),
+                  "-o", self._options, "-w", "-t", "60", "start")
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://uet@127.0.0.1:{self.port}/{database}"

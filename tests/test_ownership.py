@@ -330,3 +330,36 @@ def test_uet_run_says_in_one_line_when_it_cannot_close_its_run(tmp_path):
         (found,) = recover(db)  # its owner has exited: the run is failed, not left running
         run = db.get_run(found.runs[0])
         assert run["state"] == "failed" and "has ended" in run["error_message"]
+
+
+def test_a_postgresql_server_gone_during_a_run_gets_one_line_and_the_run_is_recovered(
+        tmp_path):
+    """The server goes away while the command runs: uet retries its final write for
+    --finish-timeout, then says in one line that the run could not be closed (no pool log
+    noise); once the server is back, a reaper pass fails the run (its owner has exited)."""
+    import pgserver
+    server = pgserver.Server()  # a private one: this test stops it
+    try:
+        url = server.start(durable=True)  # the halt below must not lose what was committed
+        init_db(url).close()
+        go = tmp_path / "go"
+        script = ("import os, time\nprint('started', flush=True)\n"
+                  f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n")
+        proc = subprocess.Popen([UET, "run", "--db", url, "--finish-timeout", "2", "--",
+                                 sys.executable, "-c", script], cwd=tmp_path,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=uet_env())
+        assert readline(proc) == "started\n"
+        server.halt()
+        go.touch()
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1
+        assert err.count("\n") == 1 and err.startswith("uet: error: run "), err
+        assert "could not be closed (succeeded) within 2 s" in err
+        server.resume()
+        with Database(url) as db:
+            (found,) = recover(db)
+            run = db.get_run(found.runs[0])
+            assert run["state"] == "failed" and f"process {proc.pid}" in run["error_message"]
+    finally:
+        server.stop()

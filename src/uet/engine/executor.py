@@ -208,6 +208,9 @@ def run_command(db: Database, argv: list[str], *, project_id: str, phase_id: str
                 error_log = "\n".join(p for p in (pumps[1].text(), error) if p) or None
             _finish(db, run_id, step_id, state, code, error, error_log, metadata,
                     finish_timeout)
+        except RunNotClosedError:
+            owner.stop_heartbeat()  # the ledger is out of reach: the reaper retires it later
+            raise
         finally:
             try:
                 owner.close()

@@ -277,6 +277,7 @@ class Owner:
         self.lost: str | None = None  # why the ledger says we are gone (reaped), if it does
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._retired = False
 
     def register(self) -> str:
         """Record this process as an IDLE worker; returns its worker_id."""
@@ -307,12 +308,20 @@ class Owner:
             except UetError:
                 continue  # the ledger is out of reach for now: beat again next interval
 
+    def stop_heartbeat(self) -> None:
+        """Stop heartbeating and give up the record: `close()` then writes nothing (for a
+        ledger out of reach; the reaper retires the worker once this process has ended)."""
+        self._stop.set()
+        self._retired = True
+
     def close(self) -> None:
         """Stop heartbeating and retire the worker record (its run must be finished: a run
         still running is failed by the termination, with a reason naming this owner)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+        if self._retired:
+            return
         worker = self.workers.get_worker(self.worker_id)
         if worker is None or worker.state == "TERMINATED":
             return
