@@ -288,7 +288,7 @@ CAUGHT_BY = {
     "no_busy_timeout": ("waiting", "races"),
     "shared_fork": ("waiting",),
     "migration_autocommit": ("migration", "boundaries"),
-    "reaper_forgets_work": ("stale",),
+    "reaper_forgets_work": ("stale", "owners_pg"),
     "slow_reaper": ("stale",),
     "pg_no_write_lock": ("races_pg",),
     "pg_lazy_commit": ("crash_pg",),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -153,7 +154,133 @@ def _round(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random,
             "latency": latency}
 
 
-def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Result:
+# ends by itself after the given seconds (argv: seconds, tag)
+FINITE = ("import os, sys, time\n"
+          "open(sys.argv[2] + '.command', 'w').write(str(os.getpid()))\n"
+          "time.sleep(float(sys.argv[1]))\n")
+
+
+def _outage_round(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random,
+                  number: int, server) -> dict:
+    """`uet run` processes on a PostgreSQL ledger whose server goes away for a while in
+    the middle; some of them are killed meanwhile. Once the server is back, every run must
+    be closed (by its owner, or by the reaper) within two heartbeat intervals of the last
+    owner's end, and no command may be alive."""
+    from datetime import datetime, timezone
+
+    import pgserver
+
+    from uet.errors import UetError
+    from uet.state import Database, init_db
+    from uet.state.recovery import recover
+    h = mode.owner_heartbeat_s
+    with pgserver.schema(server.url(), f"owners_{number}") as url:
+        init_db(url).close()
+        tags = [str(workdir / f"pg-{number}-{i}") for i in range(mode.owner_processes)]
+        # a third of the owners die while the ledger is unreachable, by each signal in turn
+        # (their commands outlast the outage); the others' commands end by themselves,
+        # before, during or after it
+        doomed = {tag: SIGNALS[(i // 3) % len(SIGNALS)] for i, tag in enumerate(tags)
+                  if i % 3 == 0}
+        procs = {tag: spawn("uet", "run", "--db", url, "--heartbeat", f"{h:g}",
+                            "--finish-timeout", f"{rng.choice([0.5, 3.0, 30.0]):g}", "--",
+                            sys.executable, "-c", FINITE,
+                            "60" if tag in doomed else f"{rng.uniform(0.2, 2.5):.2f}", tag,
+                            mutant=mutant, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for tag in tags}
+        # the outage starts at a random instant once the commands run (each has its run)
+        deadline = time.monotonic() + 120
+        while (not all(os.path.exists(tag + ".command") for tag in tags)
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5))
+        server.halt()
+        down = rng.uniform(0.5, 4.0)
+        kill_at = {tag: time.monotonic() + rng.uniform(0.0, down * 0.8) for tag in doomed}
+        outage_end = time.monotonic() + down
+        while time.monotonic() < outage_end:
+            for tag, signum in list(doomed.items()):
+                if time.monotonic() >= kill_at[tag]:
+                    if procs[tag].poll() is None:
+                        procs[tag].send_signal(signum)
+                    del doomed[tag]
+            time.sleep(0.02)
+        server.resume()
+        for proc in procs.values():  # each owner closes its run, or gives up and says so
+            proc.communicate(timeout=180)
+        ended = time.monotonic()
+        db = Database(url)
+        left_open = None  # what the first reaper pass after every owner ended left open
+        try:
+            while True:
+                try:
+                    recover(db, now=datetime.now(timezone.utc))
+                except UetError:
+                    time.sleep(h / 20)
+                    continue  # the pool is still reconnecting: not a pass
+                runs = _runs(url)
+                open_runs = [t for t in tags if runs.get(t, ("none",))[0] not in
+                             (*TERMINAL, "none")]
+                if left_open is None:  # every owner has ended, on this host: all closed
+                    left_open = len(open_runs)
+                if not open_runs or time.monotonic() - ended > 2 * h:
+                    break
+                time.sleep(h / 20)
+        finally:
+            db.close()
+        orphans = []
+        for tag in tags:
+            pid_file = Path(tag + ".command")
+            if pid_file.exists() and pid_file.read_text() and _alive(int(pid_file.read_text())):
+                orphans.append(f"command of {Path(tag).name}")
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        conn = connect_raw(url)
+        try:  # how the runs were closed: by their owner, or failed by a reaper pass
+            reaped = sum(1 for (message,) in conn.execute("SELECT error_message FROM runs")
+                         if re.match(r"owner \S+ \(.*\) is gone: ", message or ""))
+        finally:
+            conn.close()
+        return {"processes": len(tags), "open": len(open_runs), "orphans": orphans,
+                "reaped": reaped,
+                "down": down, "late": left_open or 0,
+                "no_run": sum(1 for t in tags if t not in runs)}
+
+
+def run_outage(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Result:
+    """Check 9 on PostgreSQL: the server goes away in the middle of the runs."""
+    import pgserver
+    result = Result("owners_pg")
+    server = pgserver.Server()
+    try:
+        server.start(durable=True)  # an outage must not lose what was committed
+        rounds = [_outage_round(mode, workdir, mutant, rng, n, server)
+                  for n in range(max(1, mode.owner_rounds // 4))]
+    finally:
+        server.stop()
+    result.add("uet run processes through an outage", sum(r["processes"] for r in rounds),
+               zero=False, note=f"{len(rounds)} outages of "
+                                f"{min(r['down'] for r in rounds):.1f}-"
+                                f"{max(r['down'] for r in rounds):.1f} s, a third of the "
+                                "owners killed during them")
+    result.add("owners that never got to create their run", sum(r["no_run"] for r in rounds),
+               zero=False)
+    result.add("runs failed by the reaper (owner gone)", sum(r["reaped"] for r in rounds),
+               zero=False, note="the rest were closed by their owners")
+    result.add("runs the first reaper pass after the owners ended left open",
+               sum(r["late"] for r in rounds), "stuck")
+    result.add("runs open two intervals after the last owner ended",
+               sum(r["open"] for r in rounds), "stuck")
+    orphans = [o for r in rounds for o in r["orphans"]]
+    result.add("processes alive after their owner", len(orphans), "orphans")
+    result.details = orphans
+    return result
+
+
+def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random,
+        engine: str = "sqlite") -> Result:
+    if engine == "postgresql":
+        return run_outage(mode, workdir, mutant, rng)
     result = Result("owners")
     rounds = [_round(mode, workdir, mutant, rng, n) for n in range(mode.owner_rounds)]
     by = [s for r in rounds for s in r["by"]]

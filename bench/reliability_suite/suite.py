@@ -29,6 +29,7 @@ CHECKS = {
     "owners": "reliability_suite.owners",
     "crash_pg": "reliability_suite.crash",
     "races_pg": "reliability_suite.races",
+    "owners_pg": "reliability_suite.owners",
 }
 TITLES = {
     "crash": "1. crash safety (random SIGKILL)",
@@ -42,6 +43,7 @@ TITLES = {
     "owners": "9. owners killed (uet run)",
     "crash_pg": "1. crash safety on PostgreSQL (random SIGKILL of clients)",
     "races_pg": "2. races on PostgreSQL (8 processes)",
+    "owners_pg": "9. owners through a PostgreSQL outage",
 }
 
 
