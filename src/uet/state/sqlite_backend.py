@@ -144,6 +144,7 @@ class SQLiteBackend:
         self.is_memory = path == MEMORY
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self._immutable = False  # opened as the file it is (nothing can be writing it)
         self._closed = False
         _live_backends.add(self)
 
@@ -172,6 +173,9 @@ class SQLiteBackend:
                 raise NotALedgerError(f"no ledger at {self.path}")
             from urllib.parse import quote
             target, uri = f"file:{quote(self.path)}?mode=ro", True
+            self._immutable = self._unchangeable()
+            if self._immutable:
+                target += "&immutable=1"
         try:
             conn = sqlite3.connect(target, timeout=self.busy_timeout, uri=uri,
                                    isolation_level=None, check_same_thread=False,
@@ -181,11 +185,52 @@ class SQLiteBackend:
         try:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(DURABILITY[self.durability])
+            if self.read_only:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens it
         except DRIVER_ERRORS as exc:
             conn.close()
-            raise translate_error(exc, self.path, self.busy_timeout) from None
+            raise self._blocked(exc) or translate_error(exc, self.path,
+                                                        self.busy_timeout) from None
         self._conn = conn
         return conn
+
+    def _journal_mode(self, conn: sqlite3.Connection) -> str:
+        """The file's journal mode; read from its header when it was opened as the file it
+        is (`immutable`), where SQLite reports none of its own."""
+        if self.read_only and not self.is_memory and self._immutable:
+            with open(self.path, "rb") as f:
+                header = f.read(20)
+            return "wal" if header[18:20] == b"\x02\x02" else "delete"
+        return conn.execute("PRAGMA journal_mode").fetchone()[0]
+
+    def _unchangeable(self) -> bool:
+        """A ledger that nothing can be writing: in a folder this process may not write (a
+        read-only mount, another user's folder) with no WAL file beside it — a WAL writer
+        would have had to create one there. It is read as the file it is (SQLite's
+        `immutable`), needing no shared-memory file that could not be created."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        return not os.access(folder, os.W_OK) and not os.path.exists(self.path + "-wal")
+
+    def _blocked(self, exc: Exception) -> UetError | None:
+        """For a read-only open that SQLite could not make: which file blocks it."""
+        code = getattr(exc, "sqlite_errorcode", 0) or 0
+        if not self.read_only or code & 0xFF not in (sqlite3.SQLITE_CANTOPEN,
+                                                     sqlite3.SQLITE_READONLY):
+            return None
+        folder = os.path.dirname(os.path.abspath(self.path))
+        for suffix in ("-shm", "-wal"):
+            side = self.path + suffix
+            if os.path.exists(side) and not os.access(side, os.R_OK | os.W_OK):
+                return StorageError(
+                    f"cannot read ledger {self.path}: {side} (a file of its write-ahead log) "
+                    "cannot be opened for reading and writing by this user, which SQLite "
+                    "needs even to read a ledger being written; ask its owner, or read a copy")
+        if not os.access(folder, os.W_OK):
+            return StorageError(
+                f"cannot read ledger {self.path}: SQLite must create {self.path}-shm to read "
+                f"a ledger being written, and the folder {folder} is not writable by this "
+                "user (or is on a read-only file system); read a copy, or ask its owner")
+        return None
 
     def enable_wal(self) -> str:
         """Switch the file to WAL (persistent in the file); returns the journal mode in force.
@@ -294,7 +339,7 @@ class SQLiteBackend:
                     "path": self.path,
                     "schema_version": conn.execute(
                         "SELECT max(version) FROM schema_migrations").fetchone()[0],
-                    "journal_mode": conn.execute("PRAGMA journal_mode").fetchone()[0],
+                    "journal_mode": self._journal_mode(conn),
                     "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(
                         conn.execute("PRAGMA synchronous").fetchone()[0], "?"),
                     "foreign_keys": bool(conn.execute("PRAGMA foreign_keys").fetchone()[0]),
