@@ -364,3 +364,24 @@ def test_a_huge_error_stays_one_short_line(tmp_path, file_ledger):
     message = one_line_error(result)
     assert result.returncode == 1 and len(message) < 20_000 and "chars left out" in message
     assert raw_hidden(message.rstrip("\n")) == []
+
+
+def test_text_that_is_not_utf8_is_listed_with_its_bad_bytes_escaped(tmp_path):
+    """Bytes that are not UTF-8 in a text column (another program, raw SQL): every listing
+    still works, the bad bytes shown as escapes (\\udcff in JSON)."""
+    path = tmp_path / "framework.db"
+    init_db(str(path)).close()
+    conn = sqlite3.connect(str(path))
+    conn.execute("INSERT INTO runs (run_id, project_id, phase_id, state, created_at, "
+                 "metadata) VALUES ('r', CAST(X'6162FF' AS TEXT), 'ph', 'pending', "
+                 "'2026-01-01T00:00:00.000000Z', '{}')")
+    conn.commit()
+    conn.close()
+    listed = uet("runs", "--db", str(path), "--json", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)[0]["project_id"] == "ab\udcff"
+    assert '"ab\\udcff"' in listed.stdout
+    table = uet("runs", "--db", str(path), cwd=tmp_path)
+    assert table.returncode == 0 and "ab\\udcff" in table.stdout
+    shown = uet("show", "r", "--db", str(path), cwd=tmp_path)
+    assert shown.returncode == 0 and "ab\\udcff" in shown.stdout

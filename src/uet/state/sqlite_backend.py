@@ -121,6 +121,10 @@ def translate_error(exc: BaseException, path: str, busy_timeout: float) -> UetEr
     return StorageError(f"ledger {path}: {text}")
 
 
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
 class SQLiteBackend:
     """One ledger file (or private in-memory database) with one connection, shared by the
     threads of a process.
@@ -275,9 +279,22 @@ class SQLiteBackend:
             raise translate_error(exc, self.path, self.busy_timeout) from None
 
     def query(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
-        """Run one read statement; rows as dicts with JSON columns decoded."""
+        """Run one read statement; rows as dicts with JSON columns decoded. Text that is not
+        UTF-8 (stored past uet's checks: raw SQL, another program) is read with its bad
+        bytes as lone surrogates (U+DC80-U+DCFF), which the command line shows escaped."""
+        def rows(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            try:
+                return rows_of(conn.execute(sql, params))
+            except sqlite3.OperationalError as exc:
+                if "Could not decode to UTF-8" not in str(exc):  # the driver's own check
+                    raise
+                conn.text_factory = _lenient_text  # only for this read: it costs per value
+                try:
+                    return rows_of(conn.execute(sql, params))
+                finally:
+                    conn.text_factory = str
         with self._lock:
-            return self._run(lambda c: rows_of(c.execute(sql, params)))
+            return self._run(rows)
 
     def read(self, name: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
         """Run the named read query of queries.sql; rows as dicts."""
