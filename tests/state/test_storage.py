@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from uet.errors import StorageError
+from uet.errors import StorageError, ValidationError
 from uet.state import Database, init_db
 
 HELPERS = str(Path(__file__).parent.parent / "helpers.py")
@@ -69,6 +69,30 @@ def test_a_folder_cannot_be_a_ledger(tmp_path):
 def test_a_file_where_the_folder_should_be(tmp_path):
     (tmp_path / "blocker").write_text("")
     path = tmp_path / "blocker" / "sub" / "framework.db"
-    with pytest.raises(StorageError, match=f"^cannot create the folder of ledger "
-                                           f"{re.escape(str(path))}: Not a directory$"):
+    with pytest.raises(StorageError, match=f"^cannot open ledger {re.escape(str(path))}: "
+                                           f"{re.escape(str(tmp_path / 'blocker'))} is a "
+                                           "file, not a folder; move it away"):
         Database(str(path))
+
+
+@pytest.mark.parametrize("name, error, message", [
+    ("sqlite:///x.db", ValidationError, "sqlite:// URLs are not supported"),
+    ("mysql://host/db", ValidationError, "mysql:// URLs are not supported"),
+    ("/dev/null", StorageError, "it is a character device, not a regular file"),
+])
+def test_the_library_refuses_names_that_could_only_go_wrong(tmp_path, monkeypatch, name,
+                                                          error, message):
+    """As `--db` does: another database's URL, a device; nothing is created."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(error, match=re.escape(message)):
+        Database(name)
+    assert os.listdir(tmp_path) == [] and not os.path.exists("/dev/null-journal")
+
+
+def test_a_failed_open_removes_the_folders_it_created(tmp_path):
+    """The open fails after creating the ledger's folders (SQLite cannot open a file name
+    that is too long): those folders are gone again."""
+    path = tmp_path / "a" / "b" / ("x" * 300 + ".db")
+    with pytest.raises(StorageError, match="^cannot open ledger"):
+        Database(str(path))
+    assert os.listdir(tmp_path) == []

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import signal
-import stat
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -26,6 +25,7 @@ from uet import __version__
 from uet.cli.output import (FIELD_LIMIT, cell, emit_fields, emit_json, emit_json_line,
                             emit_table, log_text, one_line, progress, shown)
 from uet.errors import UetError, ValidationError
+from uet.state.locations import check_location
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 DB_HELP = ("Ledger: a SQLite file, or a postgresql:// URL (default: $UET_DATABASE, else "
@@ -56,69 +56,11 @@ class Context:
         from uet.state.db import MEMORY, is_postgres_url
         path = self.path()
         if create:
-            made = _missing_folders(path)
-            try:
-                return Database(path)
-            except BaseException:
-                for folder in made:  # deepest first; only what is still empty
-                    with contextlib.suppress(OSError):
-                        os.rmdir(folder)
-                raise
+            return Database(path)  # a failed open leaves no folder it created behind
         if path != MEMORY and not is_postgres_url(path) and not os.path.exists(path):
             raise NotALedgerError(f"no ledger at {path}; create one with `uet init` (or name "
                                   "another with --db)")
         return Database(path, read_only=not write)
-
-
-_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_FILE_KINDS = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-               stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket"}
-
-
-def check_location(path: str, source: str) -> None:
-    """Refuse a ledger name that could only go wrong: a URL of another database, a path
-    through a file, something that is not a regular file (a device, a pipe)."""
-    from uet.errors import StorageError
-    from uet.state.db import MEMORY, is_postgres_url
-    if path == MEMORY or is_postgres_url(path):
-        return
-    scheme = _URL_SCHEME.match(path)
-    if scheme:
-        raise ValidationError(
-            f"{source} {path}: {scheme[1]}:// URLs are not supported; a ledger is a SQLite "
-            "file path (e.g. ledger.db) or a postgresql:// (postgres://) URL", field="db")
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError(f"{source} {path}: the path is not valid UTF-8, which SQLite "
-                              "needs; rename the file or folder", field="db") from None
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.lexists(folder):
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        raise StorageError(f"cannot open ledger {path}: {folder} is a file, not a folder; "
-                           "move it away or name another ledger with --db")
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return  # not there (yet), or not ours to look at: opening says what is wrong
-    kind = _FILE_KINDS.get(stat.S_IFMT(mode))
-    if kind:
-        raise StorageError(f"cannot open ledger {path}: it is {kind}, not a regular file; "
-                           "name a file with --db")
-
-
-def _missing_folders(path: str) -> list[str]:
-    """The folders `path` needs that do not exist yet, deepest first."""
-    missing = []
-    folder = os.path.dirname(os.path.abspath(path))
-    while folder and not os.path.lexists(folder):
-        missing.append(folder)
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            break
-        folder = parent
-    return missing
 
 
 def _fail(message: str, code: int) -> None:

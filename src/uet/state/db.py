@@ -16,13 +16,14 @@ from uet.state import records
 from uet.state.events import (RESERVED_EVENT_TYPES, RUN_CREATED, RUN_STATE_CHANGED,
                               RUN_UPDATED, STEP_ATTEMPT_CREATED, STEP_ATTEMPT_STATE_CHANGED,
                               STEP_ATTEMPT_UPDATED)
+from uet.state.locations import check_location
+from uet.state.pg_url import is_postgres_url
 from uet.state.ids import new_ulid, utc_now
 from uet.state.records import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
 from uet.state.sqlite_backend import DEFAULT_BUSY_TIMEOUT, DURABILITY, MEMORY, SQLiteBackend
 
 DEFAULT_PATH = os.path.join(".ledger", "framework.db")
 ENV_VAR = "UET_DATABASE"
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 
@@ -35,11 +36,6 @@ def resolve_path(db_path: object) -> str:
     if not isinstance(db_path, str) or not db_path or "\x00" in db_path:
         raise ValidationError(f"a database must be named by a non-empty path, got {db_path!r}")
     return db_path
-
-
-def is_postgres_url(db_path: str) -> bool:
-    """Whether a resolved database name selects the PostgreSQL backend."""
-    return db_path.startswith(POSTGRES_SCHEMES)
 
 
 def display_name(db_path: str) -> str:
@@ -105,6 +101,7 @@ class Database:
             raise ValidationError(f"busy_timeout must be a number of seconds >= 0, "
                                   f"got {busy_timeout!r}", field="busy_timeout")
         self.db_path = resolve_path(db_path)
+        check_location(self.db_path)  # another database's URL, a device: refused up front
         # The absolute path, so that a later chdir (or a forked child's) reopens this file.
         self._file = (self.db_path if self.db_path == MEMORY or is_postgres_url(self.db_path)
                       else os.path.abspath(self.db_path))

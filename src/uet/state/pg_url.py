@@ -12,6 +12,12 @@ from urllib.parse import urlsplit, urlunsplit
 from uet.errors import StorageError
 
 INSTALL_HINT = "pip install 'uet[postgres]'"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(db_path: str) -> bool:
+    """Whether a resolved database name selects the PostgreSQL backend."""
+    return db_path.startswith(POSTGRES_SCHEMES)
 
 
 # a password given as a query parameter (?password=..., &sslpassword=...)

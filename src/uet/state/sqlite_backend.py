@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 from uet.errors import (ConstraintViolation, DatabaseBusyError, NotALedgerError,
                         StorageError, UetError, ValidationError)
 from uet.state.backend import Transaction, rows_of
+from uet.state.locations import missing_folders, remove_folders
 from uet.state.records import MAX_VALUE_BYTES
 from uet.state.sqlfiles import load_queries
 
@@ -161,12 +162,15 @@ class SQLiteBackend:
             return conn
         if self._closed:
             raise StorageError(f"ledger {self.path} is closed")
+        made: list[str] = []  # the folders this open creates (removed if it fails)
         if not self.is_memory and not self.read_only:
             parent = os.path.dirname(self.path)
             if parent:
+                made = missing_folders(self.path)
                 try:
                     os.makedirs(parent, exist_ok=True)
                 except OSError as exc:
+                    remove_folders(made)
                     raise StorageError(f"cannot create the folder of ledger {self.path}: "
                                        f"{exc.strerror}") from None
         if not self.is_memory and os.path.isdir(self.path):
@@ -185,6 +189,7 @@ class SQLiteBackend:
                                    isolation_level=None, check_same_thread=False,
                                    cached_statements=256)
         except DRIVER_ERRORS as exc:
+            remove_folders(made)
             raise translate_error(exc, self.path, self.busy_timeout) from None
         try:
             conn.execute("PRAGMA foreign_keys=ON")
@@ -193,6 +198,7 @@ class SQLiteBackend:
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens it
         except DRIVER_ERRORS as exc:
             conn.close()
+            remove_folders(made)
             raise self._blocked(exc) or translate_error(exc, self.path,
                                                         self.busy_timeout) from None
         self._conn = conn
