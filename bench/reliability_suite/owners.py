@@ -267,13 +267,8 @@ def run_outage(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random
                zero=False)
     result.add("runs failed by the reaper (owner gone)", sum(r["reaped"] for r in rounds),
                zero=False, note="the rest were closed by their owners")
-    result.add("runs the first reaper pass after the owners ended left open",
-               sum(r["late"] for r in rounds), "stuck")
-    result.add("runs open two intervals after the last owner ended",
-               sum(r["open"] for r in rounds), "stuck")
-    orphans = [o for r in rounds for o in r["orphans"]]
-    result.add("processes alive after their owner", len(orphans), "orphans")
-    result.details = orphans
+    _add_outcomes(result, rounds, "the first reaper pass after the owners ended",
+                  "the last owner ended")
     return result
 
 
@@ -291,11 +286,15 @@ def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random,
     result.add("max latency, death to run closed",
                round(max((x for r in rounds for x in r["latency"]), default=0), 2),
                zero=False, note=f"heartbeat intervals of {mode.owner_heartbeat_s:g} s")
-    result.add("runs a reaper pass after the death left open",
-               sum(r["late"] for r in rounds), "stuck")
-    result.add("runs open two intervals after the last death",
-               sum(r["open"] for r in rounds), "stuck")
+    _add_outcomes(result, rounds, "a reaper pass after the death", "the last death")
+    return result
+
+
+def _add_outcomes(result: Result, rounds: list[dict], first_pass: str, last_end: str) -> None:
+    """The figures both checks must keep at 0: runs left open, processes left alive."""
+    result.add(f"runs {first_pass} left open", sum(r["late"] for r in rounds), "stuck")
+    result.add(f"runs open two intervals after {last_end}", sum(r["open"] for r in rounds),
+               "stuck")
     orphans = [o for r in rounds for o in r["orphans"]]
     result.add("processes alive after their owner", len(orphans), "orphans")
     result.details = orphans
-    return result
