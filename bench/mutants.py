@@ -121,9 +121,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "state change and its event are no longer one write); step attempt events still are.",
         (Edit(f"{STATE}/db.py",
               "    if new_state is not None:\n"
-              "        data: dict[str, Any] = {\"from\": old_state, \"to\": new_state}",
+              "        data: dict[str, Any] = {**named, \"from\": old_state, \"to\": new_state}",
               "    if new_state is not None and table is not RUNS:\n"
-              "        data: dict[str, Any] = {\"from\": old_state, \"to\": new_state}"),),
+              "        data: dict[str, Any] = {**named, \"from\": old_state, \"to\": new_state}"),),
         (MACHINES, EVENTS, CRUD),
     ),
     Mutant(

@@ -477,8 +477,7 @@ def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
                    [changes[name] for name in columns] + [entity_id])[0]
     named = {"step_attempt_id": entity_id} if table is STEP_ATTEMPTS else {}
     if new_state is not None:
-        data: dict[str, Any] = {"from": old_state, "to": new_state}
-        data = {**named, **data}
+        data: dict[str, Any] = {**named, "from": old_state, "to": new_state}
         if row["exit_code"] is not None:
             data["exit_code"] = row["exit_code"]
         data.update(event_data or {})

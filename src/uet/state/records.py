@@ -288,11 +288,9 @@ def _check_text(value: str, what: str, field: str) -> None:
     try:
         size = len(value.encode("utf-8"))
     except UnicodeEncodeError:
-        raise ValidationError(f"{what} is not valid Unicode text (it contains a lone "
-                              "surrogate)", field=field) from None
+        raise ValidationError(f"{what} {_SURROGATE}", field=field) from None
     if "\x00" in value:
-        raise ValidationError(f"{what} contains a NUL character (\\x00), which a ledger "
-                              "cannot store; remove or escape it", field=field)
+        raise ValidationError(f"{what} {_NUL}", field=field)
     if size > MAX_VALUE_BYTES:
         raise ValidationError(f"{what} is larger than {MAX_VALUE_BYTES:,} bytes", field=field)
 
@@ -391,9 +389,17 @@ def prepare_update(table: Table, entity_id: str, updates: object) -> dict[str, o
 
 def read_back(column: Column, stored: object) -> object:
     """A stored value as reads return it (JSON decoded, a missing JSON value as {})."""
-    if column.kind != JSON:
-        return stored
-    value = json.loads(stored) if stored else None
+    return _decoded(column.name, stored) if column.kind == JSON else stored
+
+
+def _decoded(name: str, text: object) -> object:
+    """A JSON column's stored text as reads return it (a missing value as {})."""
+    try:
+        value = json.loads(text) if text else None
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise StorageError(
+            f"field {name!r} of a stored row is not readable JSON ({type(exc).__name__}): "
+            "the ledger is corrupt or was written past uet's checks") from None
     return {} if value is None else value
 
 
@@ -465,12 +471,5 @@ def decode_row(names: tuple[str, ...], values: tuple) -> dict[str, Any]:
     """A stored row as a plain dict, JSON columns decoded (a missing value as {})."""
     row = dict(zip(names, values))
     for name in JSON_COLUMNS.intersection(row):
-        text = row[name]
-        try:
-            value = json.loads(text) if text else None
-        except (ValueError, TypeError, RecursionError) as exc:
-            raise StorageError(
-                f"field {name!r} of a stored row is not readable JSON ({type(exc).__name__}): "
-                "the ledger is corrupt or was written past uet's checks") from None
-        row[name] = {} if value is None else value
+        row[name] = _decoded(name, row[name])
     return row

@@ -207,7 +207,7 @@ class SQLiteBackend:
     def _journal_mode(self, conn: sqlite3.Connection) -> str:
         """The file's journal mode; read from its header when it was opened as the file it
         is (`immutable`), where SQLite reports none of its own."""
-        if self.read_only and not self.is_memory and self._immutable:
+        if self._immutable:
             with open(self.path, "rb") as f:
                 header = f.read(20)
             return "wal" if header[18:20] == b"\x02\x02" else "delete"
