@@ -58,6 +58,18 @@ def readline(proc: subprocess.Popen, timeout: float = 120) -> str | bytes:
     return line[0]
 
 
+def run_until(go: Path, *options: str, cwd: Path) -> subprocess.Popen:
+    """`uet run [options]` of a command that runs until the file `go` exists; returned once
+    the command runs (it printed "started")."""
+    script = ("import os, time\nprint('started', flush=True)\n"
+              f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n")
+    proc = subprocess.Popen([UET, "run", *options, "--", sys.executable, "-c", script],
+                            cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=uet_env())
+    assert readline(proc) == "started\n"
+    return proc
+
+
 def gone(pid: int, timeout: float = 30) -> bool:
     """Whether process `pid` ends within `timeout` seconds (a zombie counts as ended)."""
     deadline = time.monotonic() + timeout
@@ -576,12 +588,7 @@ def test_logs_prints_the_kept_output_whole_and_escaped(tmp_path, ledger):
 
 def test_events_follow_of_one_run_ends_once_the_run_is_finished(tmp_path, ledger):
     go = tmp_path / "go"
-    script = (f"import os, time\nprint('started', flush=True)\n"
-              f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n")
-    runner = subprocess.Popen([UET, "run", "--", sys.executable, "-c", script], cwd=tmp_path,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=uet_env())
-    assert readline(runner) == "started\n"
+    runner = run_until(go, cwd=tmp_path)
     with init_db(str(ledger)) as db:
         run_id = db.list_runs()[0]["run_id"]
     follower = subprocess.Popen([UET, "events", run_id, "--follow", "--json", "--interval",

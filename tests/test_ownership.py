@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from helpers import raw_execute, wait_for
-from test_cli import UET, gone, readline, uet_env
+from test_cli import UET, gone, readline, run_until, uet_env
 from uet.errors import InvalidTransitionError
 from uet.state import Database, WorkerLifecycle, init_db
 from uet.state.recovery import (RUN_CANCEL_REQUESTED, Owner, identity, process_start, recover,
@@ -306,14 +306,7 @@ def test_uet_run_says_in_one_line_when_it_cannot_close_its_run(tmp_path):
     init_db(ledger).close()
     ready, release = str(tmp_path / "held"), str(tmp_path / "release")
     go = tmp_path / "go"
-    script = ("import os, sys, time\n"
-              "print('started', flush=True)\n"
-              f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n")
-    proc = subprocess.Popen([UET, "run", "--db", ledger, "--finish-timeout", "1", "--",
-                             sys.executable, "-c", script], cwd=tmp_path,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=uet_env())
-    assert readline(proc) == "started\n"
+    proc = run_until(go, "--db", ledger, "--finish-timeout", "1", cwd=tmp_path)
     holder = subprocess.Popen([sys.executable, PROGRAMS, "hold_lock", ledger, "300", ready,
                                "IMMEDIATE", release])
     try:
@@ -343,13 +336,7 @@ def test_a_postgresql_server_gone_during_a_run_gets_one_line_and_the_run_is_reco
         url = server.start(durable=True)  # the halt below must not lose what was committed
         init_db(url).close()
         go = tmp_path / "go"
-        script = ("import os, time\nprint('started', flush=True)\n"
-                  f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n")
-        proc = subprocess.Popen([UET, "run", "--db", url, "--finish-timeout", "2", "--",
-                                 sys.executable, "-c", script], cwd=tmp_path,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=uet_env())
-        assert readline(proc) == "started\n"
+        proc = run_until(go, "--db", url, "--finish-timeout", "2", cwd=tmp_path)
         server.halt()
         go.touch()
         _, err = proc.communicate(timeout=120)
