@@ -31,7 +31,7 @@ import psycopg  # noqa: E402
 import pgserver  # noqa: E402
 from uet.state import Database  # noqa: E402
 from uet.state.ids import new_ulid, utc_now  # noqa: E402
-from uet.state.pg_backend import QUERIES  # noqa: E402
+from uet.state.backends.postgresql import QUERIES  # noqa: E402
 
 TRANSITION_UPDATE = ("UPDATE runs SET state = %s, started_at = %s WHERE run_id = %s "
                      "RETURNING *")

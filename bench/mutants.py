@@ -189,7 +189,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "value holding a lone surrogate (\"\\ud800\") is accepted instead of refused with "
         "a ValidationError; the driver then fails on it, or stores text no reader can "
         "encode.",
-        (Edit(f"{STATE}/records.py",
+        (Edit(f"{STATE}/tables.py",
               "        size = len(value.encode(\"utf-8\"))",
               "        size = len(value.encode(\"utf-8\", \"surrogatepass\"))"),),
         (VALIDATION, BAD_INPUT, CRUD),

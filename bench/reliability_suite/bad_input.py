@@ -33,7 +33,7 @@ IDS = ["run-p", "run-r", "run-w", "step-r", "w-idle", "w-busy", "w-new", "LINT",
 
 def _strategies():
     from hypothesis import strategies as st
-    from uet.state.records import RUN_EVENTS, RUNS, STEP_ATTEMPTS
+    from uet.state.tables import RUN_EVENTS, RUNS, STEP_ATTEMPTS
     names = st.sampled_from(sorted(set(RUNS.names) | set(STEP_ATTEMPTS.names)
                                    | set(RUN_EVENTS.names)) + INJECTIONS) | st.text(max_size=8)
     json_like = st.recursive(

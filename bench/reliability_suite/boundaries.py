@@ -216,7 +216,7 @@ def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Re
         whole = {before, after}
         if scenario.upgrade:  # one transaction per migration: any version is whole
             from reliability_suite.migration import upgraded_to
-            from uet.state.sqlite_migrations import LATEST_VERSION
+            from uet.state.backends.sqlite_schema import LATEST_VERSION
             for version in range(1, LATEST_VERSION):
                 stage = str(workdir / f"stage-{number}-{version}.db")
                 upgraded_to(template, version, stage)

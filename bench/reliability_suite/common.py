@@ -114,7 +114,7 @@ def spawn(command: str, *args: str, mutant: str | None = None, **popen) -> subpr
 def on_new_connections(action):
     """Call action(connection) on each connection uet opens, right after uet set it up
     (this process only); returns a function that undoes it."""
-    from uet.state import sqlite_backend
+    from uet.state.backends import sqlite as sqlite_backend
     original = sqlite_backend.SQLiteBackend.connect
 
     def connect(self):

@@ -93,7 +93,7 @@ def fill_seed(conn: sqlite3.Connection, runs: int) -> None:
 def make_ledger_at(path: str, version: int, runs: int) -> None:
     """A ledger at an older schema `version` (>= 1), built by that version's migrations,
     with rows."""
-    from uet.state.sqlite_migrations import MIGRATIONS
+    from uet.state.backends.sqlite_schema import MIGRATIONS
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("BEGIN")
     for migration in MIGRATIONS[:version]:
@@ -147,7 +147,8 @@ def schema_of(path: str) -> str:
 
 def upgraded_to(template: str, version: int, target: str) -> None:
     """`template` upgraded to exactly `version`, in this process (a reference)."""
-    from uet.state import Database, sqlite_migrations
+    from uet.state import Database
+    from uet.state.backends import sqlite_schema as sqlite_migrations
     copy_ledger(template, target)
     everything = sqlite_migrations.MIGRATIONS
     sqlite_migrations.MIGRATIONS = everything[:version]
@@ -172,7 +173,7 @@ def _timed_upgrade(template: str, victim: str) -> float:
 
 def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Result:
     from uet.state import Database
-    from uet.state.sqlite_migrations import LATEST_VERSION
+    from uet.state.backends.sqlite_schema import LATEST_VERSION
     result = Result("migration")
     kills = cut_short = half = lost = corrupt = 0
     for start in range(LATEST_VERSION):

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 def deferred_begin() -> None:
     """Transactions start with a plain BEGIN: the read-then-write upgrade fails with
     "database is locked" under concurrency instead of waiting."""
-    from uet.state import sqlite_backend as m
+    from uet.state.backends import sqlite as m
 
     @contextmanager
     def transaction(self):
@@ -55,7 +55,7 @@ def split_event() -> None:
 def lazy_commit() -> None:
     """A write returns before its COMMIT, which waits for the next write (the classic
     "forgot to commit" of Python's implicit transactions)."""
-    from uet.state import sqlite_backend as m
+    from uet.state.backends import sqlite as m
 
     @contextmanager
     def transaction(self):
@@ -72,8 +72,8 @@ def commit_on_error() -> None:
     """The transaction helper commits in `finally` (also when the block raised), and
     create_event refuses a reserved event type only after inserting it."""
     from uet.errors import ValidationError
-    from uet.state import db, records
-    from uet.state import sqlite_backend as m
+    from uet.state import db, tables
+    from uet.state.backends import sqlite as m
     from uet.state.events import RESERVED_EVENT_TYPES
 
     @contextmanager
@@ -88,7 +88,7 @@ def commit_on_error() -> None:
     m.SQLiteBackend.transaction = transaction
 
     def create_event(self, event_data):
-        row = records.prepare_insert(records.RUN_EVENTS, event_data)
+        row = tables.prepare_insert(tables.RUN_EVENTS, event_data)
         with self._backend.transaction() as tx:
             tx.run("insert_event", row)
             if row["event_type"] in RESERVED_EVENT_TYPES:
@@ -126,13 +126,13 @@ def no_cas() -> None:
 
 def no_whitelist() -> None:
     """create_run passes unknown keys through and builds its INSERT from the caller's keys."""
-    from uet.state import db, records
+    from uet.state import db, tables
 
     def create_run(self, run_data):
         data = dict(run_data) if isinstance(run_data, dict) else run_data
-        extra = {k: v for k, v in data.items() if k not in records.RUNS.by_name} \
+        extra = {k: v for k, v in data.items() if k not in tables.RUNS.by_name} \
             if isinstance(data, dict) else {}
-        row = records.prepare_insert(records.RUNS, {k: v for k, v in data.items()
+        row = tables.prepare_insert(tables.RUNS, {k: v for k, v in data.items()
                                                     if k not in extra})
         row.update(extra)
         columns = list(row)
@@ -148,7 +148,7 @@ def no_whitelist() -> None:
 
 def raw_errors() -> None:
     """Driver exceptions reach the caller untranslated (sqlite3.OperationalError ...)."""
-    from uet.state import sqlite_backend as m
+    from uet.state.backends import sqlite as m
 
     def translate_error(exc, path, busy_timeout):
         return exc
@@ -174,14 +174,14 @@ def no_busy_timeout() -> None:
 
 def shared_fork() -> None:
     """No fork handling: a forked child keeps using its parent's open connection."""
-    from uet.state import sqlite_backend as m
+    from uet.state.backends import sqlite as m
     m._live_backends.clear()
     m._live_backends.add = lambda backend: None
 
 
 def migration_autocommit() -> None:
     """Migrations run statement by statement without a transaction around them."""
-    from uet.state import sqlite_migrations as m
+    from uet.state.backends import sqlite_schema as m
 
     def _apply(backend, conn, migration, *, adopt_seed):
         if adopt_seed:
@@ -216,7 +216,7 @@ def slow_reaper() -> None:
 def pg_no_write_lock() -> None:
     """PostgreSQL transactions start without the ledger's write lock: row locks still
     serialise each record, but concurrent event inserts compute the same next seq."""
-    from uet.state import pg_backend as m
+    from uet.state.backends import postgresql as m
     original = m.PostgresBackend._begin_statement
 
     def _begin_statement(self, conn):
@@ -228,7 +228,7 @@ def pg_no_write_lock() -> None:
 
 def pg_lazy_commit() -> None:
     """On PostgreSQL a write returns before its COMMIT, which waits for the next write."""
-    from uet.state import pg_backend as m
+    from uet.state.backends import postgresql as m
 
     @contextmanager
     def transaction(self):

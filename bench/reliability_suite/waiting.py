@@ -176,7 +176,7 @@ def _settings(path: str, mutant: str | None) -> tuple[int, int, int]:
 
 def run(mode: Mode, workdir: Path, mutant: str | None, rng: random.Random) -> Result:
     from uet.state import init_db
-    from uet.state.sqlite_backend import DEFAULT_BUSY_TIMEOUT
+    from uet.state.backends.sqlite import DEFAULT_BUSY_TIMEOUT
     result = Result("waiting")
     path = str(workdir / "wait.db")
     init_db(path).close()

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from helpers import EMPTY_POSTGRES_LEDGER
 from uet.errors import UetError
 from uet.state import GATE, PATCH, WORKER, init_db
-from uet.state.records import RUNS, STEP_ATTEMPTS
+from uet.state.tables import RUNS, STEP_ATTEMPTS
 from uet.state.sqlfiles import load_migrations
 
 NAMES = st.sampled_from(list(RUNS.names) + list(STEP_ATTEMPTS.names) + [

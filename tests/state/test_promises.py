@@ -158,7 +158,7 @@ def test_a_read_only_sqlite_ledger_reads_and_refuses_every_write(template_ledger
 def test_an_exhausted_connection_pool_raises_database_busy_and_writes_nothing(postgres_url):
     """Every pooled connection is held by a running call (threads inside the backend's
     connection context); one more call waits busy_timeout for a connection, then fails."""
-    from uet.state.pg_backend import POOL_MAX_SIZE
+    from uet.state.backends.postgresql import POOL_MAX_SIZE
     db = init_db(postgres_url, busy_timeout=1.0)
     holding, release = threading.Semaphore(0), threading.Event()
 

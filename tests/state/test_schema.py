@@ -8,8 +8,8 @@ import sqlite3
 import pytest
 
 from uet.state import init_db
-from uet.state.sqlite_backend import QUERIES
-from uet.state.sqlite_migrations import SEED_COLUMNS
+from uet.state.backends.sqlite import QUERIES
+from uet.state.backends.sqlite_schema import SEED_COLUMNS
 
 
 @pytest.fixture

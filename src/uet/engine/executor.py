@@ -28,7 +28,7 @@ from typing import BinaryIO, Callable
 
 from uet.errors import DatabaseBusyError, StorageError, UetError, ValidationError
 from uet.state import Database
-from uet.state.records import RUNS, prepare_insert
+from uet.state.tables import RUNS, prepare_insert
 from uet.state.recovery import (DEFAULT_HEARTBEAT_S, Owner, cancel_requested, process_start,
                                 recover)
 

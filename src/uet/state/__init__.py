@@ -13,15 +13,15 @@ from typing import Any
 
 from uet.state.db import DEFAULT_PATH, Database, get_db, init_db
 from uet.state.machines import GATE, PATCH, RUN, STEP_ATTEMPT, WORKER, Machine
-from uet.state.sqlite_migrations import LATEST_VERSION
+from uet.state.backends.sqlite_schema import LATEST_VERSION
 
 _LAZY = {
     "WorkerLifecycle": "uet.state.workers", "PatchLedger": "uet.state.patches",
     "GateLedger": "uet.state.gates",
-    "WorkerRecord": "uet.state.models", "WorkerState": "uet.state.models",
-    "PatchArtifact": "uet.state.models", "PatchLedgerEntry": "uet.state.models",
-    "PatchState": "uet.state.models", "GateState": "uet.state.models",
-    "GateType": "uet.state.models",
+    "WorkerRecord": "uet.state.contracts", "WorkerState": "uet.state.contracts",
+    "PatchArtifact": "uet.state.contracts", "PatchLedgerEntry": "uet.state.contracts",
+    "PatchState": "uet.state.contracts", "GateState": "uet.state.contracts",
+    "GateType": "uet.state.contracts",
 }
 
 __all__ = ["Database", "get_db", "init_db", "DEFAULT_PATH", "LATEST_VERSION", "Machine",

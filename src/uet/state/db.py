@@ -12,15 +12,15 @@ from typing import Any, Iterator, Mapping
 
 from uet.errors import (AlreadyExistsError, AmbiguousIdError, ConcurrentUpdateError,
                         ConstraintViolation, NotFoundError, ValidationError)
-from uet.state import records
+from uet.state import tables
 from uet.state.events import (RESERVED_EVENT_TYPES, RUN_CREATED, RUN_STATE_CHANGED,
                               RUN_UPDATED, STEP_ATTEMPT_CREATED, STEP_ATTEMPT_STATE_CHANGED,
                               STEP_ATTEMPT_UPDATED)
 from uet.state.locations import check_location
-from uet.state.pg_url import is_postgres_url
+from uet.state.backends.postgresql_url import is_postgres_url
 from uet.state.ids import new_ulid, utc_now
-from uet.state.records import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
-from uet.state.sqlite_backend import DEFAULT_BUSY_TIMEOUT, DURABILITY, MEMORY, SQLiteBackend
+from uet.state.tables import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
+from uet.state.backends.sqlite import DEFAULT_BUSY_TIMEOUT, DURABILITY, MEMORY, SQLiteBackend
 
 DEFAULT_PATH = os.path.join(".ledger", "framework.db")
 ENV_VAR = "UET_DATABASE"
@@ -42,28 +42,28 @@ def display_name(db_path: str) -> str:
     """The database's name as shown to people: a URL without its password."""
     if not is_postgres_url(db_path):
         return db_path
-    from uet.state.pg_url import redact
+    from uet.state.backends.postgresql_url import redact
     return redact(db_path)
 
 
 def peek_version(db_path: str) -> int | None:
     """A ledger's schema version without changing anything (None: no ledger there yet)."""
     if is_postgres_url(db_path):
-        from uet.state.pg_url import backend_class
+        from uet.state.backends.postgresql_url import backend_class
         backend = backend_class()(db_path, busy_timeout=DEFAULT_BUSY_TIMEOUT, read_only=True)
         try:
             return backend.peek_version()
         finally:
             backend.close()
-    from uet.state.sqlite_migrations import peek_version as sqlite_peek_version
+    from uet.state.backends.sqlite_schema import peek_version as sqlite_peek_version
     return sqlite_peek_version(db_path)
 
 
 def _check_int(value: object, what: str, minimum: int) -> int:
     if (not isinstance(value, int) or isinstance(value, bool)
-            or not minimum <= value <= records.INT_MAX):
+            or not minimum <= value <= tables.INT_MAX):
         raise ValidationError(f"{what} must be an integer from {minimum} to "
-                              f"{records.INT_MAX}, got {value!r}", field=what)
+                              f"{tables.INT_MAX}, got {value!r}", field=what)
     return value
 
 
@@ -112,7 +112,7 @@ class Database:
 
     def _open(self):
         if is_postgres_url(self._file):
-            from uet.state.pg_url import backend_class
+            from uet.state.backends.postgresql_url import backend_class
             backend = backend_class()(self._file, busy_timeout=self.busy_timeout,
                                       read_only=self.read_only)
         else:
@@ -179,7 +179,7 @@ class Database:
         that starts at once), metadata (a JSON-serialisable dict), and the other run columns.
         Writes a `run.created` event in the same transaction.
         """
-        row = records.prepare_insert(RUNS, run_data)
+        row = tables.prepare_insert(RUNS, run_data)
         state = row["state"]
         if state not in RUNS.machine.initial:
             raise ValidationError(
@@ -196,7 +196,7 @@ class Database:
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """The run as a dict (metadata decoded), or None."""
-        rows = self._backend.read("get_run", (records.text(run_id, "run_id"),))
+        rows = self._backend.read("get_run", (tables.text(run_id, "run_id"),))
         return rows[0] if rows else None
 
     def list_runs(self, filters: Mapping[str, Any] | None = None,
@@ -207,12 +207,12 @@ class Database:
         `since` (a timestamp) keeps runs created at or after it; `limit` None returns every
         match.
         """
-        conditions = records.prepare_filters(RUNS, filters)
+        conditions = tables.prepare_filters(RUNS, filters)
         if limit is not None:
             _check_int(limit, "limit", 1)
         since_value = None
         if since is not None:
-            since_value = records.encode_value(RUNS, RUNS.by_name["created_at"], since,
+            since_value = tables.encode_value(RUNS, RUNS.by_name["created_at"], since,
                                                filtering=True)
         sql = _list_runs_sql(tuple((name, value is None) for name, value in conditions),
                              since_value is not None, self._backend.placeholder)
@@ -225,7 +225,7 @@ class Database:
     def resolve_run_id(self, prefix: str) -> str:
         """The run id that `prefix` starts (or is); NotFoundError when none does,
         AmbiguousIdError (listing them) when several do."""
-        prefix = records.text(prefix, "run_id")
+        prefix = tables.text(prefix, "run_id")
         # a range over the primary key index: [prefix, prefix + highest code point)
         matches = [r["run_id"] for r in self._backend.read(
             "run_ids_with_prefix", (prefix, prefix + "\U0010ffff"))]
@@ -254,8 +254,8 @@ class Database:
         values abbreviated). Fields given with the value they hold change nothing, and a call
         that changes nothing writes no event.
         """
-        run_id = records.text(run_id, "run_id")
-        changes = records.prepare_update(RUNS, run_id, updates)
+        run_id = tables.text(run_id, "run_id")
+        changes = tables.prepare_update(RUNS, run_id, updates)
         return self._change(RUNS, run_id, changes, expected=None)
 
     def transition_run(self, run_id: str, to_state: str, *, expected: str | None = None,
@@ -267,14 +267,14 @@ class Database:
         ConcurrentUpdateError and changes nothing. started_at/ended_at are stamped on entering
         running/terminal states (unless already set); the event is written atomically.
         """
-        run_id = records.text(run_id, "run_id")
-        changes = records.prepare_update(RUNS, run_id, {"state": to_state, **_given(
+        run_id = tables.text(run_id, "run_id")
+        changes = tables.prepare_update(RUNS, run_id, {"state": to_state, **_given(
             exit_code=exit_code, error_message=error_message)})
         return self._change(RUNS, run_id, changes, expected=expected)
 
     def delete_run(self, run_id: str) -> None:
         """Remove the run with its step attempts and events, in one transaction."""
-        run_id = records.text(run_id, "run_id")
+        run_id = tables.text(run_id, "run_id")
         with self._backend.transaction() as tx:
             # keep the trail's seq from ever being handed out again (followers' cursors)
             tx.run("delete_run_floor", (run_id,))
@@ -290,7 +290,7 @@ class Database:
         (generated), started_at (now), attempt (numbered 1, 2, ... per sequence when
         omitted), and the other step columns. Writes `step_attempt.created`.
         """
-        row = records.prepare_insert(STEP_ATTEMPTS, step_data)
+        row = tables.prepare_insert(STEP_ATTEMPTS, step_data)
         if row["state"] not in STEP_ATTEMPTS.machine.initial:
             raise ValidationError(
                 f"a step attempt is created running, not {row['state']}; move it on with "
@@ -310,12 +310,12 @@ class Database:
     def get_step_attempt(self, step_attempt_id: str) -> dict[str, Any] | None:
         """The step attempt as a dict, or None."""
         rows = self._backend.read("get_step_attempt",
-                                  (records.text(step_attempt_id, "step_attempt_id"),))
+                                  (tables.text(step_attempt_id, "step_attempt_id"),))
         return rows[0] if rows else None
 
     def list_step_attempts(self, run_id: str) -> list[dict[str, Any]]:
         """A run's step attempts by sequence, then attempt number."""
-        return self._backend.read("list_step_attempts", (records.text(run_id, "run_id"),))
+        return self._backend.read("list_step_attempts", (tables.text(run_id, "run_id"),))
 
     def update_step_attempt(self, step_attempt_id: str,
                             updates: Mapping[str, Any]) -> dict[str, Any]:
@@ -326,8 +326,8 @@ class Database:
         `step_attempt.state_changed` event, else in a `step_attempt.updated` event (both
         name the step_attempt_id); a call that changes nothing writes no event.
         """
-        step_attempt_id = records.text(step_attempt_id, "step_attempt_id")
-        changes = records.prepare_update(STEP_ATTEMPTS, step_attempt_id, updates)
+        step_attempt_id = tables.text(step_attempt_id, "step_attempt_id")
+        changes = tables.prepare_update(STEP_ATTEMPTS, step_attempt_id, updates)
         return self._change(STEP_ATTEMPTS, step_attempt_id, changes, expected=None)
 
     def transition_step_attempt(self, step_attempt_id: str, to_state: str, *,
@@ -335,8 +335,8 @@ class Database:
                                 error_log: str | None = None,
                                 output_patch_id: str | None = None) -> dict[str, Any]:
         """Move a step attempt to `to_state`; returns it. `expected` is compare-and-set."""
-        step_attempt_id = records.text(step_attempt_id, "step_attempt_id")
-        changes = records.prepare_update(STEP_ATTEMPTS, step_attempt_id, {
+        step_attempt_id = tables.text(step_attempt_id, "step_attempt_id")
+        changes = tables.prepare_update(STEP_ATTEMPTS, step_attempt_id, {
             "state": to_state, **_given(exit_code=exit_code, error_log=error_log,
                                         output_patch_id=output_patch_id)})
         return self._change(STEP_ATTEMPTS, step_attempt_id, changes, expected=expected)
@@ -349,7 +349,7 @@ class Database:
         Required: run_id (an existing run), event_type. Optional: event_id, timestamp (now),
         data (a JSON-serialisable dict). The trail's order is the `seq` the ledger assigns.
         """
-        row = records.prepare_insert(RUN_EVENTS, event_data)
+        row = tables.prepare_insert(RUN_EVENTS, event_data)
         if row["event_type"] in RESERVED_EVENT_TYPES:
             raise ValidationError(
                 f"event type {row['event_type']!r} is written by the ledger itself when the "
@@ -363,7 +363,7 @@ class Database:
 
     def list_events(self, run_id: str) -> list[dict[str, Any]]:
         """A run's events in the order they were recorded (by `seq`)."""
-        return self._backend.read("list_events", (records.text(run_id, "run_id"),))
+        return self._backend.read("list_events", (tables.text(run_id, "run_id"),))
 
     def events_since(self, cursor: int = 0, *, run_id: str | None = None,
                      limit: int = 1000) -> list[dict[str, Any]]:
@@ -374,7 +374,7 @@ class Database:
         if run_id is None:
             return self._backend.read("events_since", (cursor, limit))
         return self._backend.read("events_since_run",
-                                  (records.text(run_id, "run_id"), cursor, limit))
+                                  (tables.text(run_id, "run_id"), cursor, limit))
 
     def follow_events(self, cursor: int = 0, *, run_id: str | None = None,
                       poll_interval: float = 0.2, batch: int = 1000) -> Iterator[dict[str, Any]]:
@@ -389,7 +389,7 @@ class Database:
         _check_int(cursor, "cursor", 0)
         _check_int(batch, "batch", 1)
         if run_id is not None:
-            run_id = records.text(run_id, "run_id")
+            run_id = tables.text(run_id, "run_id")
         if (not isinstance(poll_interval, (int, float)) or isinstance(poll_interval, bool)
                 or not 0 < poll_interval <= 3600):
             raise ValidationError(f"poll_interval must be a number of seconds in (0, 3600], "
@@ -463,7 +463,7 @@ def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
     old_state = current["state"]
     if expected is not None and old_state != expected:
         raise ConcurrentUpdateError(table.entity, entity_id, expected, old_state)
-    changed = records.describe_changes(table, current, changes)
+    changed = tables.describe_changes(table, current, changes)
     changes = {name: value for name, value in changes.items()
                if name == "state" or name in changed}
     new_state = changes.get("state")
@@ -509,7 +509,7 @@ def record_event(tx, run_id: str | None, event_type: str, data: dict[str, Any]) 
     tx.run("insert_event", {
         "event_id": new_ulid(), "run_id": run_id, "timestamp": utc_now(),
         "event_type": event_type,
-        "data": records.encode_value(RUN_EVENTS, RUN_EVENTS.by_name["data"], data)})
+        "data": tables.encode_value(RUN_EVENTS, RUN_EVENTS.by_name["data"], data)})
 
 
 def _given(**values: object) -> dict[str, object]:

@@ -18,9 +18,9 @@ from uet.state.db import Database, record_event
 from uet.state.events import GATE_DEFINED, GATE_STATE_CHANGED
 from uet.state.ids import new_ulid, utc_now
 from uet.state.machines import GATE
-from uet.state.models import (GateType, moment, output, parse_stamp, positive_seconds,
+from uet.state.contracts import (GateType, moment, output, parse_stamp, positive_seconds,
                               seconds_between, state_value, stamp, text)
-from uet.state.records import EXIT_CODE_MAX, EXIT_CODE_MIN
+from uet.state.tables import EXIT_CODE_MAX, EXIT_CODE_MIN
 
 TIMEOUT_EXIT_CODE = 124  # what timeout(1) exits with
 

@@ -19,7 +19,7 @@ _FILE_KINDS = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device
 def check_location(path: str, source: str = "ledger") -> None:
     """Refuse a ledger name that could only go wrong: a URL of another database, a path
     through a file, something that is not a regular file (a device, a pipe)."""
-    from uet.state.pg_url import is_postgres_url
+    from uet.state.backends.postgresql_url import is_postgres_url
     if path == MEMORY or is_postgres_url(path):
         return
     scheme = _URL_SCHEME.match(path)

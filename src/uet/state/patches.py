@@ -20,7 +20,7 @@ from uet.state.events import (PATCH_ENTRY_CREATED, PATCH_ENTRY_STATE_CHANGED,
                               PATCH_ENTRY_VALIDATION_SET, PATCH_RECORDED)
 from uet.state.ids import new_ulid, utc_now
 from uet.state.machines import PATCH
-from uet.state.models import (PatchArtifact, PatchLedgerEntry, entry_from_row, flag,
+from uet.state.contracts import (PatchArtifact, PatchLedgerEntry, entry_from_row, flag,
                               patch_from_row, state_value, text)
 
 

@@ -32,7 +32,7 @@ from uet.errors import ConcurrentUpdateError, NotFoundError, UetError, Validatio
 from uet.state.db import Database
 from uet.state.events import RUN_CANCEL_REQUESTED
 from uet.state.ids import new_ulid
-from uet.state.models import positive_seconds
+from uet.state.contracts import positive_seconds
 
 DEFAULT_HEARTBEAT_S = 10.0
 OWNER_STATES = ("SPAWNING", "IDLE", "BUSY", "DRAINING")
@@ -223,7 +223,7 @@ def request_cancel(db: Database, run_id: str, *, by: str = "uet cancel") -> dict
     `run.cancel_requested` event its owner polls for), which stops the command and records
     `canceled`. Returns the run as it is now. A finished run raises InvalidTransitionError."""
     from uet.state.db import change_row, record_event
-    from uet.state.records import RUNS, STEP_ATTEMPTS
+    from uet.state.tables import RUNS, STEP_ATTEMPTS
     from uet.state.workers import WorkerLifecycle
     run = db.get_run(run_id)
     if run is None:

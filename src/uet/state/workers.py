@@ -14,9 +14,9 @@ from uet.state.db import Database, change_row, record_event
 from uet.state.events import WORKER_SPAWNED, WORKER_STATE_CHANGED
 from uet.state.ids import utc_now
 from uet.state.machines import WORKER
-from uet.state.models import (WorkerRecord, json_object, moment, positive_seconds, stamp,
+from uet.state.contracts import (WorkerRecord, json_object, moment, positive_seconds, stamp,
                               state_value, text, worker_from_row)
-from uet.state.records import RUNS, STEP_ATTEMPTS
+from uet.state.tables import RUNS, STEP_ATTEMPTS
 
 
 

@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 from uet.errors import (ConstraintViolation, DatabaseBusyError, NotALedgerError,
                         StorageError, UetError, ValidationError)
-from uet.state.backend import Transaction, rows_of
+from uet.state.backends.common import Transaction, rows_of
 from uet.state.locations import missing_folders, remove_folders
-from uet.state.records import MAX_VALUE_BYTES
+from uet.state.tables import MAX_VALUE_BYTES
 from uet.state.sqlfiles import load_queries
 
 QUERIES = load_queries("sqlite")
@@ -343,12 +343,12 @@ class SQLiteBackend:
 
     def migrate(self) -> tuple[int | None, int]:
         """Bring the ledger's schema up to date; (version before, version after)."""
-        from uet.state.sqlite_migrations import migrate
+        from uet.state.backends.sqlite_schema import migrate
         return migrate(self)
 
     def check_current(self) -> int:
         """For a read-only open: the ledger must exist and be at this code's version."""
-        from uet.state.sqlite_migrations import check_current
+        from uet.state.backends.sqlite_schema import check_current
         return check_current(self)
 
     def diagnostics(self) -> dict[str, Any]:

@@ -1,11 +1,11 @@
 """What every engine's backend shares: the statements of an open write transaction and
-rows as dicts. The engines themselves are `sqlite_backend` and `pg_backend`."""
+rows as dicts. The engines themselves are `backends.sqlite` and `backends.postgresql`."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from uet.state.records import decode_row
+from uet.state.tables import decode_row
 
 
 def rows_of(cursor) -> list[dict[str, Any]]:

@@ -34,8 +34,8 @@ from uet.errors import (ConstraintViolation, DatabaseBusyError, MigrationError,
                         NotALedgerError, SchemaVersionError, StorageError, UetError,
                         ValidationError)
 from uet.state.ids import utc_now
-from uet.state.pg_url import redact
-from uet.state.backend import Transaction, rows_of
+from uet.state.backends.postgresql_url import redact
+from uet.state.backends.common import Transaction, rows_of
 from uet.state.sqlfiles import load_migrations, load_queries
 
 QUERIES = load_queries("postgresql")

@@ -13,7 +13,7 @@ import sqlite3
 from uet.errors import MigrationError, NotALedgerError, SchemaVersionError
 from uet.state.ids import normalize_timestamp, utc_now
 from uet.state.sqlfiles import Migration, load_migrations
-from uet.state.sqlite_backend import DRIVER_ERRORS, SQLiteBackend, translate_error
+from uet.state.backends.sqlite import DRIVER_ERRORS, SQLiteBackend, translate_error
 
 MIGRATIONS = load_migrations("sqlite")
 LATEST_VERSION = MIGRATIONS[-1].version

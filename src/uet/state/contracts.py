@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from uet.errors import ValidationError
 from uet.state.ids import normalize_timestamp
 from uet.state.machines import GATE, PATCH, WORKER, Machine
-from uet.state.records import encode_json, text
+from uet.state.tables import encode_json, text
 
 
 class WorkerState(str, enum.Enum):

@@ -1,6 +1,6 @@
 """PostgreSQL database names (URLs), usable without the driver installed.
 
-The backend itself (uet.state.pg_backend) imports psycopg; this module only looks at URLs,
+The backend itself (uet.state.backends.postgresql) imports psycopg; this module only looks at URLs,
 so that the SQLite core and its error messages never need the optional extra.
 """
 
@@ -45,7 +45,7 @@ def redact(url: str) -> str:
 def backend_class():
     """The PostgreSQL backend class, or StorageError saying how to install its driver."""
     try:
-        from uet.state.pg_backend import PostgresBackend
+        from uet.state.backends.postgresql import PostgresBackend
     except ImportError as exc:
         raise StorageError(f"the PostgreSQL backend needs psycopg 3 and psycopg_pool "
                            f"({exc}); install them with {INSTALL_HINT}") from None

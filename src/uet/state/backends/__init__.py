@@ -1,0 +1,1 @@
+"""The engines under the ledger: one module per engine, the interface they share."""
