@@ -129,6 +129,12 @@ class Database:
         return backend
 
     @property
+    def backend(self):
+        """The engine under this ledger (for the ledger's own modules: the V2 classes, the
+        recovery and compatibility layers); it implements `uet.state.backends.Backend`."""
+        return self._backend
+
+    @property
     def engine(self) -> str:
         """The backend in use: "sqlite" or "postgresql"."""
         return self._backend.engine

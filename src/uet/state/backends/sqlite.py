@@ -313,6 +313,13 @@ class SQLiteBackend:
         return None if row is None else row[0]
 
     @contextmanager
+    def locked_connection(self) -> Iterator[sqlite3.Connection]:
+        """The backend's own connection, held for the caller's block (other threads wait),
+        for code that runs its own statements on it (`uet.compat`'s read-only `.conn`)."""
+        with self._lock:
+            yield self.connect()
+
+    @contextmanager
     def transaction(self) -> Iterator["SQLiteTx"]:
         """A write transaction: all of the block's statements commit together or not at all.
 
