@@ -21,7 +21,7 @@ from helpers import emptied_postgres_ledger  # noqa: E402
 def _forget_process_wide_instances():
     """Each test starts without get_db instances from earlier tests, and leaves none."""
     yield
-    from uet.state import db as db_module
+    from uet.state import instances as db_module
     with db_module._instances_lock:
         leftovers = list(db_module._instances.values())
         db_module._instances.clear()

@@ -50,11 +50,17 @@ class AlreadyExistsError(ValidationError):
 
 
 class ConstraintViolation(ValidationError):
-    """A database-level constraint refused the write (`kind`: unique, foreign_key, check,
-    not_null). The public calls turn it into a message about the caller's input."""
+    """A database-level constraint refused the write, as the engine's diagnostics report
+    it: `kind` (unique, foreign_key, check, not_null, other), `table`, `columns` (a tuple)
+    and `constraint` (its name) where the engine names them. The public calls turn it into
+    a message about the caller's input."""
 
-    def __init__(self, message: str, *, kind: str) -> None:
+    def __init__(self, message: str, *, kind: str, table: str | None = None,
+                 columns: tuple[str, ...] = (), constraint: str | None = None) -> None:
         self.kind = kind
+        self.table = table
+        self.columns = tuple(columns)
+        self.constraint = constraint
         super().__init__(message)
 
 

@@ -14,7 +14,7 @@ import pytest
 from helpers import allow_event_inserts, refuse_event_inserts
 from uet.errors import UetError, ValidationError
 from uet.state import Database, init_db
-from uet.state.db import record_event
+from uet.state.transitions import record_event
 
 HELPERS = str(Path(__file__).parent.parent / "helpers.py")
 

@@ -307,7 +307,7 @@ def test_closing_inside_a_transaction_does_not_hang(postgres_url):
 
 
 def test_urls_never_show_a_password_not_even_a_malformed_one():
-    from uet.state.backends.postgresql_url import redact
+    from uet.state.names import redact
     assert redact("postgresql://u:pw@h:5/db?sslpassword=y&password=x&a=1") == (
         "postgresql://u:***@h:5/db?sslpassword=***&password=***&a=1")
     with pytest.raises(StorageError, match=r"^postgresql://u:\*\*\*@127\.0\.0\.1:1/x is not "

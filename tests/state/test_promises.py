@@ -24,7 +24,7 @@ from uet.errors import (AmbiguousIdError, ConstraintViolation, DatabaseBusyError
                         NotALedgerError, SchemaVersionError, StorageError,
                         ValidationError)
 from uet.state import Database, GateLedger, PatchLedger, WorkerLifecycle, init_db
-from uet.state.db import peek_version
+from uet.state.backends import peek_version
 
 DIFF = "--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-a\n+b\n"
 OTHER_DIFF = "--- a/y.py\n+++ b/y.py\n@@ -1 +1 @@\n-a\n+b\n"

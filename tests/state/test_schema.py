@@ -136,7 +136,7 @@ def test_api_queries_use_an_index_and_never_sort_or_scan(raw, sql, params, index
 
 
 def test_list_runs_queries_are_the_ones_checked_above(file_db):
-    from uet.state.db import _list_runs_sql
+    from uet.state.statements import list_runs_sql as _list_runs_sql
     assert _list_runs_sql((("project_id", False), ("state", False)), False, "?") == (
         "SELECT * FROM runs WHERE project_id = ? AND state = ? "
         "ORDER BY created_at DESC, run_id DESC LIMIT ?")

@@ -7,56 +7,25 @@ change is written inside the same transaction as the change.
 from __future__ import annotations
 
 import os
-import threading
-from typing import Any, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, ContextManager, Iterator, Mapping
 
-from uet.errors import (AlreadyExistsError, AmbiguousIdError, ConcurrentUpdateError,
-                        ConstraintViolation, NotFoundError, ValidationError)
+from uet.errors import AlreadyExistsError, AmbiguousIdError, NotFoundError, ValidationError
+from uet.errors import ConstraintViolation
 from uet.state import tables
-from uet.state.events import (RESERVED_EVENT_TYPES, RUN_CREATED, RUN_STATE_CHANGED,
-                              RUN_UPDATED, STEP_ATTEMPT_CREATED, STEP_ATTEMPT_STATE_CHANGED,
-                              STEP_ATTEMPT_UPDATED)
+from uet.state.backends import (DEFAULT_BUSY_TIMEOUT, DURABILITY, MEMORY, Backend,
+                                open_backend, peek_version)
+from uet.state.events import RESERVED_EVENT_TYPES, RUN_CREATED, STEP_ATTEMPT_CREATED
 from uet.state.locations import check_location
-from uet.state.backends.postgresql_url import is_postgres_url
-from uet.state.ids import new_ulid, utc_now
+from uet.state.names import (DEFAULT_PATH, ENV_VAR, display_name, is_postgres_url,
+                             resolve_path)
+from uet.state.statements import list_runs_sql
 from uet.state.tables import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
-from uet.state.backends.sqlite import DEFAULT_BUSY_TIMEOUT, DURABILITY, MEMORY, SQLiteBackend
+from uet.state.transitions import change_row, check_worker_can_work, record_event, stamp
 
-DEFAULT_PATH = os.path.join(".ledger", "framework.db")
-ENV_VAR = "UET_DATABASE"
-
-
-
-def resolve_path(db_path: object) -> str:
-    """The database a call means: the argument, else $UET_DATABASE, else the default file."""
-    if db_path is None:
-        db_path = os.environ.get(ENV_VAR) or DEFAULT_PATH
-    if isinstance(db_path, os.PathLike):
-        db_path = os.fspath(db_path)
-    if not isinstance(db_path, str) or not db_path or "\x00" in db_path:
-        raise ValidationError(f"a database must be named by a non-empty path, got {db_path!r}")
-    return db_path
-
-
-def display_name(db_path: str) -> str:
-    """The database's name as shown to people: a URL without its password."""
-    if not is_postgres_url(db_path):
-        return db_path
-    from uet.state.backends.postgresql_url import redact
-    return redact(db_path)
-
-
-def peek_version(db_path: str) -> int | None:
-    """A ledger's schema version without changing anything (None: no ledger there yet)."""
-    if is_postgres_url(db_path):
-        from uet.state.backends.postgresql_url import backend_class
-        backend = backend_class()(db_path, busy_timeout=DEFAULT_BUSY_TIMEOUT, read_only=True)
-        try:
-            return backend.peek_version()
-        finally:
-            backend.close()
-    from uet.state.backends.sqlite_schema import peek_version as sqlite_peek_version
-    return sqlite_peek_version(db_path)
+# names other modules read from here (kept for callers of earlier releases)
+__all__ = ["Database", "DEFAULT_PATH", "ENV_VAR", "MEMORY", "resolve_path", "display_name",
+           "peek_version", "is_postgres_url"]
 
 
 def _check_int(value: object, what: str, minimum: int) -> int:
@@ -110,14 +79,9 @@ class Database:
         self.read_only = bool(read_only)
         self._backend = self._open()
 
-    def _open(self):
-        if is_postgres_url(self._file):
-            from uet.state.backends.postgresql_url import backend_class
-            backend = backend_class()(self._file, busy_timeout=self.busy_timeout,
-                                      read_only=self.read_only)
-        else:
-            backend = SQLiteBackend(self._file, durability=self.durability,
-                                    busy_timeout=self.busy_timeout, read_only=self.read_only)
+    def _open(self) -> Backend:
+        backend = open_backend(self._file, durability=self.durability,
+                               busy_timeout=self.busy_timeout, read_only=self.read_only)
         try:
             if self.read_only:
                 backend.check_current()
@@ -129,7 +93,7 @@ class Database:
         return backend
 
     @property
-    def backend(self):
+    def backend(self) -> Backend:
         """The engine under this ledger (for the ledger's own modules: the V2 classes, the
         recovery and compatibility layers); it implements `uet.state.backends.Backend`."""
         return self._backend
@@ -165,6 +129,36 @@ class Database:
     def __repr__(self) -> str:
         return f"Database({display_name(self.db_path)!r})"
 
+    def atomic(self) -> "ContextManager[Database]":
+        """A block whose ledger calls commit together or not at all.
+
+        Every call this thread makes inside the block — on this Database and on the
+        `WorkerLifecycle`, `PatchLedger` and `GateLedger` built on it — joins one
+        transaction, committed when the outermost block ends. An exception that leaves the
+        block rolls all of it back (the events the calls wrote included) and propagates.
+        Blocks nest: an inner block is a savepoint, so an exception caught outside it undoes
+        only the inner block; each call inside a block is such a savepoint too, so a call
+        that raises leaves nothing behind. Other threads and processes wait for the block
+        as for any writer (up to `busy_timeout`), so keep it short: no waiting on tools or
+        people inside it.
+
+            with db.atomic():
+                db.transition_step_attempt(step_k, "succeeded", exit_code=0)
+                patches.record_patch(...)
+                db.create_step_attempt({"run_id": run_id, "sequence": k + 1, ...})
+        """
+        return self._atomic()
+
+    @contextmanager
+    def _atomic(self) -> Iterator["Database"]:
+        with self._backend.transaction():
+            yield self
+
+    @property
+    def in_atomic(self) -> bool:
+        """Whether the calling thread is inside an `atomic()` block of this ledger."""
+        return self._backend.in_transaction
+
     def schema_version(self) -> int:
         """The schema version recorded in the ledger."""
         return self._backend.query_value("SELECT max(version) FROM schema_migrations")
@@ -191,7 +185,7 @@ class Database:
             raise ValidationError(
                 f"a run is created {' or '.join(RUNS.machine.initial)}, not {state}; create "
                 "it pending and move it on with transition_run", field="state")
-        _stamp(RUNS, state, row, row)
+        stamp(RUNS, state, row, row)
         try:
             with self._backend.transaction() as tx:
                 tx.run("insert_run", row)
@@ -220,7 +214,7 @@ class Database:
         if since is not None:
             since_value = tables.encode_value(RUNS, RUNS.by_name["created_at"], since,
                                                filtering=True)
-        sql = _list_runs_sql(tuple((name, value is None) for name, value in conditions),
+        sql = list_runs_sql(tuple((name, value is None) for name, value in conditions),
                              since_value is not None, self._backend.placeholder)
         params = [value for _, value in conditions if value is not None]
         if since_value is not None:
@@ -304,7 +298,7 @@ class Database:
         try:
             with self._backend.transaction() as tx:
                 if row["worker_id"] is not None:
-                    _check_worker_can_work(tx, row["worker_id"])
+                    check_worker_can_work(tx, row["worker_id"])
                 attempt = tx.run("insert_step_attempt", row).fetchone()[0]
                 record_event(tx, row["run_id"], STEP_ATTEMPT_CREATED, {
                     "step_attempt_id": row["step_attempt_id"], "sequence": row["sequence"],
@@ -425,7 +419,7 @@ class Database:
     def _explain(exc: ConstraintViolation, table: Table, row: Mapping[str, Any]) -> Exception:
         """Turn a database constraint failure into a message about the caller's input."""
         key_id = row[table.key]
-        if exc.kind == "unique" and str(exc).endswith(f"{table.name}.{table.key}"):
+        if exc.kind == "unique" and exc.table == table.name and exc.columns == (table.key,):
             return AlreadyExistsError(table.entity, key_id)
         if exc.kind == "unique" and table is STEP_ATTEMPTS:
             return ValidationError(
@@ -438,165 +432,5 @@ class Database:
         return ValidationError(f"{table.entity} {key_id!r} was refused by the ledger: {exc}")
 
 
-def _stamp(table: Table, state: str, changes: dict[str, object],
-           current: Mapping[str, Any]) -> None:
-    # Stamp the column of the state entered, unless the caller gave it or it is set.
-    column = table.machine.stamps.get(state)
-    if column and changes.get(column) is None and current.get(column) is None:
-        changes[column] = utc_now()
-
-
-def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
-               expected: object = None, event_data: Mapping[str, Any] | None = None,
-               record_changes: bool = False) -> dict[str, Any]:
-    """Change a run or step attempt inside the caller's transaction; returns the new row.
-
-    Checks the state machine (and `expected`, compare-and-set), stamps timestamps and writes
-    the state-change event (with `event_data` added) in the same transaction. Fields given
-    with the value they already hold (JSON compared as values) are left alone. With
-    `record_changes`, the other fields the call changes are recorded too: under `changed`
-    in the state-change event, or, when the state stays, in a `*.updated` event; a call that
-    changes nothing writes no event. (Timestamps stamped for the state entered are not listed:
-    the state-change event says when.)
-    """
-    machine = table.machine
-    if expected is not None:
-        machine.check_state(expected, "expected")
-    found = tx.rows(f"lock_{table.entity}", (entity_id,))
-    if not found:
-        raise NotFoundError(table.entity, entity_id)
-    current = found[0]
-    old_state = current["state"]
-    if expected is not None and old_state != expected:
-        raise ConcurrentUpdateError(table.entity, entity_id, expected, old_state)
-    changed = tables.describe_changes(table, current, changes)
-    changes = {name: value for name, value in changes.items()
-               if name == "state" or name in changed}
-    new_state = changes.get("state")
-    if new_state is not None:
-        machine.check_transition(entity_id, old_state, new_state)
-        _stamp(table, new_state, changes, current)
-    if not changes:
-        return current
-    columns = tuple(name for name in table.names if name in changes)
-    row = tx.query(_update_sql(table, columns, tx.placeholder),
-                   [changes[name] for name in columns] + [entity_id])[0]
-    named = {"step_attempt_id": entity_id} if table is STEP_ATTEMPTS else {}
-    if new_state is not None:
-        data: dict[str, Any] = {**named, "from": old_state, "to": new_state}
-        if row["exit_code"] is not None:
-            data["exit_code"] = row["exit_code"]
-        data.update(event_data or {})
-        if record_changes and changed:
-            data["changed"] = changed
-        event_type = RUN_STATE_CHANGED if table is RUNS else STEP_ATTEMPT_STATE_CHANGED
-        record_event(tx, row["run_id"], event_type, data)
-    elif record_changes:
-        event_type = RUN_UPDATED if table is RUNS else STEP_ATTEMPT_UPDATED
-        record_event(tx, row["run_id"], event_type, {**named, "changed": changed})
-    return row
-
-
-def _check_worker_can_work(tx, worker_id: str) -> None:
-    found = tx.rows("get_worker", (worker_id,))
-    if not found:
-        raise ValidationError(f"worker {worker_id!r} does not exist", field="worker_id")
-    if found[0]["state"] == "TERMINATED":
-        raise ValidationError(f"worker {worker_id!r} is TERMINATED and cannot run a step "
-                              "attempt", field="worker_id")
-
-
-def record_event(tx, run_id: str | None, event_type: str, data: dict[str, Any]) -> None:
-    """Append one of the ledger's own events inside the caller's transaction.
-
-    Records that belong to no run (workers, most patches and gates) write run_id None: their
-    events are in the same ordered trail, found by `events_since`.
-    """
-    tx.run("insert_event", {
-        "event_id": new_ulid(), "run_id": run_id, "timestamp": utc_now(),
-        "event_type": event_type,
-        "data": tables.encode_value(RUN_EVENTS, RUN_EVENTS.by_name["data"], data)})
-
-
 def _given(**values: object) -> dict[str, object]:
     return {name: value for name, value in values.items() if value is not None}
-
-
-_sql_cache: dict[tuple, str] = {}
-
-
-def _update_sql(table: Table, columns: tuple[str, ...], mark: str) -> str:
-    """UPDATE for a set of whitelisted columns (names come from `Table`, never a caller);
-    `mark` is the backend's parameter placeholder."""
-    key = ("update", table.name, columns, mark)
-    sql = _sql_cache.get(key)
-    if sql is None:
-        assignments = ", ".join(f"{table.by_name[name].name} = {mark}" for name in columns)
-        sql = f"UPDATE {table.name} SET {assignments} WHERE {table.key} = {mark} RETURNING *"
-        _sql_cache[key] = sql
-    return sql
-
-
-def _list_runs_sql(conditions: tuple[tuple[str, bool], ...], since: bool, mark: str) -> str:
-    key = ("list_runs", conditions, since, mark)
-    sql = _sql_cache.get(key)
-    if sql is None:
-        where = " AND ".join(
-            [f"{RUNS.by_name[name].name} IS NULL" if is_null
-             else f"{RUNS.by_name[name].name} = {mark}" for name, is_null in conditions]
-            + ([f"created_at >= {mark}"] if since else []))
-        sql = ("SELECT * FROM runs" + (f" WHERE {where}" if where else "")
-               + f" ORDER BY created_at DESC, run_id DESC LIMIT {mark}")
-        _sql_cache[key] = sql
-    return sql
-
-
-# -- process-wide instances ----------------------------------------------------------------
-
-_instances: dict[str, Database] = {}
-_instances_lock = threading.Lock()
-
-
-def _reset_lock_in_child() -> None:
-    global _instances_lock
-    _instances_lock = threading.Lock()  # another thread may have held it at fork time
-
-
-os.register_at_fork(after_in_child=_reset_lock_in_child)
-
-
-def _instance_key(path: str) -> str:
-    return path if path == MEMORY or is_postgres_url(path) else os.path.realpath(path)
-
-
-def get_db(db_path: str | os.PathLike | None = None, *, durability: str | None = None,
-           busy_timeout: float | None = None) -> Database:
-    """The process-wide Database for `db_path` (default: $UET_DATABASE, else
-    `.ledger/framework.db`), created on first use; safe to call from many threads.
-
-    Each database has its own instance: a different path never returns another's. Options
-    (durability, busy_timeout) apply on creation; asking for different ones later raises.
-    """
-    path = resolve_path(db_path)
-    key = _instance_key(path)
-    options = _given(durability=durability, busy_timeout=busy_timeout)
-    with _instances_lock:
-        db = _instances.get(key)
-        if db is None or db.closed:
-            db = Database(path, **options)
-            _instances[key] = db
-        else:
-            differing = [name for name, value in options.items()
-                         if getattr(db, name, object()) != value]
-            if differing:
-                raise ValidationError(
-                    f"get_db({display_name(path)!r}) already returned an instance with other "
-                    f"{', '.join(differing)}; use init_db for a separate instance")
-        return db
-
-
-def init_db(db_path: str | os.PathLike | None = None, *, durability: str = "normal",
-            busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Database:
-    """A new Database instance (schema created or upgraded) on every call."""
-    return Database(db_path, durability=durability, busy_timeout=busy_timeout)
-

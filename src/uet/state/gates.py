@@ -14,7 +14,8 @@ from typing import Any, Iterable
 
 from uet.errors import (ConstraintViolation, InvalidTransitionError, NotFoundError,
                         ValidationError)
-from uet.state.db import Database, record_event
+from uet.state.db import Database
+from uet.state.transitions import record_event
 from uet.state.events import GATE_DEFINED, GATE_STATE_CHANGED
 from uet.state.ids import new_ulid, utc_now
 from uet.state.machines import GATE
@@ -36,7 +37,7 @@ class GateLedger:
 
     @property
     def _backend(self):
-        return self._db._backend
+        return self._db.backend
 
     def define_gate(self, gate_type: object, phase_id: str, command: str, *,
                     name: str | None = None, depends_on: Iterable[str] = (),
@@ -208,15 +209,14 @@ class GateLedger:
         if target in ("RUNNING", "PENDING") and gate["state"] in ("PENDING", "BLOCKED"):
             self._check_dependencies(tx, gate, target)
         now = at or utc_now()
-        started_at = now if target == "RUNNING" else None
-        completed_at = duration = None
-        if target in ("PASSED", "FAILED"):
-            completed_at = now
-            if gate["started_at"]:
-                duration = seconds_between(gate["started_at"], now)
+        stamps = {"started_at": None, "completed_at": None,
+                  **GATE.stamps_entering(target, gate, {}, now)}
+        duration = None
+        if stamps["completed_at"] and gate["started_at"]:
+            duration = seconds_between(gate["started_at"], now)
         row = tx.rows("set_gate_state", {
             "state": target, "exit_code": exit_code, "stdout": stdout, "stderr": stderr,
-            "started_at": started_at, "completed_at": completed_at, "duration_sec": duration,
+            **stamps, "duration_sec": duration,
             "blocked_by": blocked_by if target == "BLOCKED" else None,
             "gate_id": gate["gate_id"]})[0]
         data = {"gate_id": gate["gate_id"], "name": gate["name"], "from": gate["state"],

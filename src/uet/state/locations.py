@@ -9,8 +9,8 @@ import re
 import stat
 
 from uet.errors import StorageError, ValidationError
+from uet.state.names import MEMORY, is_postgres_url
 
-MEMORY = ":memory:"
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _FILE_KINDS = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
                stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket"}
@@ -19,7 +19,6 @@ _FILE_KINDS = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device
 def check_location(path: str, source: str = "ledger") -> None:
     """Refuse a ledger name that could only go wrong: a URL of another database, a path
     through a file, something that is not a regular file (a device, a pipe)."""
-    from uet.state.backends.postgresql_url import is_postgres_url
     if path == MEMORY or is_postgres_url(path):
         return
     scheme = _URL_SCHEME.match(path)

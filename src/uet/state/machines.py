@@ -46,6 +46,16 @@ class Machine:
     def can(self, current: str, requested: str) -> bool:
         return requested in self.transitions.get(current, ())
 
+    def stamps_entering(self, state: str, current: Mapping[str, object],
+                        given: Mapping[str, object], now: str) -> dict[str, str]:
+        """The timestamp to set on entering `state`: {column: now} when the machine stamps a
+        column for it that neither the row (`current`) nor the caller (`given`) has set;
+        else {}. The one place every entity's timestamps are stamped from."""
+        column = self.stamps.get(state)
+        if column and given.get(column) is None and current.get(column) is None:
+            return {column: now}
+        return {}
+
     def check_state(self, state: object, field_name: str = "state") -> str:
         """Raise ValidationError unless `state` is one of this machine's states."""
         if not isinstance(state, str) or state not in self.states:

@@ -15,7 +15,8 @@ from typing import Any
 
 from uet.errors import (ConcurrentUpdateError, ConstraintViolation, NotFoundError,
                         ValidationError)
-from uet.state.db import Database, record_event
+from uet.state.db import Database
+from uet.state.transitions import record_event
 from uet.state.events import (PATCH_ENTRY_CREATED, PATCH_ENTRY_STATE_CHANGED,
                               PATCH_ENTRY_VALIDATION_SET, PATCH_RECORDED)
 from uet.state.ids import new_ulid, utc_now
@@ -86,7 +87,7 @@ class PatchLedger:
 
     @property
     def _backend(self):
-        return self._db._backend
+        return self._db.backend
 
     # -- artifacts -----------------------------------------------------------------------
 

@@ -29,10 +29,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 from uet.errors import ConcurrentUpdateError, NotFoundError, UetError, ValidationError
+from uet.state.contracts import positive_seconds
 from uet.state.db import Database
 from uet.state.events import RUN_CANCEL_REQUESTED
 from uet.state.ids import new_ulid
-from uet.state.contracts import positive_seconds
+from uet.state.tables import RUNS, STEP_ATTEMPTS
+from uet.state.transitions import change_row, record_event
+from uet.state.workers import WorkerLifecycle
 
 DEFAULT_HEARTBEAT_S = 10.0
 OWNER_STATES = ("SPAWNING", "IDLE", "BUSY", "DRAINING")
@@ -146,7 +149,6 @@ class Recovered:
 def recover(db: Database, *, now: datetime | None = None) -> list[Recovered]:
     """One reaper pass (see the module's docstring); returns what it recovered. Cheap: the
     owners not TERMINATED are read by an indexed query, and judged here."""
-    from uet.state.workers import WorkerLifecycle
     workers = WorkerLifecycle(db)
     recovered = []
     for state in OWNER_STATES:
@@ -222,9 +224,6 @@ def request_cancel(db: Database, run_id: str, *, by: str = "uet cancel") -> dict
     at once; a running one with a live owner by asking it through the ledger (a
     `run.cancel_requested` event its owner polls for), which stops the command and records
     `canceled`. Returns the run as it is now. A finished run raises InvalidTransitionError."""
-    from uet.state.db import change_row, record_event
-    from uet.state.tables import RUNS, STEP_ATTEMPTS
-    from uet.state.workers import WorkerLifecycle
     run = db.get_run(run_id)
     if run is None:
         raise NotFoundError("run", run_id)
@@ -237,7 +236,7 @@ def request_cancel(db: Database, run_id: str, *, by: str = "uet cancel") -> dict
     gone = "it has no owner" if worker is None else owner_lost(worker)
     running_steps = [s["step_attempt_id"] for s in db.list_step_attempts(run_id)
                      if s["state"] == "running"]
-    with db._backend.transaction() as tx:
+    with db.backend.transaction() as tx:
         if gone is None:
             record_event(tx, run_id, RUN_CANCEL_REQUESTED, {"by": by})
         else:  # all of it or nothing: a step that moved meanwhile is a ConcurrentUpdateError
@@ -268,7 +267,6 @@ class Owner:
 
     def __init__(self, db: Database, worker_type: str = "cli", *,
                  heartbeat_s: float = DEFAULT_HEARTBEAT_S) -> None:
-        from uet.state.workers import WorkerLifecycle
         self.db, self.workers = db, WorkerLifecycle(db)
         self.heartbeat_s = positive_seconds(heartbeat_s, "heartbeat_s")
         self.incarnation = new_ulid()

@@ -393,14 +393,16 @@ def read_back(column: Column, stored: object) -> object:
 
 
 def _decoded(name: str, text: object) -> object:
-    """A JSON column's stored text as reads return it (a missing value as {})."""
+    """A JSON column's stored text as reads return it: a missing value (SQL NULL) as {}, any
+    stored JSON as its value (JSON `null`, which a seed ledger may hold, as None)."""
+    if text is None or text == "":
+        return {}
     try:
-        value = json.loads(text) if text else None
+        return json.loads(text)
     except (ValueError, TypeError, RecursionError) as exc:
         raise StorageError(
             f"field {name!r} of a stored row is not readable JSON ({type(exc).__name__}): "
             "the ledger is corrupt or was written past uet's checks") from None
-    return {} if value is None else value
 
 
 def _same(column: Column, old: object, new: object) -> bool:

@@ -10,7 +10,8 @@ from datetime import timedelta
 from typing import Any
 
 from uet.errors import AlreadyExistsError, ConstraintViolation, NotFoundError, ValidationError
-from uet.state.db import Database, change_row, record_event
+from uet.state.db import Database
+from uet.state.transitions import change_row, record_event
 from uet.state.events import WORKER_SPAWNED, WORKER_STATE_CHANGED
 from uet.state.ids import utc_now
 from uet.state.machines import WORKER
@@ -32,7 +33,7 @@ class WorkerLifecycle:
 
     @property
     def _backend(self):
-        return self._db._backend
+        return self._db.backend
 
     # -- registration and state ----------------------------------------------------------
 
@@ -218,7 +219,8 @@ class WorkerLifecycle:
         held_run = run_id if target == "BUSY" else (
             worker["current_run_id"] if target == "DRAINING" else None)
         row = tx.rows("set_worker_state", {
-            "state": target, "terminated_at": now if target == "TERMINATED" else None,
+            "state": target,
+            "terminated_at": WORKER.stamps_entering(target, worker, {}, now).get("terminated_at"),
             "current_run_id": held_run, "worker_id": worker_id,
             # a worker that becomes IDLE or takes work is alive: its staleness starts now
             "heartbeat": now if target in ("IDLE", "BUSY") else None})[0]

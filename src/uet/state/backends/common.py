@@ -1,9 +1,11 @@
-"""What every engine's backend shares: the statements of an open write transaction and
-rows as dicts. The engines themselves are `backends.sqlite` and `backends.postgresql`."""
+"""The interface every engine implements (`Backend`) and what the engines share: the
+statements of an open write transaction and rows as dicts. The engines themselves are
+`backends.sqlite` and `backends.postgresql`."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import (Any, Callable, ContextManager, Mapping, Protocol, Sequence,
+                    runtime_checkable)
 
 from uet.state.tables import decode_row
 
@@ -12,6 +14,60 @@ def rows_of(cursor) -> list[dict[str, Any]]:
     """A DB-API cursor's rows as plain dicts (JSON columns decoded)."""
     names = tuple(d[0] for d in cursor.description)
     return [decode_row(names, values) for values in cursor.fetchall()]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One ledger on one engine: its connections, transactions, schema and error
+    translation. Nothing above a backend sees a driver or a driver's exception; every call
+    raises only uet's errors (`uet.errors`)."""
+
+    engine: str                   # "sqlite" or "postgresql"
+    path: str                     # the ledger's name as shown to people (no password)
+    read_only: bool
+    busy_timeout: float
+    placeholder: str              # the parameter mark of statements built from whitelists
+    no_limit: Any                 # the LIMIT parameter that means "every row"
+    queries: Mapping[str, str]    # the named statements, in this engine's parameter style
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether the calling thread is inside one of this backend's write transactions."""
+
+    def read(self, name: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+        """Run a named read query; rows as dicts (JSON columns decoded)."""
+
+    def query(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+        """Run one read statement (built from whitelisted names); rows as dicts."""
+
+    def query_value(self, sql: str, params: Sequence[Any] | dict = ()) -> Any:
+        """Run one read statement; the first column of its first row, or None."""
+
+    def transaction(self) -> ContextManager["Transaction"]:
+        """A write transaction holding the ledger's write lock; all or nothing. Opened again
+        by the thread inside one, it is a savepoint of it (`Database.atomic()`)."""
+
+    def listen(self) -> ContextManager[Callable[[float], None]]:
+        """A wait(timeout) for followers that returns early when events commit, where the
+        engine can notify."""
+
+    def migrate(self) -> tuple[int | None, int]:
+        """Bring the schema up to this code's version; (version before, version after)."""
+
+    def check_current(self) -> int:
+        """For a read-only open: the ledger exists at this code's version; its version."""
+
+    def peek_version(self) -> int | None:
+        """The schema version without changing anything (None: no ledger there yet)."""
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Health facts for `uet doctor`."""
+
+    def close(self) -> None:
+        """Release the connections; later calls raise StorageError."""
 
 
 class Transaction:

@@ -30,13 +30,13 @@ from psycopg import errors as pg_errors
 from psycopg import sql as pg_sql
 from psycopg.types.string import TextLoader
 
-from uet.errors import (ConstraintViolation, DatabaseBusyError, MigrationError,
-                        NotALedgerError, SchemaVersionError, StorageError, UetError,
-                        ValidationError)
-from uet.state.ids import utc_now
-from uet.state.backends.postgresql_url import redact
+from uet.errors import (ConstraintViolation, DatabaseBusyError, NotALedgerError, StorageError,
+                        UetError, ValidationError)
+from uet.state import schema_versions
 from uet.state.backends.common import Transaction, rows_of
-from uet.state.sqlfiles import load_migrations, load_queries
+from uet.state.names import redact
+from uet.state.ids import utc_now
+from uet.state.sqlfiles import Migration, load_migrations, load_queries
 
 QUERIES = load_queries("postgresql")
 MIGRATIONS = load_migrations("postgresql")
@@ -85,30 +85,37 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# the SQLSTATEs of integrity failures, by the kind uet's errors name
 _CONSTRAINT_KINDS = {
-    pg_errors.UniqueViolation: "unique",
-    pg_errors.ForeignKeyViolation: "foreign_key",
-    pg_errors.CheckViolation: "check",
-    pg_errors.NotNullViolation: "not_null",
+    pg_errors.UniqueViolation.sqlstate: "unique",
+    pg_errors.ForeignKeyViolation.sqlstate: "foreign_key",
+    pg_errors.CheckViolation.sqlstate: "check",
+    pg_errors.NotNullViolation.sqlstate: "not_null",
 }
-_KEY_COLUMNS = re.compile(r"^Key \(([^)]*)\)=")
 
 
-def _constraint_message(exc: psycopg.Error, kind: str) -> str:
-    """The constraint failure in SQLite's words (callers read `table.column` from it)."""
+def constraint_violation(exc: psycopg.Error,
+                         columns: tuple[str, ...] = ()) -> ConstraintViolation:
+    """A constraint failure from the server's diagnostics (SQLSTATE, table, constraint and
+    column names); `columns` are the constraint's columns when the caller looked them up.
+    The message says it as SQLite does, so that both engines read alike."""
     diag = exc.diag
-    table = diag.table_name or "?"
-    if kind == "unique":
-        match = _KEY_COLUMNS.match(diag.message_detail or "")
-        columns = [c.strip() for c in match.group(1).split(",")] if match else ["?"]
-        return "UNIQUE constraint failed: " + ", ".join(f"{table}.{c}" for c in columns)
-    if kind == "not_null":
-        return f"NOT NULL constraint failed: {table}.{diag.column_name or '?'}"
-    if kind == "check":
-        return f"CHECK constraint failed: {diag.constraint_name or table}"
-    if kind == "foreign_key":
-        return "FOREIGN KEY constraint failed"
-    return diag.message_primary or str(exc)
+    kind = _CONSTRAINT_KINDS.get(exc.sqlstate or "", "other")
+    table = diag.table_name
+    if kind == "not_null" and diag.column_name:
+        columns = (diag.column_name,)
+    if kind in ("unique", "not_null"):
+        label = "UNIQUE" if kind == "unique" else "NOT NULL"
+        message = f"{label} constraint failed: " + (
+            ", ".join(f"{table or '?'}.{c}" for c in columns) or (diag.constraint_name or "?"))
+    elif kind == "check":
+        message = f"CHECK constraint failed: {diag.constraint_name or table or '?'}"
+    elif kind == "foreign_key":
+        message = "FOREIGN KEY constraint failed"
+    else:
+        message = " ".join((diag.message_primary or str(exc)).split())
+    return ConstraintViolation(message, kind=kind, table=table, columns=columns,
+                               constraint=diag.constraint_name)
 
 
 def translate_error(exc: Exception, path: str, busy_timeout: float) -> UetError:
@@ -116,11 +123,8 @@ def translate_error(exc: Exception, path: str, busy_timeout: float) -> UetError:
     # libpq's messages run over several lines; a uet error is one
     text = " ".join((getattr(getattr(exc, "diag", None), "message_primary", None)
                      or str(exc)).split())
-    for cls, kind in _CONSTRAINT_KINDS.items():
-        if isinstance(exc, cls):
-            return ConstraintViolation(_constraint_message(exc, kind), kind=kind)
     if isinstance(exc, pg_errors.IntegrityError):
-        return ConstraintViolation(text, kind="other")
+        return constraint_violation(exc)
     if isinstance(exc, pg_errors.ProgramLimitExceeded):  # e.g. an index row over 8 kB
         return ValidationError(
             f"a value is too large for the ledger ({text}); ids and the text columns runs are "
@@ -197,6 +201,9 @@ class PostgresBackend:
         self._own_lock = threading.Lock()
         self._begin = ""       # BEGIN and the ledger's write lock, once the schema is known
         self._channel = ""     # the LISTEN channel of the ledger's event trail
+        # per thread: the connection of its open write transaction and the nesting depth
+        self._local = threading.local()
+        self._columns_of: dict[str, tuple[str, ...]] = {}  # constraint name -> its columns
         _live_backends.add(self)
 
     # -- connections ---------------------------------------------------------------------
@@ -256,7 +263,16 @@ class PostgresBackend:
     def _connection(self) -> Iterator[psycopg.Connection]:
         """A connection for one statement or transaction. An uncontended caller reuses the
         backend's own connection (taken from the pool once, so that the common single-
-        threaded call skips the pool's bookkeeping); concurrent callers get pooled ones."""
+        threaded call skips the pool's bookkeeping); concurrent callers get pooled ones. A
+        thread inside its write transaction uses that transaction's connection, so that it
+        reads what the block wrote."""
+        held = self._local.__dict__.get("conn")
+        if held is not None:
+            try:
+                yield held
+            except psycopg.Error as exc:
+                raise translate_error(exc, self.path, self.busy_timeout) from None
+            return
         if self._own_lock.acquire(blocking=False):
             try:
                 conn = self._own
@@ -318,6 +334,7 @@ class PostgresBackend:
         return self._closed
 
     def _after_fork(self) -> None:
+        self._local = threading.local()  # a transaction open at fork time is the parent's
         self._pool_lock = threading.Lock()
         self._own_lock = threading.Lock()
         if self._pool is not None:
@@ -345,18 +362,88 @@ class PostgresBackend:
     def transaction(self) -> Iterator[PostgresTx]:
         """A write transaction holding the ledger's write lock: all of the block's
         statements commit together or not at all. Waiting for the lock is bounded by the
-        busy timeout (lock_timeout)."""
+        busy timeout (lock_timeout). Opened again by the thread inside one
+        (`Database.atomic()`, or a call inside it), it is a savepoint of the open
+        transaction: an exception undoes only the inner block, and nothing is committed
+        before the outermost block ends."""
+        local = self._local.__dict__
+        held = local.get("conn")
+        if held is not None:
+            yield from self._savepoint(held, local)
+            return
         with self._connection() as conn:
             try:
                 # a lock timeout or a Ctrl-C while waiting for the lock is rolled back too
                 conn.execute(self._begin or self._begin_statement(conn))
+                local["conn"], local["depth"] = conn, 1
                 yield PostgresTx(conn)
                 conn.execute("COMMIT")
             except BaseException as exc:
                 self._rollback(conn)
                 if isinstance(exc, psycopg.Error):
-                    raise translate_error(exc, self.path, self.busy_timeout) from None
+                    raise self._translate(exc, conn) from None
                 raise
+            finally:
+                local.pop("conn", None)
+                local.pop("depth", None)
+
+    def _savepoint(self, conn: psycopg.Connection, local: dict) -> Iterator[PostgresTx]:
+        name = f"uet_{local['depth']}"  # from a counter, never from a caller
+        try:
+            conn.execute(f"SAVEPOINT {name}")
+        except psycopg.Error as exc:
+            raise translate_error(exc, self.path, self.busy_timeout) from None
+        local["depth"] += 1
+        try:
+            yield PostgresTx(conn)
+            conn.execute(f"RELEASE SAVEPOINT {name}")
+        except BaseException as exc:
+            try:  # after a failed statement only this brings the transaction back
+                conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                conn.execute(f"RELEASE SAVEPOINT {name}")
+            except psycopg.Error:
+                pass  # the connection broke: the outer block's end reports it
+            if isinstance(exc, psycopg.Error):
+                raise self._translate(exc, conn) from None
+            raise
+        finally:
+            local["depth"] -= 1
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether the calling thread holds an open write transaction of this ledger."""
+        return "conn" in self._local.__dict__
+
+    def _translate(self, exc: psycopg.Error, conn: psycopg.Connection) -> UetError:
+        """translate_error, with a failed constraint's columns read from the catalog (the
+        server names only the constraint); `conn` must be usable again (rolled back)."""
+        error = translate_error(exc, self.path, self.busy_timeout)
+        if isinstance(error, ConstraintViolation) and error.constraint and not error.columns:
+            columns = self._constraint_columns(conn, error.constraint)
+            if columns:
+                error = constraint_violation(exc, columns)
+        return error
+
+    def _constraint_columns(self, conn: psycopg.Connection, name: str) -> tuple[str, ...]:
+        columns = self._columns_of.get(name)
+        if columns is None:
+            try:  # a table constraint, else a unique index (the server names either)
+                columns = tuple(r[0] for r in conn.execute(
+                    "SELECT a.attname FROM pg_constraint AS c "
+                    "CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, n) "
+                    "JOIN pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = k.attnum "
+                    "WHERE c.conname = %s AND c.connamespace = current_schema()::regnamespace "
+                    "ORDER BY k.n", (name,))) or tuple(r[0] for r in conn.execute(
+                    "SELECT a.attname FROM pg_class AS ic "
+                    "JOIN pg_index AS i ON i.indexrelid = ic.oid "
+                    "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
+                    "JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+                    "WHERE ic.relname = %s AND ic.relnamespace = current_schema()::regnamespace "
+                    "ORDER BY k.n", (name,)))
+            except psycopg.Error:
+                return ()  # a broken connection: the error keeps the constraint's name
+            self._columns_of[name] = columns
+        return columns
 
     @staticmethod
     def _rollback(conn: psycopg.Connection) -> None:
@@ -407,13 +494,6 @@ class PostgresBackend:
             "refusing to change them. Point uet at an empty database or schema (the URL's "
             "options=-csearch_path=NAME selects a schema)")
 
-    def _check_version(self, version: int | None) -> None:
-        if version is not None and version > LATEST_VERSION:
-            raise SchemaVersionError(
-                f"ledger {self.path} has schema version {version}, newer than this uet "
-                f"understands (up to {LATEST_VERSION}); upgrade uet to open it. Nothing was "
-                "changed.")
-
     def peek_version(self) -> int | None:
         """The schema version without changing anything (None: no ledger yet)."""
         conn = self._connect()
@@ -426,15 +506,7 @@ class PostgresBackend:
 
     def check_current(self) -> int:
         """For a read-only open: the ledger must exist and be at this code's version."""
-        version = self.peek_version()
-        self._check_version(version)
-        if version is None:
-            raise NotALedgerError(f"{self.path} holds no ledger yet; create it with `uet init`")
-        if version < LATEST_VERSION:
-            raise SchemaVersionError(
-                f"ledger {self.path} is at schema version {version}, older than this uet "
-                f"({LATEST_VERSION}); upgrade it with `uet migrate` (it was not changed)")
-        return version
+        return schema_versions.require_current(self.peek_version(), LATEST_VERSION, self.path)
 
     def migrate(self) -> tuple[int | None, int]:
         """Bring the ledger up to LATEST_VERSION; (version before, version after).
@@ -444,36 +516,34 @@ class PostgresBackend:
         DDL is transactional here, so a migration that fails leaves the schema as it was.
         """
         conn = self._connect()
+
+        def apply(migration: Migration, known: int | None) -> int:
+            try:
+                conn.execute(self._begin_statement(conn))
+                current = self._version(conn)
+                schema_versions.refuse_newer(current, LATEST_VERSION, self.path)
+                if current is None or current < migration.version:
+                    conn.execute(migration.sql)
+                    conn.execute("INSERT INTO schema_migrations (version, name, applied_at) "
+                                 "VALUES (%s, %s, %s)",
+                                 (migration.version, migration.name, utc_now()))
+                    current = migration.version
+                conn.execute("COMMIT")
+                return current
+            except psycopg.Error as exc:
+                self._rollback(conn)
+                raise schema_versions.migration_failed(
+                    migration, self.path,
+                    translate_error(exc, self.path, self.busy_timeout)) from None
+            except BaseException:
+                self._rollback(conn)
+                raise
+
         try:
-            before = self._version(conn)
-            self._check_version(before)
-            version = before
-            for migration in MIGRATIONS:
-                if version is not None and migration.version <= version:
-                    continue
-                try:
-                    conn.execute(self._begin_statement(conn))
-                    current = self._version(conn)
-                    self._check_version(current)
-                    if current is None or current < migration.version:
-                        conn.execute(migration.sql)
-                        conn.execute("INSERT INTO schema_migrations (version, name, applied_at) "
-                                     "VALUES (%s, %s, %s)",
-                                     (migration.version, migration.name, utc_now()))
-                        current = migration.version
-                    conn.execute("COMMIT")
-                    version = current
-                except psycopg.Error as exc:
-                    self._rollback(conn)
-                    error = translate_error(exc, self.path, self.busy_timeout)
-                    raise MigrationError(
-                        f"could not apply migration {migration.version:04d}_{migration.name} "
-                        f"to {self.path}: {error}; the ledger was left as it was") from None
-                except BaseException:
-                    self._rollback(conn)
-                    raise
+            result = schema_versions.migrate(self.path, MIGRATIONS,
+                                             lambda: self._version(conn), apply)
             self._channel = self._events_channel(conn)
-            return before, version
+            return result
         except psycopg.Error as exc:
             raise translate_error(exc, self.path, self.busy_timeout) from None
         finally:

@@ -14,16 +14,16 @@ import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
-from uet.errors import (ConstraintViolation, DatabaseBusyError, NotALedgerError,
-                        StorageError, UetError, ValidationError)
+from uet.errors import NotALedgerError, StorageError, UetError
+import uet.state.backends.sqlite_schema as sqlite_schema
 from uet.state.backends.common import Transaction, rows_of
+from uet.state.backends.sqlite_errors import DRIVER_ERRORS, rollback, translate_error
 from uet.state.locations import missing_folders, remove_folders
-from uet.state.tables import MAX_VALUE_BYTES
+from uet.state.names import MEMORY
 from uet.state.sqlfiles import load_queries
 
 QUERIES = load_queries("sqlite")
 
-MEMORY = ":memory:"
 DURABILITY = {
     # WAL + NORMAL: a commit survives the process being killed at any instant; only a power
     # loss or OS crash may drop the last commits (never corrupting the file).
@@ -66,62 +66,6 @@ os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                     after_in_child=_after_fork_in_child)
 
 
-_CONSTRAINT_KINDS = {
-    sqlite3.SQLITE_CONSTRAINT_UNIQUE: "unique",
-    sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY: "unique",
-    sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY: "foreign_key",
-    sqlite3.SQLITE_CONSTRAINT_CHECK: "check",
-    sqlite3.SQLITE_CONSTRAINT_NOTNULL: "not_null",
-}
-
-
-# What a call into the driver may raise. Besides sqlite3.Error: UnicodeDecodeError, which
-# the driver raises in place of the error when SQLite's message is not UTF-8. A uet
-# ledger's schema, statements and paths are UTF-8, so such a message quotes bytes of the
-# file that uet never wrote (a damaged schema, "malformed database schema ... near ..."):
-# the file is corrupt.
-DRIVER_ERRORS = (sqlite3.Error, UnicodeDecodeError)
-
-
-def translate_error(exc: BaseException, path: str, busy_timeout: float) -> UetError:
-    """The typed uet error for a driver exception, with a message a person can act on."""
-    if isinstance(exc, UnicodeDecodeError):
-        raw = exc.object if isinstance(exc.object, (bytes, bytearray)) else b""
-        text = bytes(raw).decode("utf-8", "replace") or str(exc)
-        return StorageError(f"ledger {path} is corrupt ({text}); restore it from a backup")
-    code = getattr(exc, "sqlite_errorcode", None) or 0
-    primary = code & 0xFF
-    text = str(exc)
-    if primary == sqlite3.SQLITE_CONSTRAINT:
-        return ConstraintViolation(text, kind=_CONSTRAINT_KINDS.get(code, "other"))
-    if primary == sqlite3.SQLITE_TOOBIG:  # the values a row already holds and new ones
-        return ValidationError(
-            f"the record would be larger than {MAX_VALUE_BYTES:,} bytes, SQLite's limit on "
-            f"one row ({text}); keep large output outside the ledger and store a reference")
-    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-        return DatabaseBusyError(
-            f"ledger {path} stayed locked by another writer for more than {busy_timeout:g} s "
-            f"({text}); find the process holding it or raise busy_timeout")
-    if primary == sqlite3.SQLITE_NOTADB:
-        return NotALedgerError(f"{path} is not a SQLite database, so not a uet ledger")
-    if primary == sqlite3.SQLITE_FULL:
-        return StorageError(f"ledger {path}: the disk is full ({text}); free space and retry")
-    if primary == sqlite3.SQLITE_READONLY:
-        return StorageError(
-            f"ledger {path} cannot be written ({text}); check the file's and its folder's "
-            "permissions and the file system")
-    if primary == sqlite3.SQLITE_CANTOPEN:
-        return StorageError(f"cannot open ledger {path} ({text}); check that the path is a "
-                            "file in a folder you may write to")
-    if primary == sqlite3.SQLITE_IOERR:
-        return StorageError(
-            f"ledger {path}: the file system refused a read or write ({text}); check free "
-            "space, file-size limits and the device. The call changed nothing")
-    if primary == sqlite3.SQLITE_CORRUPT:
-        return StorageError(f"ledger {path} is corrupt ({text}); restore it from a backup")
-    return StorageError(f"ledger {path}: {text}")
-
-
 def _lenient_text(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
@@ -151,6 +95,7 @@ class SQLiteBackend:
         self._conn: sqlite3.Connection | None = None
         self._immutable = False  # opened as the file it is (nothing can be writing it)
         self._closed = False
+        self._depth = 0  # nesting of the open write transaction (its thread holds _lock)
         _live_backends.add(self)
 
     # -- connections ---------------------------------------------------------------------
@@ -272,6 +217,7 @@ class SQLiteBackend:
 
     def _after_fork(self) -> None:
         self._lock = threading.RLock()  # the forking thread held it; the child starts free
+        self._depth = 0
         if not self.is_memory and self._conn is not None:
             _inherited_connections.append(self._conn)
             self._conn = None
@@ -326,21 +272,58 @@ class SQLiteBackend:
         BEGIN IMMEDIATE takes the write lock before the first read, so a read-then-write
         never needs to upgrade its lock (the upgrade is what fails with "database is
         locked" under concurrency); waiting for the lock is bounded by the busy timeout.
+        Opened again by the thread that holds one (`Database.atomic()`, or a call inside
+        it), it is a savepoint of the open transaction: an exception undoes only the inner
+        block, and nothing is committed before the outermost block ends.
         """
-        with self._lock:
+        with self._lock:  # held by one thread for the whole block: others wait here
             conn = self.connect()
+            if self._depth:
+                yield from self._savepoint(conn)
+                return
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except DRIVER_ERRORS as exc:
                 raise translate_error(exc, self.path, self.busy_timeout) from None
+            self._depth = 1
             try:
                 yield SQLiteTx(conn)
                 conn.execute("COMMIT")
             except BaseException as exc:
-                self._rollback(conn)
+                rollback(conn)
                 if isinstance(exc, DRIVER_ERRORS):
                     raise translate_error(exc, self.path, self.busy_timeout) from None
                 raise
+            finally:
+                self._depth = 0
+
+    def _savepoint(self, conn: sqlite3.Connection) -> Iterator["SQLiteTx"]:
+        name = f"uet_{self._depth}"  # from a counter, never from a caller
+        try:
+            conn.execute(f"SAVEPOINT {name}")
+        except DRIVER_ERRORS as exc:
+            raise translate_error(exc, self.path, self.busy_timeout) from None
+        self._depth += 1
+        try:
+            yield SQLiteTx(conn)
+            conn.execute(f"RELEASE {name}")
+        except BaseException as exc:
+            if conn.in_transaction:  # SQLite may have ended it all (e.g. SQLITE_FULL)
+                try:
+                    conn.execute(f"ROLLBACK TO {name}")
+                    conn.execute(f"RELEASE {name}")
+                except sqlite3.Error:
+                    pass  # the outer block's COMMIT or ROLLBACK settles what is left
+            if isinstance(exc, DRIVER_ERRORS):
+                raise translate_error(exc, self.path, self.busy_timeout) from None
+            raise
+        finally:
+            self._depth -= 1
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether the calling thread holds this ledger's open write transaction."""
+        return self._depth > 0 and self._lock._is_owned()
 
     @contextmanager
     def listen(self) -> Iterator[Callable[[float], None]]:
@@ -350,13 +333,15 @@ class SQLiteBackend:
 
     def migrate(self) -> tuple[int | None, int]:
         """Bring the ledger's schema up to date; (version before, version after)."""
-        from uet.state.backends.sqlite_schema import migrate
-        return migrate(self)
+        return sqlite_schema.migrate(self)
 
     def check_current(self) -> int:
         """For a read-only open: the ledger must exist and be at this code's version."""
-        from uet.state.backends.sqlite_schema import check_current
-        return check_current(self)
+        return sqlite_schema.check_current(self)
+
+    def peek_version(self) -> int | None:
+        """The schema version without changing anything (None: no ledger there yet)."""
+        return sqlite_schema.peek_version(self.path)
 
     def diagnostics(self) -> dict[str, Any]:
         """Pragmas, integrity and row counts, for `uet doctor`."""
@@ -384,14 +369,6 @@ class SQLiteBackend:
                 }
             return self._run(read)
 
-    @staticmethod
-    def _rollback(conn: sqlite3.Connection) -> None:
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                # SQLite already rolled back (e.g. after SQLITE_FULL); nothing is left open.
-                pass
 
 
 class SQLiteTx(Transaction):

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from uet.errors import MigrationError, NotALedgerError, SchemaVersionError
+from uet.errors import MigrationError, NotALedgerError
+from uet.state import schema_versions
 from uet.state.ids import normalize_timestamp, utc_now
 from uet.state.sqlfiles import Migration, load_migrations
-from uet.state.backends.sqlite import DRIVER_ERRORS, SQLiteBackend, translate_error
+from uet.state.backends.sqlite_errors import DRIVER_ERRORS, rollback, translate_error
 
 MIGRATIONS = load_migrations("sqlite")
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -75,7 +76,7 @@ def _read_version(conn: sqlite3.Connection, path: str) -> int | None:
     try:
         return ledger_version(conn, path)
     finally:
-        SQLiteBackend._rollback(conn)  # a read-only transaction: nothing to keep
+        rollback(conn)  # a read-only transaction: nothing to keep
 
 
 def peek_version(path: str) -> int | None:
@@ -93,55 +94,41 @@ def peek_version(path: str) -> int | None:
         raise translate_error(exc, path, 0) from None
 
 
-def check_current(backend: SQLiteBackend) -> int:
+def check_current(backend) -> int:
     """For a read-only open: the ledger must exist and be at this code's version."""
-    with backend._lock:
+    with backend.locked_connection() as conn:
         try:
-            version = _read_version(backend.connect(), backend.path)
+            version = _read_version(conn, backend.path)
         except DRIVER_ERRORS as exc:
             raise translate_error(exc, backend.path, backend.busy_timeout) from None
-    check_version(version, backend.path)
-    if version is None:
-        raise NotALedgerError(f"{backend.path} is empty, not a ledger yet; create it with "
-                              "`uet init`")
-    if version < LATEST_VERSION:
-        raise SchemaVersionError(
-            f"ledger {backend.path} is at schema version {version}, older than this uet "
-            f"({LATEST_VERSION}); upgrade it with `uet migrate` (it was not changed)")
-    return version
+    return schema_versions.require_current(version, LATEST_VERSION, backend.path,
+                                           nothing_there="is empty, not a ledger yet")
 
 
-def check_version(version: int | None, path: str) -> None:
-    if version is not None and version > LATEST_VERSION:
-        raise SchemaVersionError(
-            f"ledger {path} has schema version {version}, newer than this uet understands "
-            f"(up to {LATEST_VERSION}); upgrade uet to open it. Nothing was changed.")
-
-
-def migrate(backend: SQLiteBackend) -> tuple[int | None, int]:
+def migrate(backend) -> tuple[int | None, int]:
     """Bring the ledger up to LATEST_VERSION; returns (version before, version after).
 
     A newer ledger, or a file that is not a ledger, is refused before anything is written;
     a migration that fails leaves the file as it was.
     """
-    with backend._lock:
-        conn = backend.connect()
-        try:
-            before = _read_version(conn, backend.path)
-        except DRIVER_ERRORS as exc:
-            raise translate_error(exc, backend.path, backend.busy_timeout) from None
-        check_version(before, backend.path)
-        version = before
-        for migration in MIGRATIONS:
-            if version is None or migration.version > version:
-                version = _apply(backend, conn, migration, adopt_seed=version == 0)
+    with backend.locked_connection() as conn:
+        def read_version() -> int | None:
+            try:
+                return _read_version(conn, backend.path)
+            except DRIVER_ERRORS as exc:
+                raise translate_error(exc, backend.path, backend.busy_timeout) from None
+
+        def apply(migration: Migration, known: int | None) -> int:
+            return _apply(backend, conn, migration, adopt_seed=known == 0)
+
+        result = schema_versions.migrate(backend.path, MIGRATIONS, read_version, apply)
         # Only now that the file is known to be a ledger may its journal mode be changed
         # (a persistent write); a ledger someone switched out of WAL is switched back.
         backend.enable_wal()
-        return before, version
+        return result
 
 
-def _apply(backend: SQLiteBackend, conn: sqlite3.Connection, migration: Migration, *,
+def _apply(backend, conn: sqlite3.Connection, migration: Migration, *,
            adopt_seed: bool) -> int:
     # Rebuilding tables needs foreign-key enforcement off, and SQLite only lets that change
     # outside a transaction; `PRAGMA foreign_key_check` stands in for it before COMMIT.
@@ -151,7 +138,7 @@ def _apply(backend: SQLiteBackend, conn: sqlite3.Connection, migration: Migratio
         try:
             conn.execute("BEGIN IMMEDIATE")
             current = ledger_version(conn, backend.path)
-            check_version(current, backend.path)
+            schema_versions.refuse_newer(current, LATEST_VERSION, backend.path)
             if current is not None and current >= migration.version:
                 conn.execute("COMMIT")  # another process got here first
                 return current
@@ -169,16 +156,15 @@ def _apply(backend: SQLiteBackend, conn: sqlite3.Connection, migration: Migratio
             conn.execute("COMMIT")
             return migration.version
         except BaseException:
-            SQLiteBackend._rollback(conn)
+            rollback(conn)
             raise
         finally:
             if adopt_seed:
                 conn.execute("PRAGMA foreign_keys=ON")
     except DRIVER_ERRORS as exc:
-        error = translate_error(exc, backend.path, backend.busy_timeout)
-        raise MigrationError(
-            f"could not apply migration {migration.version:04d}_{migration.name} to "
-            f"{backend.path}: {error}; the ledger was left as it was") from None
+        raise schema_versions.migration_failed(
+            migration, backend.path,
+            translate_error(exc, backend.path, backend.busy_timeout)) from None
 
 
 def _seed_timestamp(value: object) -> object:

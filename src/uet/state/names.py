@@ -1,15 +1,20 @@
-"""PostgreSQL database names (URLs), usable without the driver installed.
+"""Ledger names: which ledger a call means (argument, $UET_DATABASE, the default file), which
+engine a name selects, and how a name is shown to people (a URL without its password).
 
-The backend itself (uet.state.backends.postgresql) imports psycopg; this module only looks at URLs,
-so that the SQLite core and its error messages never need the optional extra.
+Usable without the PostgreSQL driver: this module only looks at names.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-from uet.errors import StorageError
+from uet.errors import ValidationError
+
+DEFAULT_PATH = os.path.join(".ledger", "framework.db")
+ENV_VAR = "UET_DATABASE"
+MEMORY = ":memory:"
 
 INSTALL_HINT = "pip install 'uet[postgres]'"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -42,11 +47,17 @@ def redact(url: str) -> str:
         return url.split("@", 1)[-1] if "@" in url else url
 
 
-def backend_class():
-    """The PostgreSQL backend class, or StorageError saying how to install its driver."""
-    try:
-        from uet.state.backends.postgresql import PostgresBackend
-    except ImportError as exc:
-        raise StorageError(f"the PostgreSQL backend needs psycopg 3 and psycopg_pool "
-                           f"({exc}); install them with {INSTALL_HINT}") from None
-    return PostgresBackend
+def resolve_path(db_path: object) -> str:
+    """The database a call means: the argument, else $UET_DATABASE, else the default file."""
+    if db_path is None:
+        db_path = os.environ.get(ENV_VAR) or DEFAULT_PATH
+    if isinstance(db_path, os.PathLike):
+        db_path = os.fspath(db_path)
+    if not isinstance(db_path, str) or not db_path or "\x00" in db_path:
+        raise ValidationError(f"a database must be named by a non-empty path, got {db_path!r}")
+    return db_path
+
+
+def display_name(db_path: str) -> str:
+    """The database's name as shown to people: a URL without its password."""
+    return redact(db_path) if is_postgres_url(db_path) else db_path

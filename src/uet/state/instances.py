@@ -1,0 +1,61 @@
+"""The process-wide ledger instances: `get_db` returns one `Database` per ledger (safe from
+many threads, and after fork), `init_db` a new one on every call."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from uet.errors import ValidationError
+from uet.state.backends import DEFAULT_BUSY_TIMEOUT
+from uet.state.db import Database
+from uet.state.names import MEMORY, display_name, is_postgres_url, resolve_path
+
+_instances: dict[str, Database] = {}
+_instances_lock = threading.Lock()
+
+
+def _reset_lock_in_child() -> None:
+    global _instances_lock
+    _instances_lock = threading.Lock()  # another thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_reset_lock_in_child)
+
+
+def _instance_key(path: str) -> str:
+    return path if path == MEMORY or is_postgres_url(path) else os.path.realpath(path)
+
+
+def get_db(db_path: str | os.PathLike | None = None, *, durability: str | None = None,
+           busy_timeout: float | None = None) -> Database:
+    """The process-wide Database for `db_path` (default: $UET_DATABASE, else
+    `.ledger/framework.db`), created on first use; safe to call from many threads.
+
+    Each database has its own instance: a different path never returns another's. Options
+    (durability, busy_timeout) apply on creation; asking for different ones later raises.
+    """
+    path = resolve_path(db_path)
+    key = _instance_key(path)
+    options = {name: value for name, value in (("durability", durability),
+                                               ("busy_timeout", busy_timeout))
+               if value is not None}
+    with _instances_lock:
+        db = _instances.get(key)
+        if db is None or db.closed:
+            db = Database(path, **options)
+            _instances[key] = db
+        else:
+            differing = [name for name, value in options.items()
+                         if getattr(db, name, object()) != value]
+            if differing:
+                raise ValidationError(
+                    f"get_db({display_name(path)!r}) already returned an instance with other "
+                    f"{', '.join(differing)}; use init_db for a separate instance")
+        return db
+
+
+def init_db(db_path: str | os.PathLike | None = None, *, durability: str = "normal",
+            busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Database:
+    """A new Database instance (schema created or upgraded) on every call."""
+    return Database(db_path, durability=durability, busy_timeout=busy_timeout)

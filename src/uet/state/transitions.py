@@ -1,0 +1,98 @@
+"""Changing a record under its state machine, inside the caller's transaction: the state
+check and compare-and-set, timestamps, and the audit event written with the change.
+
+Every write path of the ledger that moves a run or step attempt goes through `change_row`;
+every event the ledger writes itself goes through `record_event`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from uet.errors import ConcurrentUpdateError, NotFoundError, ValidationError
+from uet.state import tables
+from uet.state.events import (RUN_STATE_CHANGED, RUN_UPDATED, STEP_ATTEMPT_STATE_CHANGED,
+                              STEP_ATTEMPT_UPDATED)
+from uet.state.ids import new_ulid, utc_now
+from uet.state.machines import WORKER
+from uet.state.statements import update_sql
+from uet.state.tables import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
+
+
+def stamp(table: Table, state: str, changes: dict[str, object],
+          current: Mapping[str, Any]) -> None:
+    """Add to `changes` the timestamp the table's machine stamps on entering `state`."""
+    changes.update(table.machine.stamps_entering(state, current, changes, utc_now()))
+
+
+def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
+               expected: object = None, event_data: Mapping[str, Any] | None = None,
+               record_changes: bool = False) -> dict[str, Any]:
+    """Change a run or step attempt inside the caller's transaction; returns the new row.
+
+    Checks the state machine (and `expected`, compare-and-set), stamps timestamps and writes
+    the state-change event (with `event_data` added) in the same transaction. Fields given
+    with the value they already hold (JSON compared as values) are left alone. With
+    `record_changes`, the other fields the call changes are recorded too: under `changed`
+    in the state-change event, or, when the state stays, in a `*.updated` event; a call that
+    changes nothing writes no event. (Timestamps stamped for the state entered are not listed:
+    the state-change event says when.)
+    """
+    machine = table.machine
+    if expected is not None:
+        machine.check_state(expected, "expected")
+    found = tx.rows(f"lock_{table.entity}", (entity_id,))
+    if not found:
+        raise NotFoundError(table.entity, entity_id)
+    current = found[0]
+    old_state = current["state"]
+    if expected is not None and old_state != expected:
+        raise ConcurrentUpdateError(table.entity, entity_id, expected, old_state)
+    changed = tables.describe_changes(table, current, changes)
+    changes = {name: value for name, value in changes.items()
+               if name == "state" or name in changed}
+    new_state = changes.get("state")
+    if new_state is not None:
+        machine.check_transition(entity_id, old_state, new_state)
+        stamp(table, new_state, changes, current)
+    if not changes:
+        return current
+    columns = tuple(name for name in table.names if name in changes)
+    row = tx.query(update_sql(table, columns, tx.placeholder),
+                   [changes[name] for name in columns] + [entity_id])[0]
+    named = {"step_attempt_id": entity_id} if table is STEP_ATTEMPTS else {}
+    if new_state is not None:
+        data: dict[str, Any] = {**named, "from": old_state, "to": new_state}
+        if row["exit_code"] is not None:
+            data["exit_code"] = row["exit_code"]
+        data.update(event_data or {})
+        if record_changes and changed:
+            data["changed"] = changed
+        event_type = RUN_STATE_CHANGED if table is RUNS else STEP_ATTEMPT_STATE_CHANGED
+        record_event(tx, row["run_id"], event_type, data)
+    elif record_changes:
+        event_type = RUN_UPDATED if table is RUNS else STEP_ATTEMPT_UPDATED
+        record_event(tx, row["run_id"], event_type, {**named, "changed": changed})
+    return row
+
+
+def check_worker_can_work(tx, worker_id: str) -> None:
+    """Work may be recorded for an existing worker that is not in a terminal state."""
+    found = tx.rows("get_worker", (worker_id,))
+    if not found:
+        raise ValidationError(f"worker {worker_id!r} does not exist", field="worker_id")
+    if found[0]["state"] in WORKER.terminal:
+        raise ValidationError(f"worker {worker_id!r} is TERMINATED and cannot run a step "
+                              "attempt", field="worker_id")
+
+
+def record_event(tx, run_id: str | None, event_type: str, data: dict[str, Any]) -> None:
+    """Append one of the ledger's own events inside the caller's transaction.
+
+    Records that belong to no run (workers, most patches and gates) write run_id None: their
+    events are in the same ordered trail, found by `events_since`.
+    """
+    tx.run("insert_event", {
+        "event_id": new_ulid(), "run_id": run_id, "timestamp": utc_now(),
+        "event_type": event_type,
+        "data": tables.encode_value(RUN_EVENTS, RUN_EVENTS.by_name["data"], data)})
