@@ -96,6 +96,7 @@ class SQLiteBackend:
         self._immutable = False  # opened as the file it is (nothing can be writing it)
         self._closed = False
         self._depth = 0  # nesting of the open write transaction (its thread holds _lock)
+        self._tx_thread = 0  # the thread of that transaction
         _live_backends.add(self)
 
     # -- connections ---------------------------------------------------------------------
@@ -285,7 +286,7 @@ class SQLiteBackend:
                 conn.execute("BEGIN IMMEDIATE")
             except DRIVER_ERRORS as exc:
                 raise translate_error(exc, self.path, self.busy_timeout) from None
-            self._depth = 1
+            self._depth, self._tx_thread = 1, threading.get_ident()
             try:
                 yield SQLiteTx(conn)
                 conn.execute("COMMIT")
@@ -323,7 +324,7 @@ class SQLiteBackend:
     @property
     def in_transaction(self) -> bool:
         """Whether the calling thread holds this ledger's open write transaction."""
-        return self._depth > 0 and self._lock._is_owned()
+        return self._depth > 0 and self._tx_thread == threading.get_ident()
 
     @contextmanager
     def listen(self) -> Iterator[Callable[[float], None]]:
