@@ -155,7 +155,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "(the claim query lost `state = 'pending'`, on both engines). The compare-and-set in "
         "change_row still refuses to move that run, so claiming raises instead of taking "
         "the oldest pending run or returning None.",
-        (Edit(f"{STATE}/sql/sqlite/queries.sql",
+        (Edit(f"{STATE}/sql/queries.sql",  # the shared text, SQLite's (PostgreSQL overrides it)
               "-- name: oldest_pending_run\n"
               "SELECT run_id FROM runs WHERE state = 'pending' ORDER BY created_at, run_id "
               "LIMIT 1;",

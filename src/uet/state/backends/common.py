@@ -72,7 +72,7 @@ class Backend(Protocol):
 
 class Transaction:
     """The statements of one open write transaction (what a backend's `transaction()`
-    yields). `run` / `rows` take the name of a query of the engine's queries.sql; `execute` /
+    yields). `run` / `rows` take the name of one of the engine's named queries; `execute` /
     `query` a statement assembled from whitelisted names with `placeholder` marks."""
 
     __slots__ = ("conn",)

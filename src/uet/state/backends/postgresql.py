@@ -187,7 +187,7 @@ class PostgresBackend:
     engine = "postgresql"
     placeholder = "%s"
     no_limit = None  # LIMIT NULL: every row
-    queries = QUERIES  # the named statements of sql/postgresql/queries.sql
+    queries = QUERIES  # sql/queries.sql with the overrides of sql/postgresql/queries.sql
 
     def __init__(self, url: str, *, busy_timeout: float, read_only: bool = False) -> None:
         self.url = url
@@ -349,7 +349,7 @@ class PostgresBackend:
             return rows_of(conn.execute(sql, params))
 
     def read(self, name: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
-        """Run the named read query of queries.sql; rows as dicts."""
+        """Run a named read query (`queries`); rows as dicts."""
         return self.query(QUERIES[name], params)
 
     def query_value(self, sql: str, params: Sequence[Any] | dict = ()) -> Any:

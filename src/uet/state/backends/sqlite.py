@@ -82,7 +82,7 @@ class SQLiteBackend:
     engine = "sqlite"
     placeholder = "?"  # of the statements assembled from whitelisted column names
     no_limit = -1      # the LIMIT parameter that means "every row"
-    queries = QUERIES  # the named statements of sql/sqlite/queries.sql
+    queries = QUERIES  # sql/queries.sql with the overrides of sql/sqlite/queries.sql
 
     def __init__(self, path: str, *, durability: str = "normal",
                  busy_timeout: float = DEFAULT_BUSY_TIMEOUT, read_only: bool = False) -> None:
@@ -250,7 +250,7 @@ class SQLiteBackend:
             return self._run(rows)
 
     def read(self, name: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
-        """Run the named read query of queries.sql; rows as dicts."""
+        """Run a named read query (`queries`); rows as dicts."""
         return self.query(QUERIES[name], params)
 
     def query_value(self, sql: str, params: Sequence[Any] | dict = ()) -> Any:

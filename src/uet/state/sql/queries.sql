@@ -1,0 +1,222 @@
+-- Every fixed statement the ledger runs, by name ('-- name: x' starts query x), written once
+-- for both engines in SQLite's parameter style (? and :name); uet/state/sqlfiles.py gives
+-- PostgreSQL the same text in psycopg's (%s and %(name)s). Loaded once at import.
+-- Where the two dialects differ, sql/<engine>/queries.sql holds the engine's own text under
+-- the same name; a name below without a statement is one that each engine writes itself.
+-- Statements whose column lists vary (updates, list filters) are assembled in Python from
+-- the fixed column whitelists in uet/state/tables.py, never from caller input.
+
+-- name: insert_run
+INSERT INTO runs (run_id, project_id, phase_id, workstream_id, execution_request_id,
+                  created_at, started_at, ended_at, state, exit_code, error_message, metadata)
+VALUES (:run_id, :project_id, :phase_id, :workstream_id, :execution_request_id,
+        :created_at, :started_at, :ended_at, :state, :exit_code, :error_message, :metadata);
+
+-- name: get_run
+SELECT * FROM runs WHERE run_id = ?;
+
+-- name: delete_run_floor
+-- per engine: the larger of two values (SQLite's max(a, b), PostgreSQL's GREATEST)
+
+-- name: delete_run
+DELETE FROM runs WHERE run_id = ?;
+
+-- name: insert_step_attempt
+INSERT INTO step_attempts (step_attempt_id, run_id, sequence, tool_id, tool_run_id,
+                           execution_request_id, prompt_id, started_at, ended_at, state,
+                           exit_code, input_prompt, output_patch_id, error_log, metadata,
+                           attempt, worker_id)
+VALUES (:step_attempt_id, :run_id, :sequence, :tool_id, :tool_run_id,
+        :execution_request_id, :prompt_id, :started_at, :ended_at, :state,
+        :exit_code, :input_prompt, :output_patch_id, :error_log, :metadata,
+        coalesce(:attempt, (SELECT coalesce(max(attempt), 0) + 1 FROM step_attempts
+                             WHERE run_id = :run_id AND sequence = :sequence)),
+        coalesce(:worker_id, (SELECT worker_id FROM runs WHERE run_id = :run_id)))
+RETURNING attempt;
+
+-- name: get_step_attempt
+SELECT * FROM step_attempts WHERE step_attempt_id = ?;
+
+-- name: list_step_attempts
+SELECT * FROM step_attempts WHERE run_id = ? ORDER BY sequence, attempt;
+
+-- name: insert_event
+-- per engine: the larger of two values (SQLite's max(a, b), PostgreSQL's GREATEST)
+
+-- name: list_events
+SELECT * FROM run_events WHERE run_id = ? ORDER BY seq;
+
+-- name: events_since
+SELECT * FROM run_events WHERE seq > ? ORDER BY seq LIMIT ?;
+
+-- name: events_since_run
+SELECT * FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?;
+
+-- name: insert_worker
+INSERT INTO workers (worker_id, worker_type, state, affinity, created_at)
+VALUES (?, ?, 'SPAWNING', ?, ?)
+RETURNING *;
+
+-- name: get_worker
+SELECT * FROM workers WHERE worker_id = ?;
+
+-- name: workers_by_state
+SELECT * FROM workers WHERE state = ? ORDER BY created_at, worker_id;
+
+-- name: idle_workers
+SELECT * FROM workers WHERE state = 'IDLE' ORDER BY created_at, worker_id;
+
+-- name: idle_workers_of_type
+SELECT * FROM workers WHERE state = 'IDLE' AND worker_type = ? ORDER BY created_at, worker_id;
+
+-- name: set_worker_state
+UPDATE workers SET state = :state, terminated_at = :terminated_at,
+                   current_run_id = :current_run_id,
+                   last_heartbeat = coalesce(:heartbeat, last_heartbeat)
+ WHERE worker_id = :worker_id
+RETURNING *;
+
+-- name: heartbeat
+UPDATE workers SET last_heartbeat = ? WHERE worker_id = ? AND state != 'TERMINATED'
+RETURNING worker_id;
+
+-- name: stale_workers
+-- DRAINING workers still hold work and heartbeat like BUSY ones
+SELECT * FROM workers
+ WHERE state IN ('IDLE', 'BUSY', 'DRAINING') AND coalesce(last_heartbeat, created_at) < ?
+ ORDER BY created_at, worker_id;
+
+-- name: oldest_pending_run
+SELECT run_id FROM runs WHERE state = 'pending' ORDER BY created_at, run_id LIMIT 1;
+
+-- name: running_runs_of_worker
+SELECT run_id FROM runs WHERE worker_id = ? AND state = 'running' ORDER BY run_id;
+
+-- name: running_steps_of_worker
+SELECT step_attempt_id FROM step_attempts
+ WHERE state = 'running'
+   AND (worker_id = :worker_id
+        OR run_id IN (SELECT run_id FROM runs WHERE worker_id = :worker_id))
+ ORDER BY step_attempt_id;
+
+-- name: insert_patch
+INSERT INTO patches (patch_id, diff, sha256, files, size_bytes, run_id, step_attempt_id,
+                     created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+RETURNING *;
+
+-- name: find_patch
+SELECT * FROM patches
+ WHERE coalesce(run_id, '') = coalesce(?, '') AND coalesce(step_attempt_id, '') = coalesce(?, '')
+   AND sha256 = ?;
+
+-- name: get_patch
+SELECT * FROM patches WHERE patch_id = ?;
+
+-- name: insert_patch_entry
+INSERT INTO patch_ledger_entries (ledger_id, patch_id, state, phase_id, workstream_id,
+                                  state_history, created_at, updated_at)
+VALUES (?, ?, 'created', ?, ?, ?, ?, ?)
+RETURNING *;
+
+-- name: get_patch_entry
+SELECT e.*, p.run_id AS patch_run_id
+  FROM patch_ledger_entries AS e JOIN patches AS p ON p.patch_id = e.patch_id
+ WHERE e.ledger_id = ?;
+
+-- name: update_patch_entry
+-- per engine: the larger of two values, and text appended to a JSON value
+
+-- name: set_patch_validation
+-- per engine: the larger of two values (SQLite's max(a, b), PostgreSQL's GREATEST)
+
+-- name: patch_entries_by_state
+SELECT * FROM patch_ledger_entries WHERE state = ? ORDER BY created_at, ledger_id;
+
+-- name: patch_entries_by_state_and_phase
+SELECT * FROM patch_ledger_entries WHERE state = ? AND phase_id = ?
+ ORDER BY created_at, ledger_id;
+
+-- name: history_of_run
+SELECT p.patch_id, p.sha256, p.files, p.size_bytes, p.created_at AS recorded_at,
+       p.step_attempt_id, s.sequence, s.attempt, s.tool_id, s.state AS step_state,
+       e.ledger_id, e.state AS entry_state, e.phase_id, e.workstream_id, e.updated_at
+  FROM patches AS p
+  LEFT JOIN step_attempts AS s ON s.step_attempt_id = p.step_attempt_id
+  LEFT JOIN patch_ledger_entries AS e ON e.patch_id = p.patch_id
+ WHERE p.run_id = ?
+ ORDER BY p.created_at, p.patch_id, e.created_at, e.ledger_id;
+
+-- name: insert_gate
+INSERT INTO test_gates (gate_id, gate_type, name, phase_id, state, command, timeout_sec,
+                        run_id, ledger_id, created_at)
+VALUES (?, ?, ?, ?, 'PENDING', ?, ?, ?, ?, ?)
+RETURNING *;
+
+-- name: insert_gate_dependency
+INSERT INTO gate_dependencies (gate_id, depends_on) VALUES (?, ?);
+
+-- name: get_gate
+SELECT * FROM test_gates WHERE gate_id = ?;
+
+-- name: gate_dependencies
+SELECT depends_on FROM gate_dependencies WHERE gate_id = ? ORDER BY depends_on;
+
+-- name: scope_dependency_edges
+-- per engine: equality that holds for two NULLs (SQLite's IS, PostgreSQL's
+-- IS NOT DISTINCT FROM)
+
+-- name: latest_gate_named
+-- per engine: equality that holds for two NULLs
+
+-- name: open_dependents
+-- per engine: equality that holds for two NULLs
+
+-- name: gates_blocked_by
+-- per engine: equality that holds for two NULLs
+
+-- name: set_gate_state
+UPDATE test_gates
+   SET state = :state, exit_code = coalesce(:exit_code, exit_code),
+       stdout = coalesce(:stdout, stdout), stderr = coalesce(:stderr, stderr),
+       started_at = coalesce(:started_at, started_at),
+       completed_at = coalesce(:completed_at, completed_at),
+       duration_sec = coalesce(:duration_sec, duration_sec),
+       blocked_by = :blocked_by
+ WHERE gate_id = :gate_id
+RETURNING *;
+
+-- name: running_gates_with_timeout
+SELECT * FROM test_gates WHERE state = 'RUNNING' AND timeout_sec IS NOT NULL
+ ORDER BY started_at, gate_id;
+
+-- name: set_gate_blocked_by
+UPDATE test_gates SET blocked_by = ? WHERE gate_id = ?;
+
+-- name: run_ids_with_prefix
+SELECT run_id FROM runs WHERE run_id >= ? AND run_id < ? ORDER BY run_id LIMIT 11;
+
+-- name: all_workers
+SELECT * FROM workers ORDER BY created_at, worker_id;
+
+-- name: all_patch_entries
+SELECT * FROM patch_ledger_entries ORDER BY created_at, ledger_id;
+
+-- name: patch_entries_by_phase
+SELECT * FROM patch_ledger_entries WHERE phase_id = ? ORDER BY created_at, ledger_id;
+
+-- name: gates_with_dependencies
+-- per engine: a JSON array built from rows (json_group_array, json_agg)
+
+-- Reads that a compare-and-set decides on. SQLite's transaction already holds the write
+-- lock (BEGIN IMMEDIATE), so a plain read is enough there; sql/postgresql/queries.sql locks
+-- the row.
+
+-- name: lock_run
+SELECT * FROM runs WHERE run_id = ?;
+
+-- name: lock_step_attempt
+SELECT * FROM step_attempts WHERE step_attempt_id = ?;
+
+-- name: lock_worker
+SELECT * FROM workers WHERE worker_id = ?;
