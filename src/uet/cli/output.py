@@ -100,6 +100,14 @@ def cell(value: Any, limit: int = CELL_LIMIT) -> str:
     return shown(value, limit)
 
 
+def joined(values: Any) -> Any:
+    """A list of stored texts as one cell's text (anything else as its JSON); a value that
+    is not a list (raw SQL can store anything) is returned for `cell()` to show."""
+    if not isinstance(values, list) and not hasattr(values, "__next__"):
+        return values
+    return ", ".join(v if isinstance(v, str) else cell(v) for v in values)
+
+
 # -- JSON ------------------------------------------------------------------------------
 
 def _jsonable(value: Any) -> Any:

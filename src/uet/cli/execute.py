@@ -1,0 +1,121 @@
+"""`uet run`, `uet cancel`, `uet recover`: running a command as a recorded run, stopping a
+run, and failing the runs whose owner is gone (the work is uet.engine's and uet.state's)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from uet.cli.common import Context, command, finite, reap
+from uet.cli.output import emit_json, emit_table, joined, one_line
+from uet.errors import UetError
+
+
+@command("run",
+         context_settings={"allow_interspersed_args": False},
+         epilog="\b\nExamples:\n  uet run -- pytest -q\n  uet run --project api --phase PH-2 "
+                "--tool aider --timeout 600 -- aider --yes\n\nExits with the command's "
+                "own exit code; 124 on timeout, 126/127 when it cannot be started, 128+N when "
+                "canceled by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP, 131 SIGQUIT), 143 "
+                "when canceled by `uet cancel`.")
+@click.option("--project", default="default", show_default=True, help="Project id.")
+@click.option("--phase", default="default", show_default=True, help="Phase id.")
+@click.option("--workstream", default=None, help="Workstream id.")
+@click.option("--tool", default=None, help="Tool id (default: the command's name).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=31_536_000),
+              default=None, callback=finite,
+              help="Seconds after which the command is killed and the run failed.")
+@click.option("--heartbeat", type=click.FloatRange(min=0.05, max=3600), default=10.0,
+              show_default=True, callback=finite,
+              help="Seconds between the heartbeats of this process, the run's owner; a "
+                   "reaper fails the run once two are missed.")
+@click.option("--finish-timeout", type=click.FloatRange(min=0, max=86_400), default=60.0,
+              show_default=True, callback=finite,
+              help="Seconds the run's end is retried while the ledger is out of reach.")
+@click.argument("command_argv", nargs=-1, required=True, type=click.UNPROCESSED,
+                metavar="-- CMD [ARGS]...")
+def run(ctx: Context, project: str, phase: str, workstream: str | None, tool: str | None,
+        timeout: float | None, heartbeat: float, finish_timeout: float,
+        command_argv: tuple[str, ...]) -> None:
+    """Run CMD and record it as a run with one step attempt (exit code, duration, the tail
+    of its output). Its output passes through live; Ctrl-C cancels it."""
+    from uet.engine import run_command
+    # --json: stdout holds the one JSON document, so the command's output goes to stderr
+    output = {"stdout": _binary(sys.stderr)} if ctx.as_json else {}
+    with ctx.open(create=True) as db:
+        result = run_command(db, list(command_argv), project_id=project, phase_id=phase,
+                             workstream_id=workstream, tool_id=tool, timeout=timeout,
+                             heartbeat_s=heartbeat, finish_timeout=finish_timeout, **output)
+    why = f": {result.error}" if result.error and result.state != "succeeded" else ""
+    # the error quotes the command line: escaped like everything else uet prints
+    click.echo(one_line(f"uet: run {result.run_id} {result.state} (exit {result.exit_code}, "
+                        f"{result.duration_sec:.2f} s){why}"), err=True)
+    if ctx.as_json:
+        emit_json(result)
+    sys.exit(result.exit_code)
+
+
+class _TextSink:
+    """A binary sink that writes into a text stream (one without a `buffer`)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data.decode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _binary(stream: Any) -> Any:
+    """The binary side of a text stream (for copying a command's output into it)."""
+    return getattr(stream, "buffer", None) or _TextSink(stream)
+
+
+@command("cancel", epilog="\b\nExamples:\n  uet cancel 01HX\n  uet cancel 01HX --wait 30")
+@click.argument("run_id")
+@click.option("--wait", type=click.FloatRange(min=0, max=3600), default=10.0,
+              show_default=True, help="Seconds to wait for the run's owner to stop it.")
+def cancel(ctx: Context, run_id: str, wait: float) -> None:
+    """Cancel a run: a pending one, or one whose owner is gone, at once; a running one by
+    asking its owner (through the ledger), which stops the command and records canceled."""
+    from uet.state.recovery import request_cancel
+    with ctx.open(write=True) as db:
+        run_id = db.resolve_run_id(run_id)
+        run = request_cancel(db, run_id)
+        deadline = time.monotonic() + wait
+        while run["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            run = db.get_run(run_id)
+    if ctx.as_json:
+        emit_json(run)
+    if run["state"] == "running":
+        raise UetError(f"run {run_id}: cancel requested, but its owner has not stopped it "
+                       f"within {wait:g} s; it will when it next looks (every half second), "
+                       "or `uet recover` fails the run once its owner is gone")
+    if not ctx.as_json:
+        click.echo(f"run {run_id} {run['state']}: {run['error_message'] or ''}")
+
+
+@command("recover", epilog="\b\nExample:\n  uet recover --db /srv/ledger/framework.db")
+def recover_command(ctx: Context) -> None:
+    """Fail the runs whose owner is gone (its process ended, or it missed two heartbeats),
+    with their running step attempts, and stop what their commands left running on this
+    host; prints what it recovered. Every `uet run` does this once on its own."""
+    with ctx.open(write=True) as db:
+        found = reap(db)
+    if ctx.as_json:
+        emit_json([{"worker_id": r.worker_id, "reason": r.reason, "runs": r.runs}
+                   for r in found])
+    elif not found:
+        click.echo("nothing to recover: every running run has a live owner")
+    else:
+        emit_table(None, ["worker_id", "runs", "reason"],
+                   ([r.worker_id, joined(r.runs), r.reason] for r in found), state_column=None)
+
+
+COMMANDS = (run, cancel, recover_command)

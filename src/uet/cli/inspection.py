@@ -1,0 +1,333 @@
+"""`uet runs`, `show`, `logs`, `events`, `workers`, `patches`, `gates`: reading the ledger.
+They open it read-only, so inspecting never creates, migrates or changes a ledger."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import sys
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import click
+
+from uet.cli.common import Context, command, display_name, finite
+from uet.cli.output import (FIELD_LIMIT, cell, emit_fields, emit_json, emit_json_line,
+                            emit_table, joined, log_text, shown)
+from uet.errors import UetError, ValidationError
+
+RUN_COLUMNS = ["run_id", "project_id", "phase_id", "workstream_id", "state", "exit_code",
+               "created_at", "duration"]
+# the states in which a run's work is over: following one run ends when it enters one
+# (`failed` may still become quarantined, but nothing runs any more)
+FINISHED = ("succeeded", "failed", "canceled", "quarantined")
+_SINCE = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+# -- runs ------------------------------------------------------------------------------
+
+@command("runs", epilog="\b\nExamples:\n  uet runs --project api --state failed\n"
+                         "  uet runs --since 2h --limit 20 --json")
+@click.option("--project", help="Only runs of this project.")
+@click.option("--phase", help="Only runs of this phase.")
+@click.option("--workstream", help="Only runs of this workstream.")
+@click.option("--state", help="Only runs in this state (pending, running, succeeded, failed, "
+                              "quarantined, canceled).")
+@click.option("--since", help="Only runs created since: an ISO timestamp or an age (30m, 2h, "
+                              "7d).")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+def runs(ctx: Context, project, phase, workstream, state, since, limit) -> None:
+    """List runs, newest first."""
+    filters = {k: v for k, v in (("project_id", project), ("phase_id", phase),
+                                 ("workstream_id", workstream), ("state", state)) if v}
+    with ctx.open() as db:
+        rows = db.list_runs(filters, limit, since=parse_since(since))
+        lost = {} if ctx.as_json else _owner_lost(db, rows)
+    if ctx.as_json:
+        emit_json(rows)
+    else:
+        shown_rows = [{**r, "state": "running (owner lost)"} if r["run_id"] in lost else r
+                      for r in rows]
+        emit_table(None, RUN_COLUMNS, ([*(r[c] for c in RUN_COLUMNS[:-1]), duration(r)]
+                                       for r in shown_rows))
+
+
+def parse_since(value: str | None) -> str | None:
+    """`--since`: an ISO timestamp, or an age like 30m, 2h, 7d (seconds to weeks)."""
+    if value is None:
+        return None
+    match = _SINCE.match(value.strip())
+    if match:
+        try:
+            then = datetime.now(timezone.utc) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        except OverflowError:
+            raise ValidationError(f"--since {value} reaches before the year 1",
+                                  field="since") from None
+        return then.isoformat()
+    from uet.state.ids import normalize_timestamp
+    try:
+        return normalize_timestamp(value, "created_at")
+    except ValueError:
+        raise ValidationError(
+            f"--since {value!r} is neither an age (a number and a unit: 30s, 15m, 2h, 7d, "
+            "1w) nor an ISO timestamp (2026-01-31, 2026-01-31T12:00:00Z); it selects the "
+            "runs created_at or after it", field="since") from None
+
+
+def duration(row: dict[str, Any]) -> str | None:
+    """A run's or step attempt's duration as text (None until it has ended)."""
+    if not row.get("started_at") or not row.get("ended_at"):
+        return None
+    try:  # a stored value may be anything (raw SQL): no duration then, not a crash
+        seconds = (datetime.fromisoformat(row["ended_at"])
+                   - datetime.fromisoformat(row["started_at"])).total_seconds()
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return f"{seconds:.2f}s"
+
+
+def _owner_lost(db, rows: list) -> dict[str, str]:
+    """{run_id: why} of the running runs among `rows` whose owner is gone (nothing written:
+    the next reaper pass fails them)."""
+    from uet.state import WorkerLifecycle
+    from uet.state.recovery import owner_lost
+    workers = WorkerLifecycle(db)
+    lost = {}
+    for row in rows:
+        if row["state"] == "running" and row.get("worker_id"):
+            worker = workers.get_worker(row["worker_id"])
+            why = owner_lost(worker) if worker is not None else "its owner is not recorded"
+            if why:
+                lost[row["run_id"]] = why
+    return lost
+
+
+# -- one run ---------------------------------------------------------------------------
+
+@command("show", epilog="\b\nExamples:\n  uet show            # the newest run\n"
+                         "  uet show 01HX --json")
+@click.argument("run_id", required=False)
+def show(ctx: Context, run_id: str | None) -> None:
+    """Show a run (a unique prefix of its id will do; none: the newest run): its step
+    attempts with durations, its events, patches and gates."""
+    from uet.state import GateLedger, PatchLedger
+    with ctx.open() as db:
+        run_id = _run_or_newest(db, run_id)
+        document = {"run": db.get_run(run_id), "step_attempts": db.list_step_attempts(run_id),
+                    "events": db.list_events(run_id),
+                    "patches": PatchLedger(db).history_of_run(run_id),
+                    "gates": GateLedger(db).list_gates(run_id=run_id)}
+        lost = {} if ctx.as_json else _owner_lost(db, [document["run"]])
+    if ctx.as_json:
+        emit_json(document)
+        return
+    run_row = document["run"]
+    if run_id in lost:  # shown, not written: the next reaper pass fails it
+        run_row = {**run_row, "state": f"running (owner lost: {lost[run_id]})"}
+    emit_fields(f"run {run_id}", [(k, v) for k, v in run_row.items() if k != "run_id"]
+                + [("duration", duration(run_row))])
+    emit_table("step attempts", ["sequence", "attempt", "step_attempt_id", "tool_id", "state",
+                                 "exit_code", "duration"],
+               ([s["sequence"], s["attempt"], s["step_attempt_id"], s["tool_id"], s["state"],
+                 s["exit_code"], duration(s)] for s in document["step_attempts"]))
+    if any(_tail(s, "stdout_tail") or _tail(s, "stderr_tail")
+           for s in document["step_attempts"]):
+        click.echo(f"\nkept output: uet logs {run_id} (stdout), uet logs {run_id} --stderr "
+                   "(add --step N for one step)")
+    if document["patches"]:
+        emit_table("patches", ["patch_id", "step_attempt_id", "files", "entries"],
+                   ([p["patch_id"], p["step_attempt_id"], joined(p["files"]),
+                     joined(f"{e['ledger_id']}:{e['state']}" for e in p["entries"])]
+                    for p in document["patches"]), state_column=None)
+    if document["gates"]:
+        emit_table("gates", ["gate_id", "name", "gate_type", "state", "exit_code",
+                             "duration_sec"],
+                   ([g["gate_id"], g["name"], g["gate_type"], g["state"], g["exit_code"],
+                     g["duration_sec"]] for g in document["gates"]))
+    emit_table("events", ["seq", "timestamp", "event_type", "data"],
+               ([e["seq"], e["timestamp"], e["event_type"], e["data"]]
+                for e in document["events"]), state_column=None)
+
+
+@command("logs", epilog="\b\nExamples:\n  uet logs            # the newest run's output\n"
+                         "  uet logs 01HX --step 2 --stderr")
+@click.argument("run_id", required=False)
+@click.option("--step", type=click.IntRange(min=1), default=None,
+              help="Only the step attempts of this sequence number.")
+@click.option("--stderr", "which", flag_value="stderr", default="stdout",
+              help="The tail of stderr instead of stdout.")
+def logs(ctx: Context, run_id: str | None, step: int | None, which: str) -> None:
+    """Print the kept output (the last 8 KB of stdout, or of stderr) of a run's step
+    attempts (a unique prefix of its id will do; none: the newest run), whole."""
+    with ctx.open() as db:
+        run_id = _run_or_newest(db, run_id)
+        steps = [s for s in db.list_step_attempts(run_id)
+                 if step is None or s["sequence"] == step]
+    if step is not None and not steps:
+        raise UetError(f"run {run_id} has no step attempt with sequence {step}")
+    tails = [{"step_attempt_id": s["step_attempt_id"], "sequence": s["sequence"],
+              "attempt": s["attempt"], "tool_id": s["tool_id"],
+              "stdout_tail": _tail(s, "stdout_tail"), "stderr_tail": _tail(s, "stderr_tail")}
+             for s in steps]
+    if ctx.as_json:
+        emit_json(tails)
+        return
+    for tail in tails:
+        if len(tails) > 1:  # which step each part is from (on stderr: stdout stays the log)
+            click.echo(f"== step {tail['sequence']}.{tail['attempt']} "
+                       f"{shown(tail['tool_id'])} ({which}) ==", err=True)
+        text = tail[f"{which}_tail"] or ""
+        click.echo(log_text(text), nl=bool(text) and not text.endswith("\n"))
+
+
+def _tail(step: dict[str, Any], key: str) -> str | None:
+    meta = step["metadata"] if isinstance(step["metadata"], dict) else {}
+    value = meta.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _run_or_newest(db, run_id: str | None) -> str:
+    """The run named by a unique id prefix, or the newest run."""
+    if run_id is None:
+        newest = db.list_runs(limit=1)
+        if not newest:
+            raise UetError(f"the ledger {display_name(db.db_path)} has no runs yet; "
+                           "record one with `uet run -- CMD`")
+        return newest[0]["run_id"]
+    return db.resolve_run_id(run_id)
+
+
+# -- the event trail -------------------------------------------------------------------
+
+@command("events", epilog="\b\nExamples:\n  uet events 01HX\n"
+                           "  uet events --follow --json | jq .event_type")
+@click.argument("run_id", required=False)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events as other "
+                                                   "processes write them: of one run until "
+                                                   "it is finished, of the whole ledger "
+                                                   "until Ctrl-C.")
+@click.option("--since-seq", type=click.IntRange(min=0), default=0,
+              help="Start after this event sequence number.")
+@click.option("--interval", type=click.FloatRange(min=0.01, max=60), default=0.2,
+              show_default=True, callback=finite,
+              help="Seconds between reads when following (on PostgreSQL new events wake the "
+                   "follower at once; this is then only the longest wait).")
+def events(ctx: Context, run_id: str | None, follow: bool, since_seq: int,
+           interval: float) -> None:
+    """Print the event trail (of one run, or of the whole ledger) in order."""
+    lines = follow  # --follow prints JSON lines, one per event, however it ends
+    with ctx.open() as db:
+        if run_id is not None:
+            run_id = db.resolve_run_id(run_id)
+            follow = follow and db.get_run(run_id)["state"] not in FINISHED
+        if follow:
+            # Ctrl-C (SIGINT) ends following, even when the shell that started uet in the
+            # background set SIGINT to be ignored (Python then never raises
+            # KeyboardInterrupt)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            # contextlib.closing: the follower's connection (LISTEN on PostgreSQL) is
+            # released when the command stops
+            with contextlib.closing(db.follow_events(since_seq, run_id=run_id,
+                                                     poll_interval=interval)) as trail:
+                try:
+                    for event in trail:
+                        _print_event(ctx, event)
+                        since_seq = event["seq"]
+                        if run_id is not None and _finishes(event):
+                            break  # the rest of what is there now, then done
+                    else:
+                        return
+                except KeyboardInterrupt:
+                    return
+        cursor = since_seq
+        rows = []
+        while True:
+            batch = db.events_since(cursor, run_id=run_id, limit=10_000)
+            if not batch:
+                break
+            cursor = batch[-1]["seq"]
+            if ctx.as_json and not lines:
+                rows.extend(batch)
+            else:
+                for event in batch:
+                    _print_event(ctx, event)
+        if ctx.as_json and not lines:
+            emit_json(rows)
+
+
+def _finishes(event: dict[str, Any]) -> bool:
+    """Whether the event is its run's move into a finished state."""
+    data = event["data"] if isinstance(event["data"], dict) else {}
+    return event["event_type"] == "run.state_changed" and data.get("to") in FINISHED
+
+
+def _print_event(ctx: Context, event: dict[str, Any]) -> None:
+    if ctx.as_json:
+        emit_json_line(event)
+    else:
+        click.echo(f"{cell(event['seq']):>8}  {cell(event['timestamp'])}  "
+                   f"{cell(event['run_id']):26}  {cell(event['event_type']):<28} "
+                   f"{cell(event['data'], FIELD_LIMIT)}")
+        sys.stdout.flush()
+
+
+# -- the V2 records: workers, patches, gates -------------------------------------------
+
+@command("workers", epilog="\b\nExample:\n  uet workers --state BUSY")
+@click.option("--state", help="Only workers in this state (SPAWNING, IDLE, BUSY, DRAINING, "
+                              "TERMINATED).")
+def workers(ctx: Context, state: str | None) -> None:
+    """List workers."""
+    from uet.state import WorkerLifecycle
+    with ctx.open() as db:
+        rows = WorkerLifecycle(db).list_workers(state)
+    if ctx.as_json:
+        emit_json(rows)
+    else:
+        emit_table(None, ["worker_id", "worker_type", "state", "current_run_id",
+                          "last_heartbeat", "affinity"],
+                   ([w.worker_id, w.worker_type, w.state, w.current_run_id, w.last_heartbeat,
+                     w.affinity] for w in rows))
+
+
+@command("patches", epilog="\b\nExample:\n  uet patches --state quarantined")
+@click.option("--state", help="Only entries in this state.")
+@click.option("--phase", help="Only entries of this phase.")
+def patches(ctx: Context, state: str | None, phase: str | None) -> None:
+    """List patch ledger entries."""
+    from uet.state import PatchLedger
+    with ctx.open() as db:
+        rows = PatchLedger(db).list_entries(state, phase)
+    if ctx.as_json:
+        emit_json(rows)
+    else:
+        emit_table(None, ["ledger_id", "patch_id", "phase_id", "state", "quarantine_reason",
+                          "updated_at"],
+                   ([e.ledger_id, e.patch_id, e.phase_id, e.state, e.quarantine_reason,
+                     e.updated_at] for e in rows))
+
+
+@command("gates", epilog="\b\nExample:\n  uet gates --phase PH-1 --state FAILED")
+@click.option("--phase", help="Only gates of this phase.")
+@click.option("--state", help="Only gates in this state.")
+@click.option("--run", "run_id", help="Only gates of this run (a unique id prefix will do).")
+def gates(ctx: Context, phase: str | None, state: str | None, run_id: str | None) -> None:
+    """List test gates."""
+    from uet.state import GateLedger
+    with ctx.open() as db:
+        if run_id is not None:
+            run_id = db.resolve_run_id(run_id)
+        rows = GateLedger(db).list_gates(phase, state, run_id)
+    if ctx.as_json:
+        emit_json(rows)
+    else:
+        emit_table(None, ["gate_id", "name", "gate_type", "phase_id", "state", "exit_code",
+                          "depends_on", "blocked_by"],
+                   ([g["gate_id"], g["name"], g["gate_type"], g["phase_id"], g["state"],
+                     g["exit_code"], joined(g["depends_on"]), g["blocked_by"]]
+                    for g in rows))
+
+
+COMMANDS = (runs, show, logs, events, workers, patches, gates)
