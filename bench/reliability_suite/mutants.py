@@ -25,7 +25,7 @@ def deferred_begin() -> None:
                 yield m.SQLiteTx(conn)
                 conn.execute("COMMIT")
             except BaseException as exc:
-                self._rollback(conn)
+                m.rollback(conn)
                 if isinstance(exc, sqlite3.Error):
                     raise m.translate_error(exc, self.path, self.busy_timeout) from None
                 raise
@@ -35,16 +35,17 @@ def deferred_begin() -> None:
 def split_event() -> None:
     """A state change commits in one transaction and its event in a second one."""
     from uet.state import db as m
-    original = m.record_event
+    from uet.state import transitions
+    original = transitions.record_event
 
     def _change(self, table, entity_id, changes, *, expected):
         pending = []
-        m.record_event = lambda tx, *args: pending.append(args)
+        transitions.record_event = lambda tx, *args: pending.append(args)
         try:
             with self._backend.transaction() as tx:
-                row = m.change_row(tx, table, entity_id, changes, expected=expected)
+                row = transitions.change_row(tx, table, entity_id, changes, expected=expected)
         finally:
-            m.record_event = original
+            transitions.record_event = original
         with self._backend.transaction() as tx:
             for args in pending:
                 original(tx, *args)
@@ -101,24 +102,27 @@ def commit_on_error() -> None:
 def no_cas() -> None:
     """Transitions check the state they read before the write transaction, then write
     unconditionally: two racers both see `pending` and both win."""
+    from uet.errors import ConcurrentUpdateError, NotFoundError
     from uet.state import db as m
+    from uet.state.statements import update_sql
+    from uet.state.transitions import record_event
 
     def _change(self, table, entity_id, changes, *, expected):
         found = self._backend.read(f"get_{table.entity}", (entity_id,))
         if not found:
-            raise m.NotFoundError(table.entity, entity_id)
+            raise NotFoundError(table.entity, entity_id)
         old = found[0]["state"]
         if expected is not None and old != expected:
-            raise m.ConcurrentUpdateError(table.entity, entity_id, expected, old)
+            raise ConcurrentUpdateError(table.entity, entity_id, expected, old)
         new = changes.get("state")
         if new is not None:
             table.machine.check_transition(entity_id, old, new)
         columns = tuple(name for name in table.names if name in changes)
         with self._backend.transaction() as tx:
-            row = tx.query(m._update_sql(table, columns, tx.placeholder),
+            row = tx.query(update_sql(table, columns, tx.placeholder),
                            [changes[name] for name in columns] + [entity_id])[0]
             if new is not None:
-                m.record_event(tx, row["run_id"], f"{table.entity}.state_changed",
+                record_event(tx, row["run_id"], f"{table.entity}.state_changed",
                                {"from": old, "to": new})
         return row
     m.Database._change = _change
