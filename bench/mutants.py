@@ -119,7 +119,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "run transition writes no run.state_changed",
         "A run's state changes but its `run.state_changed` event is never written (the "
         "state change and its event are no longer one write); step attempt events still are.",
-        (Edit(f"{STATE}/db.py",
+        (Edit(f"{STATE}/transitions.py",
               "    if new_state is not None:\n"
               "        data: dict[str, Any] = {**named, \"from\": old_state, \"to\": new_state}",
               "    if new_state is not None and table is not RUNS:\n"
@@ -132,7 +132,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "transition_run(..., expected=...) (and transition_step_attempt) no longer compare "
         "the stored state with `expected`: a caller that lost a race overwrites the winner. "
         "An unknown `expected` is still refused and a move to the current state too.",
-        (Edit(f"{STATE}/db.py",
+        (Edit(f"{STATE}/transitions.py",
               "    if expected is not None and old_state != expected:",
               "    if False:  # mutant: the compare-and-set check is gone"),),
         (MACHINES, CONCURRENCY, WORKERS, EVENTS),

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from uet.errors import StorageError, ValidationError
 from uet.state.ids import new_ulid, normalize_timestamp, utc_now
