@@ -7,7 +7,6 @@ change is written inside the same transaction as the change.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from typing import Any, ContextManager, Iterator, Mapping
 
 from uet.errors import AlreadyExistsError, AmbiguousIdError, NotFoundError, ValidationError
@@ -147,12 +146,7 @@ class Database:
                 patches.record_patch(...)
                 db.create_step_attempt({"run_id": run_id, "sequence": k + 1, ...})
         """
-        return self._atomic()
-
-    @contextmanager
-    def _atomic(self) -> Iterator["Database"]:
-        with self._backend.transaction():
-            yield self
+        return _Atomic(self)
 
     @property
     def in_atomic(self) -> bool:
@@ -430,6 +424,24 @@ class Database:
                 f"{table.entity} {key_id!r} refers to run {row['run_id']!r}, which does not "
                 "exist", field="run_id")
         return ValidationError(f"{table.entity} {key_id!r} was refused by the ledger: {exc}")
+
+
+class _Atomic:
+    """The context manager `Database.atomic()` returns: the backend's transaction, entered
+    and left as it is, yielding the Database."""
+
+    __slots__ = ("_db", "_transaction")
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def __enter__(self) -> Database:
+        self._transaction = self._db.backend.transaction()
+        self._transaction.__enter__()
+        return self._db
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        return self._transaction.__exit__(*exc_info)
 
 
 def _given(**values: object) -> dict[str, object]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence, Set as AbstractSet
 from typing import Any
 
 from uet.errors import StorageError, ValidationError
@@ -123,6 +123,10 @@ def _check_mapping(value: object, what: str, field: str | None = None) -> Mappin
 
 
 def _unknown(table: Table, keys: Iterable[object], what: str) -> None:
+    if isinstance(keys, Mapping):
+        keys = keys.keys()
+    if isinstance(keys, AbstractSet) and keys <= table.by_name.keys():
+        return  # the common case, without building the list
     unknown = [k for k in keys if not isinstance(k, str) or k not in table.by_name]
     if unknown:
         raise ValidationError(
@@ -190,13 +194,17 @@ def _check_range(table: Table, column: Column, value: int) -> None:
                           field=column.name)
 
 
+# json.dumps(value, allow_nan=False) builds a new encoder on every call; this is the same one
+_ENCODE_JSON = json.JSONEncoder(allow_nan=False).encode
+
+
 def encode_json(value: object, what: str, field: str) -> str:
     """A dict as JSON text, refusing what could not be stored or read back: the text rule
     (valid Unicode, no NUL) holds for every key and string value at every depth, and a
     refusal names the path of the first one that breaks it (`metadata.a[2].b`)."""
     _check_mapping(value, what, field)
     try:
-        text = json.dumps(value, allow_nan=False)
+        text = _ENCODE_JSON(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationError(f"{what} must be JSON-serialisable: {exc}", field=field) from None
     # nesting needs two characters a level, so short texts cannot be too deep
@@ -357,10 +365,11 @@ def prepare_insert(table: Table, data: object) -> dict[str, object]:
 def check_row_size(table: Table, row: Mapping[str, object]) -> None:
     """Refuse a row whose values together (as stored, plus per-column bookkeeping) exceed
     MAX_VALUE_BYTES: SQLite would refuse the record, PostgreSQL the message."""
-    texts = [(name, value) for name, value in row.items() if isinstance(value, str)]
     overhead = ROW_BYTES_PER_COLUMN * len(table.columns)
-    if 4 * sum(len(value) for _, value in texts) + overhead <= MAX_VALUE_BYTES:
+    if 4 * sum(len(value) for value in row.values() if isinstance(value, str)) + overhead \
+            <= MAX_VALUE_BYTES:
         return  # at most 4 UTF-8 bytes a character: cannot be over, no need to count
+    texts = [(name, value) for name, value in row.items() if isinstance(value, str)]
     sizes = {name: len(value.encode("utf-8")) for name, value in texts}
     if sum(sizes.values()) + overhead > MAX_VALUE_BYTES:
         largest = max(sizes, key=sizes.__getitem__)
@@ -470,9 +479,11 @@ def prepare_filters(table: Table, filters: object) -> list[tuple[str, object]]:
     return result
 
 
-def decode_row(names: tuple[str, ...], values: tuple) -> dict[str, Any]:
-    """A stored row as a plain dict, JSON columns decoded (a missing value as {})."""
+def decode_row(names: Sequence[str], values: Sequence[object],
+               json_names: Iterable[str] | None = None) -> dict[str, Any]:
+    """A stored row as a plain dict, JSON columns decoded (a missing value as {});
+    `json_names` are those of `names` that are JSON columns, when the caller knows them."""
     row = dict(zip(names, values))
-    for name in JSON_COLUMNS.intersection(row):
+    for name in JSON_COLUMNS.intersection(row) if json_names is None else json_names:
         row[name] = _decoded(name, row[name])
     return row

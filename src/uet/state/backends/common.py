@@ -7,13 +7,17 @@ from __future__ import annotations
 from typing import (Any, Callable, ContextManager, Mapping, Protocol, Sequence,
                     runtime_checkable)
 
-from uet.state.tables import decode_row
+from uet.state.tables import JSON_COLUMNS, decode_row
 
 
 def rows_of(cursor) -> list[dict[str, Any]]:
     """A DB-API cursor's rows as plain dicts (JSON columns decoded)."""
-    names = tuple(d[0] for d in cursor.description)
-    return [decode_row(names, values) for values in cursor.fetchall()]
+    rows = cursor.fetchall()
+    if not rows:
+        return []
+    names = [d[0] for d in cursor.description]
+    json_names = [name for name in names if name in JSON_COLUMNS]
+    return [decode_row(names, values, json_names) for values in rows]
 
 
 @runtime_checkable

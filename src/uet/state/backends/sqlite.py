@@ -266,8 +266,7 @@ class SQLiteBackend:
         with self._lock:
             yield self.connect()
 
-    @contextmanager
-    def transaction(self) -> Iterator["SQLiteTx"]:
+    def transaction(self) -> "_Transaction":
         """A write transaction: all of the block's statements commit together or not at all.
 
         BEGIN IMMEDIATE takes the write lock before the first read, so a read-then-write
@@ -277,49 +276,7 @@ class SQLiteBackend:
         it), it is a savepoint of the open transaction: an exception undoes only the inner
         block, and nothing is committed before the outermost block ends.
         """
-        with self._lock:  # held by one thread for the whole block: others wait here
-            conn = self.connect()
-            if self._depth:
-                yield from self._savepoint(conn)
-                return
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except DRIVER_ERRORS as exc:
-                raise translate_error(exc, self.path, self.busy_timeout) from None
-            self._depth, self._tx_thread = 1, threading.get_ident()
-            try:
-                yield SQLiteTx(conn)
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                rollback(conn)
-                if isinstance(exc, DRIVER_ERRORS):
-                    raise translate_error(exc, self.path, self.busy_timeout) from None
-                raise
-            finally:
-                self._depth = 0
-
-    def _savepoint(self, conn: sqlite3.Connection) -> Iterator["SQLiteTx"]:
-        name = f"uet_{self._depth}"  # from a counter, never from a caller
-        try:
-            conn.execute(f"SAVEPOINT {name}")
-        except DRIVER_ERRORS as exc:
-            raise translate_error(exc, self.path, self.busy_timeout) from None
-        self._depth += 1
-        try:
-            yield SQLiteTx(conn)
-            conn.execute(f"RELEASE {name}")
-        except BaseException as exc:
-            if conn.in_transaction:  # SQLite may have ended it all (e.g. SQLITE_FULL)
-                try:
-                    conn.execute(f"ROLLBACK TO {name}")
-                    conn.execute(f"RELEASE {name}")
-                except sqlite3.Error:
-                    pass  # the outer block's COMMIT or ROLLBACK settles what is left
-            if isinstance(exc, DRIVER_ERRORS):
-                raise translate_error(exc, self.path, self.busy_timeout) from None
-            raise
-        finally:
-            self._depth -= 1
+        return _Transaction(self)
 
     @property
     def in_transaction(self) -> bool:
@@ -378,3 +335,62 @@ class SQLiteTx(Transaction):
     __slots__ = ()
     queries = QUERIES
     placeholder = SQLiteBackend.placeholder
+
+
+class _Transaction:
+    """The context manager of `SQLiteBackend.transaction()`: a class rather than a generator
+    because every write enters one (twice inside an `atomic()` block), and a generator-based
+    manager costs several times as much to enter and leave."""
+
+    __slots__ = ("_backend", "_conn", "_savepoint", "_depth")
+
+    def __init__(self, backend: SQLiteBackend) -> None:
+        self._backend = backend
+
+    def __enter__(self) -> SQLiteTx:
+        backend = self._backend
+        backend._lock.acquire()  # held by one thread for the whole block: others wait here
+        try:
+            conn = backend.connect()
+            depth = backend._depth
+            if depth:
+                savepoint = f"uet_{depth}"  # from a counter, never from a caller
+                conn.execute(f"SAVEPOINT {savepoint}")
+            else:
+                savepoint = None
+                conn.execute("BEGIN IMMEDIATE")
+                backend._tx_thread = threading.get_ident()
+        except BaseException as exc:
+            backend._lock.release()
+            if isinstance(exc, DRIVER_ERRORS):
+                raise translate_error(exc, backend.path, backend.busy_timeout) from None
+            raise
+        backend._depth = depth + 1
+        self._conn, self._savepoint, self._depth = conn, savepoint, depth
+        return SQLiteTx(conn)
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None,
+                 traceback: object) -> None:
+        backend, conn, savepoint = self._backend, self._conn, self._savepoint
+        try:
+            if exc is None:
+                try:
+                    conn.execute(f"RELEASE {savepoint}" if savepoint else "COMMIT")
+                    return
+                except BaseException as failed:
+                    exc = failed
+            if savepoint is None:
+                rollback(conn)
+            elif conn.in_transaction:  # SQLite may have ended it all (e.g. SQLITE_FULL)
+                try:
+                    conn.execute(f"ROLLBACK TO {savepoint}")
+                    conn.execute(f"RELEASE {savepoint}")
+                except sqlite3.Error:
+                    pass  # the outer block's COMMIT or ROLLBACK settles what is left
+            if isinstance(exc, DRIVER_ERRORS):
+                raise translate_error(exc, backend.path, backend.busy_timeout) from None
+            if exc_type is None:
+                raise exc  # COMMIT itself was interrupted (KeyboardInterrupt)
+        finally:
+            backend._depth = self._depth
+            backend._lock.release()
