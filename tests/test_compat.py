@@ -27,17 +27,6 @@ from uet.state.events import RESERVED_EVENT_TYPES
 from helpers import emptied_postgres_ledger
 
 
-@pytest.fixture(autouse=True)
-def _forget_compat_instances():
-    """Each test starts without uet.compat.get_db instances, and leaves none."""
-    yield
-    with compat._instances_lock:
-        leftovers = list(compat._instances.values())
-        compat._instances.clear()
-    for database in leftovers:
-        database.close()
-
-
 def _ledger_name(request, tmp_path, kind: str) -> str:
     if kind == "postgres":
         return emptied_postgres_ledger(request.getfixturevalue("_reused_postgres_ledger"))

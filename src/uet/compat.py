@@ -13,17 +13,15 @@ from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
-from uet.errors import StorageError, UetError, ValidationError
-from uet.state import DEFAULT_PATH
+from uet.errors import StorageError, UetError
 from uet.state import Database as _StateDatabase
 from uet.state.events import RESERVED_EVENT_TYPES
+from uet.state.instances import process_instance
+from uet.state.names import MEMORY, is_postgres_url
 
 __all__ = ["Database", "get_db", "init_db", "ReadOnlyConnection", "ReadOnlyCursor",
            "ReadOnlyConnectionError", "ConnUnavailableError"]
 
-MEMORY = ":memory:"
-ENV_VAR = "UET_DATABASE"  # the variable uet.state reads for the default ledger
-_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _WRITE_CALLS = ("create_run, update_run, delete_run, create_step_attempt, "
                 "update_step_attempt, create_event")
 
@@ -456,7 +454,7 @@ class Database(_StateDatabase):
         _live.add(self)
         # fixed now, as the ledger's own: a later chdir must not point .conn elsewhere
         self._compat_file = (self.db_path if self.db_path == MEMORY
-                             or self.db_path.startswith(_POSTGRES_SCHEMES)
+                             or is_postgres_url(self.db_path)
                              else os.path.abspath(self.db_path))
 
     @property
@@ -536,28 +534,18 @@ class Database(_StateDatabase):
 
 # -- process-wide instances --------------------------------------------------------------------
 
-_instances: dict[str, Database] = {}
-_instances_lock = threading.Lock()
 _live: "weakref.WeakSet[Database]" = weakref.WeakSet()
 
 
-def _reset_lock_in_child() -> None:
+def _reset_locks_in_child() -> None:
     # another thread may have held a lock at fork time: the child starts with free ones
-    global _instances_lock
-    _instances_lock = threading.Lock()
     for db in list(_live):
         db._compat_lock = threading.Lock()
         if db._compat_conn is not None:
             db._compat_conn._lock = threading.RLock()
 
 
-os.register_at_fork(after_in_child=_reset_lock_in_child)
-
-
-def _named(db_path: object) -> object:
-    if db_path is None:
-        db_path = os.environ.get(ENV_VAR) or DEFAULT_PATH
-    return os.fspath(db_path) if isinstance(db_path, os.PathLike) else db_path
+os.register_at_fork(after_in_child=_reset_locks_in_child)
 
 
 def get_db(db_path: str | os.PathLike | None = None, *, durability: str | None = None,
@@ -569,26 +557,8 @@ def get_db(db_path: str | os.PathLike | None = None, *, durability: str | None =
     asking for other ones later raises ValidationError. The instances are not
     `uet.state.get_db`'s, but a file is the same ledger.
     """
-    path = _named(db_path)
-    options = {name: value for name, value in
-               (("durability", durability), ("busy_timeout", busy_timeout)) if value is not None}
-    if not isinstance(path, str) or not path or "\x00" in path:
-        return Database(path, **options)  # raises the ledger's own ValidationError
-    key = (path if path == MEMORY or path.startswith(_POSTGRES_SCHEMES)
-           else os.path.realpath(path))
-    with _instances_lock:
-        db = _instances.get(key)
-        if db is None or db.closed:
-            db = Database(path, **options)
-            _instances[key] = db
-        else:
-            differing = [name for name, value in options.items()
-                         if getattr(db, name, object()) != value]
-            if differing:
-                raise ValidationError(
-                    f"get_db already returned {db!r} with other {', '.join(differing)}; "
-                    "use init_db for a separate instance")
-        return db
+    return process_instance(Database, db_path, durability=durability,
+                            busy_timeout=busy_timeout)
 
 
 def init_db(db_path: str | os.PathLike | None = None, *, durability: str = "normal",

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import TypeVar
 
 from uet.errors import ValidationError
 from uet.state.backends import DEFAULT_BUSY_TIMEOUT
 from uet.state.db import Database
 from uet.state.names import MEMORY, display_name, is_postgres_url, resolve_path
 
-_instances: dict[str, Database] = {}
+# (class, ledger) -> its instance: uet.compat's Database gets its own, on the same ledgers
+_instances: dict[tuple[type, str], Database] = {}
 _instances_lock = threading.Lock()
+D = TypeVar("D", bound=Database)
 
 
 def _reset_lock_in_child() -> None:
@@ -27,23 +30,20 @@ def _instance_key(path: str) -> str:
     return path if path == MEMORY or is_postgres_url(path) else os.path.realpath(path)
 
 
-def get_db(db_path: str | os.PathLike | None = None, *, durability: str | None = None,
-           busy_timeout: float | None = None) -> Database:
-    """The process-wide Database for `db_path` (default: $UET_DATABASE, else
-    `.ledger/framework.db`), created on first use; safe to call from many threads.
-
-    Each database has its own instance: a different path never returns another's. Options
-    (durability, busy_timeout) apply on creation; asking for different ones later raises.
-    """
+def process_instance(cls: type[D], db_path: str | os.PathLike | None = None, *,
+                     durability: str | None = None, busy_timeout: float | None = None) -> D:
+    """The process-wide instance of `cls` (Database or a subclass) for `db_path`, created on
+    first use (a closed one is replaced); safe to call from many threads. Options apply on
+    creation; asking for different ones later raises ValidationError."""
     path = resolve_path(db_path)
-    key = _instance_key(path)
+    key = (cls, _instance_key(path))
     options = {name: value for name, value in (("durability", durability),
                                                ("busy_timeout", busy_timeout))
                if value is not None}
     with _instances_lock:
         db = _instances.get(key)
         if db is None or db.closed:
-            db = Database(path, **options)
+            db = cls(path, **options)
             _instances[key] = db
         else:
             differing = [name for name, value in options.items()
@@ -52,7 +52,19 @@ def get_db(db_path: str | os.PathLike | None = None, *, durability: str | None =
                 raise ValidationError(
                     f"get_db({display_name(path)!r}) already returned an instance with other "
                     f"{', '.join(differing)}; use init_db for a separate instance")
-        return db
+        return db  # type: ignore[return-value]
+
+
+def get_db(db_path: str | os.PathLike | None = None, *, durability: str | None = None,
+           busy_timeout: float | None = None) -> Database:
+    """The process-wide Database for `db_path` (default: $UET_DATABASE, else
+    `.ledger/framework.db`), created on first use; safe to call from many threads.
+
+    Each database has its own instance: a different path never returns another's. Options
+    (durability, busy_timeout) apply on creation; asking for different ones later raises.
+    """
+    return process_instance(Database, db_path, durability=durability,
+                            busy_timeout=busy_timeout)
 
 
 def init_db(db_path: str | os.PathLike | None = None, *, durability: str = "normal",
