@@ -324,12 +324,14 @@ def _finish(db, run_id, step_id, state, code, error, error_log, metadata,
     pause = 0.1
     while True:
         try:
-            step = db.get_step_attempt(step_id)
-            if step["state"] == "running":
-                db.update_step_attempt(step_id, {"state": state, "exit_code": code,
-                                                 "error_log": error_log, "metadata": metadata})
-            if db.get_run(run_id)["state"] == "running":
-                db.transition_run(run_id, state, exit_code=code, error_message=error)
+            with db.atomic():  # the step and its run end in one commit
+                step = db.get_step_attempt(step_id)
+                if step["state"] == "running":
+                    db.update_step_attempt(step_id, {"state": state, "exit_code": code,
+                                                     "error_log": error_log,
+                                                     "metadata": metadata})
+                if db.get_run(run_id)["state"] == "running":
+                    db.transition_run(run_id, state, exit_code=code, error_message=error)
             return
         except (DatabaseBusyError, StorageError) as exc:  # out of reach: worth a retry
             if time.monotonic() + pause > deadline:
