@@ -220,7 +220,25 @@ def try_write(db_path: str) -> None:
         print(f"{type(exc).__name__}: {exc}")
 
 
+def hold_atomic(db_path: str, run_id: str, steps: str, ready: str) -> None:
+    """Inside one atomic() block: move run_id on and record `steps` step attempts, a
+    patch and a gate, then write `ready` and wait to be killed (never committing)."""
+    from uet.state import Database, GateLedger, PatchLedger
+    db = Database(db_path)
+    with db.atomic():
+        db.transition_run(run_id, "running")
+        for sequence in range(1, int(steps) + 1):
+            db.create_step_attempt({"run_id": run_id, "sequence": sequence, "tool_id": "t"})
+            db.create_event({"run_id": run_id, "event_type": "note"})
+        PatchLedger(db).record_patch("--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n",
+                                     run_id=run_id)
+        GateLedger(db).define_gate("UNIT", "ph", "pytest", run_id=run_id)
+        open(ready, "w").close()
+        time.sleep(600)
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     {"race": race, "append": append, "open": open_ledger, "patch_race": patch_race,
-     "claim": claim, "cancel_pending": cancel_pending, "try_write": try_write}[command](*args)
+     "claim": claim, "cancel_pending": cancel_pending, "try_write": try_write,
+     "hold_atomic": hold_atomic}[command](*args)

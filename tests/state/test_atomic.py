@@ -3,7 +3,11 @@ all, on every engine; nested blocks (and every call inside a block) are savepoin
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +16,10 @@ from hypothesis import strategies as st
 from uet.errors import (ConcurrentUpdateError, InvalidTransitionError, NotFoundError,
                         ValidationError)
 from uet.state import Database, GateLedger, PatchLedger, WorkerLifecycle, init_db
+
+from helpers import wait_for
+
+HELPERS = str(Path(__file__).parent.parent / "helpers.py")
 
 DIFF = "--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-a\n+b\n"
 
@@ -241,6 +249,26 @@ def test_a_read_only_ledger_refuses_a_block_that_writes(ledger):
             with db.atomic():
                 _run(db, "r1")
         assert caught.type.__module__ == "uet.errors"
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_a_block_killed_before_it_ends_leaves_nothing(shared_db, tmp_path, steps):
+    """kill -9 of a process inside its block: none of the block's writes (run change, step
+    attempts, events, patch, gate) is ever seen, and the ledger takes writes at once."""
+    _run(shared_db, "r1")
+    before, trail = _counts(shared_db), _trail(shared_db)
+    ready = str(tmp_path / "ready")
+    holder = subprocess.Popen([sys.executable, HELPERS, "hold_atomic", shared_db.db_path,
+                               "r1", str(steps), ready])
+    try:
+        wait_for(ready, 60)
+        assert shared_db.get_run("r1")["state"] == "pending"  # not committed yet
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+    assert _counts(shared_db) == before and _trail(shared_db) == trail
+    shared_db.transition_run("r1", "running")  # the write lock went with the process
+    assert shared_db.get_run("r1")["state"] == "running"
 
 
 # -- any tree of blocks, any of them failing ---------------------------------------------
