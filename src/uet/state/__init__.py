@@ -12,8 +12,7 @@ import importlib
 from typing import Any
 
 from uet.state.backends.sqlite_schema import LATEST_VERSION
-from uet.state.db import Database
-from uet.state.instances import get_db, init_db
+from uet.state.db import Database, get_db, init_db
 from uet.state.machines import GATE, PATCH, RUN, STEP_ATTEMPT, WORKER, Machine
 from uet.state.names import DEFAULT_PATH
 

@@ -15,6 +15,7 @@ from uet.state import tables
 from uet.state.backends import (DEFAULT_BUSY_TIMEOUT, DURABILITY, MEMORY, Backend,
                                 open_backend, peek_version)
 from uet.state.events import RESERVED_EVENT_TYPES, RUN_CREATED, STEP_ATTEMPT_CREATED
+from uet.state.instances import process_instance
 from uet.state.locations import check_location
 from uet.state.names import (DEFAULT_PATH, ENV_VAR, display_name, is_postgres_url,
                              resolve_path)
@@ -23,7 +24,7 @@ from uet.state.tables import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
 from uet.state.transitions import change_row, check_worker_can_work, record_event, stamp
 
 # names other modules read from here (kept for callers of earlier releases)
-__all__ = ["Database", "DEFAULT_PATH", "ENV_VAR", "MEMORY", "resolve_path", "display_name",
+__all__ = ["Database", "get_db", "init_db", "DEFAULT_PATH", "ENV_VAR", "MEMORY", "resolve_path", "display_name",
            "peek_version", "is_postgres_url"]
 
 
@@ -424,6 +425,24 @@ class Database:
                 f"{table.entity} {key_id!r} refers to run {row['run_id']!r}, which does not "
                 "exist", field="run_id")
         return ValidationError(f"{table.entity} {key_id!r} was refused by the ledger: {exc}")
+
+
+def get_db(db_path: str | os.PathLike | None = None, *, durability: str | None = None,
+           busy_timeout: float | None = None) -> Database:
+    """The process-wide Database for `db_path` (default: $UET_DATABASE, else
+    `.ledger/framework.db`), created on first use; safe to call from many threads.
+
+    Each database has its own instance: a different path never returns another's. Options
+    (durability, busy_timeout) apply on creation; asking for different ones later raises.
+    """
+    return process_instance(Database, db_path, durability=durability,
+                            busy_timeout=busy_timeout)
+
+
+def init_db(db_path: str | os.PathLike | None = None, *, durability: str = "normal",
+            busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Database:
+    """A new Database instance (schema created or upgraded) on every call."""
+    return Database(db_path, durability=durability, busy_timeout=busy_timeout)
 
 
 class _Atomic:

@@ -1,21 +1,26 @@
-"""The process-wide ledger instances: `get_db` returns one `Database` per ledger (safe from
-many threads, and after fork), `init_db` a new one on every call."""
+"""The process-wide ledger instances behind `get_db`: one instance per ledger class and
+ledger, safe from many threads and after fork."""
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from uet.errors import ValidationError
-from uet.state.backends import DEFAULT_BUSY_TIMEOUT
-from uet.state.db import Database
 from uet.state.names import MEMORY, display_name, is_postgres_url, resolve_path
 
+class Closable(Protocol):
+    """What the cache needs of a ledger instance."""
+
+    @property
+    def closed(self) -> bool: ...
+
+
 # (class, ledger) -> its instance: uet.compat's Database gets its own, on the same ledgers
-_instances: dict[tuple[type, str], Database] = {}
+_instances: dict[tuple[type, str], Any] = {}
 _instances_lock = threading.Lock()
-D = TypeVar("D", bound=Database)
+D = TypeVar("D", bound="Closable")  # a ledger class: uet.state.Database or a subclass
 
 
 def _reset_lock_in_child() -> None:
@@ -52,22 +57,4 @@ def process_instance(cls: type[D], db_path: str | os.PathLike | None = None, *,
                 raise ValidationError(
                     f"get_db({display_name(path)!r}) already returned an instance with other "
                     f"{', '.join(differing)}; use init_db for a separate instance")
-        return db  # type: ignore[return-value]
-
-
-def get_db(db_path: str | os.PathLike | None = None, *, durability: str | None = None,
-           busy_timeout: float | None = None) -> Database:
-    """The process-wide Database for `db_path` (default: $UET_DATABASE, else
-    `.ledger/framework.db`), created on first use; safe to call from many threads.
-
-    Each database has its own instance: a different path never returns another's. Options
-    (durability, busy_timeout) apply on creation; asking for different ones later raises.
-    """
-    return process_instance(Database, db_path, durability=durability,
-                            busy_timeout=busy_timeout)
-
-
-def init_db(db_path: str | os.PathLike | None = None, *, durability: str = "normal",
-            busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Database:
-    """A new Database instance (schema created or upgraded) on every call."""
-    return Database(db_path, durability=durability, busy_timeout=busy_timeout)
+        return db
