@@ -21,7 +21,8 @@ from uet.state.names import (DEFAULT_PATH, ENV_VAR, display_name, is_postgres_ur
                              resolve_path)
 from uet.state.statements import list_runs_sql
 from uet.state.tables import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
-from uet.state.transitions import change_row, check_worker_can_work, record_event, stamp
+from uet.state.transitions import (change_row, check_worker_can_work, record_event,
+                                   redrive_row, stamp)
 
 # names other modules read from here (kept for callers of earlier releases)
 __all__ = ["Database", "get_db", "init_db", "DEFAULT_PATH", "ENV_VAR", "MEMORY", "resolve_path", "display_name",
@@ -266,6 +267,33 @@ class Database:
         changes = tables.prepare_update(RUNS, run_id, {"state": to_state, **_given(
             exit_code=exit_code, error_message=error_message)})
         return self._change(RUNS, run_id, changes, expected=expected)
+
+    def redrive_run(self, run_id: str, reason: str, *,
+                    expected: str | None = None) -> dict[str, Any]:
+        """Send a run back to pending to run again under the same id (a re-drive): a failed
+        or canceled run (an explicit resume), or a running one whose owner is gone
+        (recovery re-queues it). Returns the run.
+
+        `ended_at`, `exit_code`, `error_message` and `worker_id` are cleared; the
+        `run.state_changed` event (with `redrive: true`) keeps their previous values under
+        `cleared`, and `reason`. `started_at` keeps the first start. No ordinary transition
+        makes these moves; a pending, succeeded or quarantined run raises
+        InvalidTransitionError. Step attempts of the run still running are failed as
+        interrupted, in the same transaction. `expected` is compare-and-set, as for
+        `transition_run`.
+        """
+        run_id = tables.text(run_id, "run_id")
+        reason = tables.text(reason, "reason")
+        with self._backend.transaction() as tx:
+            run = redrive_row(tx, RUNS, run_id, "pending", reason, expected=expected)
+            # attempts still running belong to the ending that is undone: they were
+            # interrupted, and the run's next owner starts new ones (a refused re-drive
+            # above raised before this, and the transaction undoes nothing else)
+            for step in tx.rows("list_step_attempts", (run_id,)):
+                if step["state"] == "running":
+                    change_row(tx, STEP_ATTEMPTS, step["step_attempt_id"], {
+                        "state": "failed", "error_log": f"interrupted: {reason}"})
+            return run
 
     def delete_run(self, run_id: str) -> None:
         """Remove the run with its step attempts and events, in one transaction."""

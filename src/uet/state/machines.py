@@ -18,7 +18,9 @@ class Machine:
 
     `transitions` maps each state to the states it may move to; a state with no entry is
     terminal. `stamps` maps a target state to the timestamp column set on entering it
-    (when that column is still empty).
+    (when that column is still empty). `redrives` are the moves back to a start state that
+    only an explicit re-drive makes (a run run again under its own id), never an ordinary
+    transition; `redrive_clears` the columns such a move empties.
     """
 
     entity: str
@@ -26,12 +28,16 @@ class Machine:
     initial: tuple[str, ...]
     transitions: Mapping[str, frozenset[str]]
     stamps: Mapping[str, str] = field(default_factory=dict)
+    redrives: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    redrive_clears: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         known = set(self.states)
         for src, targets in self.transitions.items():
             assert src in known and targets <= known, (self.entity, src, targets)
         assert set(self.initial) <= known and set(self.stamps) <= known
+        for src, targets in self.redrives.items():
+            assert src in known and targets <= set(self.initial), (self.entity, src, targets)
 
     @property
     def terminal(self) -> frozenset[str]:
@@ -56,6 +62,17 @@ class Machine:
             return {column: now}
         return {}
 
+    def check_redrive(self, entity_id: object, current: str, requested: str) -> None:
+        """Raise InvalidTransitionError unless a re-drive may move current -> requested."""
+        if requested not in self.redrives.get(current, ()):
+            movable = [s for s in self.states if requested in self.redrives.get(s, ())]
+            which = (", ".join(movable[:-1]) + " or " + movable[-1] if len(movable) > 1
+                     else "".join(movable))
+            raise InvalidTransitionError(
+                self.entity, entity_id, current, requested,
+                reason=(f"only a {which} {self.entity} can be re-driven to {requested}"
+                        if movable else f"a {self.entity} is never re-driven to {requested}"))
+
     def check_state(self, state: object, field_name: str = "state") -> str:
         """Raise ValidationError unless `state` is one of this machine's states."""
         if not isinstance(state, str) or state not in self.states:
@@ -78,13 +95,17 @@ class Machine:
 
 
 def _machine(entity: str, states: tuple[str, ...], initial: tuple[str, ...],
-             transitions: dict[str, tuple[str, ...]], stamps: dict[str, str]) -> Machine:
+             transitions: dict[str, tuple[str, ...]], stamps: dict[str, str],
+             redrives: dict[str, tuple[str, ...]] | None = None,
+             redrive_clears: tuple[str, ...] = ()) -> Machine:
     return Machine(
         entity=entity,
         states=states,
         initial=initial,
         transitions=MappingProxyType({k: frozenset(v) for k, v in transitions.items()}),
         stamps=MappingProxyType(dict(stamps)),
+        redrives=MappingProxyType({k: frozenset(v) for k, v in (redrives or {}).items()}),
+        redrive_clears=redrive_clears,
     )
 
 
@@ -105,6 +126,11 @@ RUN = _machine(
         "quarantined": "ended_at",
         "canceled": "ended_at",
     },
+    # Run again under the same id (SPEC: re-drive): a running run whose owner is gone, by
+    # recovery that re-queues it; a failed or canceled one, by an explicit resume.
+    redrives={"running": ("pending",), "failed": ("pending",), "canceled": ("pending",)},
+    # what the run's last ending (or its lost owner) left; the re-drive event keeps them
+    redrive_clears=("ended_at", "exit_code", "error_message", "worker_id"),
 )
 
 STEP_ATTEMPT = _machine(

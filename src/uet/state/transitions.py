@@ -76,6 +76,33 @@ def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
     return row
 
 
+def redrive_row(tx, table: Table, entity_id: str, target: str, reason: str, *,
+                expected: object = None) -> dict[str, Any]:
+    """Move a record back to `target` under its machine's re-drive table, inside the caller's
+    transaction; returns the new row. The columns the machine clears are emptied, and the
+    state-change event (`redrive: true`) keeps their previous values and the reason."""
+    machine = table.machine
+    if expected is not None:
+        machine.check_state(expected, "expected")
+    found = tx.rows(f"lock_{table.entity}", (entity_id,))
+    if not found:
+        raise NotFoundError(table.entity, entity_id)
+    current = found[0]
+    if expected is not None and current["state"] != expected:
+        raise ConcurrentUpdateError(table.entity, entity_id, expected, current["state"])
+    machine.check_redrive(entity_id, current["state"], target)
+    cleared = {name: current[name] for name in machine.redrive_clears
+               if current[name] is not None}
+    changes: dict[str, object] = {"state": target, **dict.fromkeys(machine.redrive_clears)}
+    columns = tuple(name for name in table.names if name in changes)
+    row = tx.query(update_sql(table, columns, tx.placeholder),
+                   [changes[name] for name in columns] + [entity_id])[0]
+    record_event(tx, row["run_id"], RUN_STATE_CHANGED, {
+        "from": current["state"], "to": target, "redrive": True, "reason": reason,
+        "cleared": {name: tables.shown(value) for name, value in cleared.items()}})
+    return row
+
+
 def check_worker_can_work(tx, worker_id: str) -> None:
     """Work may be recorded for an existing worker that is not in a terminal state."""
     found = tx.rows("get_worker", (worker_id,))
