@@ -309,3 +309,50 @@ def test_any_tree_of_blocks_keeps_exactly_the_calls_no_failing_block_encloses(tr
         assert {r["run_id"] for r in db.list_runs(limit=None)} == kept
         assert {e["run_id"] for e in db.events_since(0, limit=100_000)} == kept
         assert not db.in_atomic
+
+
+# -- after-commit work ---------------------------------------------------------------------
+
+def test_on_commit_outside_a_block_runs_at_once(db):
+    seen = []
+    db.on_commit(lambda: seen.append("now"))
+    assert seen == ["now"]
+
+
+def test_on_commit_runs_after_the_outermost_block_commits_in_order(db):
+    seen = []
+    with db.atomic():
+        _run(db, "r1")
+        db.on_commit(lambda: seen.append(("first", db.in_atomic)))
+        with db.atomic():
+            db.on_commit(lambda: seen.append(("nested", db.in_atomic)))
+        assert seen == []  # a nested block's release is no commit
+        db.on_commit(lambda: seen.append(("last", db.get_run("r1") is not None)))
+    assert seen == [("first", False), ("nested", False), ("last", True)]
+
+
+def test_on_commit_of_a_rolled_back_block_never_runs(db):
+    seen = []
+    with db.atomic():
+        db.on_commit(lambda: seen.append("kept"))
+        with pytest.raises(Boom):
+            with db.atomic():
+                db.on_commit(lambda: seen.append("undone"))
+                raise Boom()
+    with pytest.raises(Boom):
+        with db.atomic():
+            db.on_commit(lambda: seen.append("outer undone"))
+            raise Boom()
+    assert seen == ["kept"]
+
+
+def test_a_callback_may_write_to_the_ledger(db):
+    with db.atomic():
+        _run(db, "r1")
+        db.on_commit(lambda: _run(db, "from-callback"))
+    assert db.get_run("from-callback") is not None and not db.in_atomic
+
+
+def test_on_commit_needs_a_callable(db):
+    with pytest.raises(ValidationError):
+        db.on_commit("not callable")

@@ -7,7 +7,7 @@ change is written inside the same transaction as the change.
 from __future__ import annotations
 
 import os
-from typing import Any, ContextManager, Iterator, Mapping
+from typing import Any, Callable, ContextManager, Iterator, Mapping
 
 from uet.errors import AlreadyExistsError, AmbiguousIdError, NotFoundError, ValidationError
 from uet.errors import ConstraintViolation
@@ -149,6 +149,20 @@ class Database:
                 db.create_step_attempt({"run_id": run_id, "sequence": k + 1, ...})
         """
         return _Atomic(self)
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (no arguments) once the ledger's writes made so far by this thread
+        are committed: at the end of the outermost `atomic()` block, or at once outside one.
+        A block (or nested block) that rolls back drops the callbacks registered inside it.
+        Callbacks run in registration order, after the write lock is released; an exception
+        from one propagates to the code that ended the block (the commit stands)."""
+        if not callable(callback):
+            raise ValidationError(f"on_commit needs a callable, got {callback!r}",
+                                  field="callback")
+        if self._backend.in_transaction:
+            self._backend.after_commit(callback)
+        else:
+            callback()
 
     @property
     def in_atomic(self) -> bool:

@@ -41,6 +41,10 @@ class Backend(Protocol):
     def in_transaction(self) -> bool:
         """Whether the calling thread is inside one of this backend's write transactions."""
 
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` after the calling thread's open transaction commits (never if it,
+        or the savepoint it was registered in, rolls back)."""
+
     def read(self, name: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
         """Run a named read query; rows as dicts (JSON columns decoded)."""
 

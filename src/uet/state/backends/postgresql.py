@@ -274,14 +274,16 @@ class PostgresBackend:
         if held is not None:
             yield from self._savepoint(held, local)
             return
+        callbacks: list[Callable[[], None]] = []
         with self._connection() as conn:
             try:
                 # a lock timeout or a Ctrl-C while waiting for the lock is rolled back too
                 conn.execute(self._begin or self._begin_statement(conn))
-                local["conn"], local["depth"] = conn, 1
+                local["conn"], local["depth"], local["callbacks"] = conn, 1, [callbacks]
                 yield PostgresTx(conn)
                 conn.execute("COMMIT")
             except BaseException as exc:
+                callbacks = []  # rolled back: none of the block's after-commit work
                 self._rollback(conn)
                 if isinstance(exc, psycopg.Error):
                     raise self._translate(exc, conn) from None
@@ -289,6 +291,9 @@ class PostgresBackend:
             finally:
                 local.pop("conn", None)
                 local.pop("depth", None)
+                local.pop("callbacks", None)
+        for callback in callbacks:  # committed: the block's after-commit work, in order
+            callback()
 
     def _savepoint(self, conn: psycopg.Connection, local: dict) -> Iterator[PostgresTx]:
         name = f"uet_{local['depth']}"  # from a counter, never from a caller
@@ -297,10 +302,12 @@ class PostgresBackend:
         except psycopg.Error as exc:
             raise translate_error(exc, self.path, self.busy_timeout) from None
         local["depth"] += 1
+        local["callbacks"].append([])
         try:
             yield PostgresTx(conn)
             conn.execute(f"RELEASE SAVEPOINT {name}")
         except BaseException as exc:
+            local["callbacks"].pop()  # undone with the savepoint
             try:  # after a failed statement only this brings the transaction back
                 conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
                 conn.execute(f"RELEASE SAVEPOINT {name}")
@@ -309,8 +316,19 @@ class PostgresBackend:
             if isinstance(exc, psycopg.Error):
                 raise self._translate(exc, conn) from None
             raise
+        else:
+            done = local["callbacks"].pop()
+            local["callbacks"][-1].extend(done)  # they wait for the enclosing commit
         finally:
             local["depth"] -= 1
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the calling thread's open transaction has committed; never
+        if it (or the savepoint it was registered in) is rolled back."""
+        stack = self._local.__dict__.get("callbacks")
+        if not stack:
+            raise RuntimeError("after_commit needs the calling thread's open transaction")
+        stack[-1].append(callback)
 
     @property
     def in_transaction(self) -> bool:

@@ -97,6 +97,7 @@ class SQLiteBackend:
         self._closed = False
         self._depth = 0  # nesting of the open write transaction (its thread holds _lock)
         self._tx_thread = 0  # the thread of that transaction
+        self._callbacks: list[list[Callable[[], None]]] = []  # per level: run after commit
         _live_backends.add(self)
 
     # -- connections ---------------------------------------------------------------------
@@ -219,6 +220,7 @@ class SQLiteBackend:
     def _after_fork(self) -> None:
         self._lock = threading.RLock()  # the forking thread held it; the child starts free
         self._depth = 0
+        self._callbacks = []
         if not self.is_memory and self._conn is not None:
             _inherited_connections.append(self._conn)
             self._conn = None
@@ -277,6 +279,13 @@ class SQLiteBackend:
         block, and nothing is committed before the outermost block ends.
         """
         return _Transaction(self)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the calling thread's open transaction has committed; never
+        if it (or the savepoint it was registered in) is rolled back."""
+        if not self.in_transaction:
+            raise RuntimeError("after_commit needs the calling thread's open transaction")
+        self._callbacks[-1].append(callback)
 
     @property
     def in_transaction(self) -> bool:
@@ -366,31 +375,40 @@ class _Transaction:
                 raise translate_error(exc, backend.path, backend.busy_timeout) from None
             raise
         backend._depth = depth + 1
+        backend._callbacks.append([])
         self._conn, self._savepoint, self._depth = conn, savepoint, depth
         return SQLiteTx(conn)
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None,
                  traceback: object) -> None:
         backend, conn, savepoint = self._backend, self._conn, self._savepoint
+        ended = False  # committed (or released into the enclosing block)
         try:
             if exc is None:
                 try:
                     conn.execute(f"RELEASE {savepoint}" if savepoint else "COMMIT")
-                    return
+                    ended = True
                 except BaseException as failed:
                     exc = failed
-            if savepoint is None:
-                rollback(conn)
-            elif conn.in_transaction:  # SQLite may have ended it all (e.g. SQLITE_FULL)
-                try:
-                    conn.execute(f"ROLLBACK TO {savepoint}")
-                    conn.execute(f"RELEASE {savepoint}")
-                except sqlite3.Error:
-                    pass  # the outer block's COMMIT or ROLLBACK settles what is left
-            if isinstance(exc, DRIVER_ERRORS):
-                raise translate_error(exc, backend.path, backend.busy_timeout) from None
-            if exc_type is None:
-                raise exc  # COMMIT itself was interrupted (KeyboardInterrupt)
+            if not ended:
+                if savepoint is None:
+                    rollback(conn)
+                elif conn.in_transaction:  # SQLite may have ended it all (e.g. SQLITE_FULL)
+                    try:
+                        conn.execute(f"ROLLBACK TO {savepoint}")
+                        conn.execute(f"RELEASE {savepoint}")
+                    except sqlite3.Error:
+                        pass  # the outer block's COMMIT or ROLLBACK settles what is left
+                if isinstance(exc, DRIVER_ERRORS):
+                    raise translate_error(exc, backend.path, backend.busy_timeout) from None
+                if exc_type is None:
+                    raise exc  # COMMIT itself was interrupted (KeyboardInterrupt)
         finally:
+            callbacks = backend._callbacks.pop()
+            if ended and savepoint:  # they wait for the enclosing block's commit
+                backend._callbacks[-1].extend(callbacks)
             backend._depth = self._depth
             backend._lock.release()
+        if ended and savepoint is None:
+            for callback in callbacks:  # committed: the block's after-commit work, in order
+                callback()
