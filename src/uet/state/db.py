@@ -413,6 +413,11 @@ class Database:
         return self._backend.read("events_since_run",
                                   (tables.text(run_id, "run_id"), cursor, limit))
 
+    def latest_event_seq(self) -> int:
+        """The `seq` of the newest event in the trail (0 when empty): the cursor from which
+        `events_since` / `follow_events` give only what happens from now on."""
+        return self._backend.read("latest_event_seq")[0]["seq"]
+
     def follow_events(self, cursor: int = 0, *, run_id: str | None = None,
                       poll_interval: float = 0.2, batch: int = 1000) -> Iterator[dict[str, Any]]:
         """Every event after `cursor`, in `seq` order, then each new one as other threads or

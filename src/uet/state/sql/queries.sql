@@ -49,6 +49,9 @@ SELECT * FROM run_events WHERE run_id = ? ORDER BY seq;
 -- name: events_since
 SELECT * FROM run_events WHERE seq > ? ORDER BY seq LIMIT ?;
 
+-- name: latest_event_seq
+SELECT coalesce(max(seq), 0) AS seq FROM run_events;
+
 -- name: events_since_run
 SELECT * FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?;
 
