@@ -1,16 +1,22 @@
 """The patch validator's scope and policy rules (uet.engine.policy), one test per rule, with the
-exact messages a quarantined entry records, the glob semantics as a table, and properties."""
+exact messages a quarantined entry records, the glob semantics as a table, properties, and a
+change captured from a real repository by uet.engine.git, judged."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from uet.engine import git as g
+from uet.engine.git import FileChange
 from uet.engine.policy import (
-    CHANGE_STATUSES,
     VIOLATION_KINDS,
-    FileChange,
     FileScope,
     Policy,
     Verdict,
@@ -27,24 +33,53 @@ POLICY = Policy(max_lines_changed=300, max_files_changed=10, forbid_binary=True,
                 forbid_paths=[".github/**"])
 
 
+# the modes git records: a regular file, an executable, a symlink, and none (absent)
+FILE, EXECUTABLE, SYMLINK, ABSENT = "100644", "100755", "120000", FileChange.ABSENT_MODE
+
+
+def change(path: str, status: str, old_path: str | None = None, added: int = 0,
+           removed: int = 0, binary: bool = False, *,
+           modes: tuple[str, str] | None = None) -> FileChange:
+    """git's record of one changed file, as `capture_change` makes it; the modes are a
+    regular file's unless given, absent on the side where the status says the file is."""
+    if modes is None:
+        modes = {"added": (ABSENT, FILE), "deleted": (FILE, ABSENT)}.get(status, (FILE, FILE))
+    return FileChange(status, path, old_path, added, removed, binary, *modes)
+
+
 def modified(path: str, added: int = 1, removed: int = 0, **kw) -> FileChange:
-    return FileChange(path, "modified", added=added, removed=removed, **kw)
+    return change(path, "modified", added=added, removed=removed, **kw)
 
 
 def added(path: str, lines: int = 1, **kw) -> FileChange:
-    return FileChange(path, "added", added=lines, **kw)
+    return change(path, "added", added=lines, **kw)
 
 
 def deleted(path: str, lines: int = 1, **kw) -> FileChange:
-    return FileChange(path, "deleted", removed=lines, **kw)
+    return change(path, "deleted", removed=lines, **kw)
 
 
-def renamed(old: str, new: str) -> FileChange:
-    return FileChange(new, "renamed", old_path=old)
+def renamed(old: str, new: str, **kw) -> FileChange:
+    return change(new, "renamed", old_path=old, **kw)
 
 
 def copied(old: str, new: str) -> FileChange:
-    return FileChange(new, "copied", old_path=old, added=1)
+    return change(new, "copied", old_path=old, added=1)
+
+
+def chmodded(path: str, lines: int = 0) -> FileChange:
+    """`chmod +x`: git reports a modification whose modes differ (`mode_changed`)."""
+    return change(path, "modified", added=lines, modes=(FILE, EXECUTABLE))
+
+
+def type_changed(path: str, lines: int = 0) -> FileChange:
+    """A file that becomes a symlink: git's `T`, its mode going to 120000."""
+    return change(path, "type_changed", added=lines, removed=lines, modes=(FILE, SYMLINK))
+
+
+# what the old `mode` status of the policy's own record was: a change of the mode of an
+# existing file, judged as needing modify (git: modified with mode_changed, or type_changed)
+MODE_CHANGES = [chmodded, type_changed]
 
 
 def messages(verdict: Verdict) -> list[str]:
@@ -58,29 +93,46 @@ def only(verdict: Verdict) -> Violation:
 
 # -- the inputs' contract ------------------------------------------------------------------------
 
+# a valid record of a modified file, each case below breaks one field of it
+VALID = {"status": "modified", "path": "a", "old_path": None, "lines_added": 0,
+         "lines_removed": 0, "binary": False, "old_mode": FILE, "new_mode": FILE}
+
+
 @pytest.mark.parametrize("kwargs, field", [
     ({"path": "a", "status": "changed"}, "status"),
     ({"path": "a", "status": "M"}, "status"),
+    ({"path": "a", "status": "mode"}, "status"),  # git's modified with its modes instead
     ({"path": b"a", "status": "modified"}, "path"),
     ({"path": "a", "status": "renamed"}, "old_path"),
     ({"path": "a", "status": "copied", "old_path": None}, "old_path"),
     ({"path": "a", "status": "modified", "old_path": "b"}, "old_path"),
     ({"path": "a", "status": "added", "old_path": "b"}, "old_path"),
-    ({"path": "a", "status": "modified", "added": -1}, "added"),
-    ({"path": "a", "status": "modified", "removed": 1.5}, "removed"),
-    ({"path": "a", "status": "modified", "added": True}, "added"),
+    ({"path": "a", "status": "modified", "lines_added": -1}, "lines_added"),
+    ({"path": "a", "status": "modified", "lines_removed": 1.5}, "lines_removed"),
+    ({"path": "a", "status": "modified", "lines_added": True}, "lines_added"),
     ({"path": "a", "status": "modified", "binary": 1}, "binary"),
+    # numstat has no lines for a binary file: git records 0, so the policy counts none
+    ({"path": "a", "status": "modified", "binary": True, "lines_added": 999}, "lines_added"),
+    ({"path": "a", "status": "modified", "binary": True, "lines_removed": 1},
+     "lines_added"),
+    ({"path": "a", "status": "modified", "old_mode": "644"}, "old_mode"),
+    ({"path": "a", "status": "modified", "new_mode": 0o100644}, "new_mode"),
+    ({"path": "a", "status": "added"}, "old_mode"),      # an added file had no mode before
+    ({"path": "a", "status": "deleted"}, "new_mode"),    # a deleted file has none after
+    ({"path": "a", "status": "modified", "new_mode": ABSENT}, "new_mode"),
+    ({"path": "a", "status": "renamed", "old_path": "b", "similarity": 101}, "similarity"),
+    ({"path": "a", "status": "modified", "similarity": 100}, "similarity"),
 ])
 def test_a_file_change_outside_the_contract_is_refused(kwargs, field):
     with pytest.raises(ValidationError) as caught:
-        FileChange(**kwargs)
+        FileChange(**{**VALID, **kwargs})
     assert caught.value.field == field
 
 
-@pytest.mark.parametrize("status", CHANGE_STATUSES)
+@pytest.mark.parametrize("status", FileChange.STATUSES)
 def test_every_status_of_the_contract_is_accepted(status):
     old = "a.txt" if status in ("renamed", "copied") else None
-    assert FileChange("b.txt", status, old_path=old).status == status
+    assert change("b.txt", status, old_path=old).status == status
 
 
 def test_a_scope_keeps_its_globs_as_tuples_in_the_authors_words():
@@ -185,7 +237,7 @@ def test_matching_globs_names_every_glob_that_matches_in_order():
 
 def test_a_change_inside_the_scope_passes():
     verdict = judge_change([modified("src/app.py", 10, 2), added("tests/test_app.py", 30),
-                            deleted("src/old.py", 5), FileChange("src/run.sh", "mode"),
+                            deleted("src/old.py", 5), chmodded("src/run.sh"),
                             renamed("src/a.py", "tests/a.py"),
                             copied("src/b.py", "tests/b.py")], SCOPE, POLICY)
     assert verdict.ok and verdict.violations == () and verdict.reason == ""
@@ -200,8 +252,9 @@ def test_a_modified_file_outside_modify_is_outside_scope():
         "src/app.py is outside the task's files_scope.modify (tests/**)")
 
 
-def test_a_mode_change_needs_modify():
-    violation = only(judge_change([FileChange("tools/run.sh", "mode")], SCOPE))
+@pytest.mark.parametrize("mode_change", MODE_CHANGES)
+def test_a_mode_change_needs_modify(mode_change):
+    violation = only(judge_change([mode_change("tools/run.sh")], SCOPE))
     assert violation == Violation(
         "outside_scope", "tools/run.sh",
         "tools/run.sh has its mode changed but is outside the task's files_scope.modify "
@@ -232,6 +285,11 @@ def test_a_modified_file_under_create_only_is_outside_scope():
     assert only(judge_change([modified("tests/test_a.py")], SCOPE)).kind == "outside_scope"
 
 
+@pytest.mark.parametrize("mode_change", MODE_CHANGES)
+def test_a_mode_change_under_modify_passes(mode_change):
+    assert judge_change([mode_change("src/run.sh", lines=1)], SCOPE, POLICY).ok
+
+
 def test_an_empty_list_allows_nothing_of_its_kind():
     scope = FileScope(modify=["src/**"])  # a task's `files_scope: {modify: [...]}`
     verdict = judge_change([modified("src/a.py"), added("src/b.py")], scope)
@@ -250,7 +308,7 @@ def test_an_empty_scope_allows_no_change_at_all():
 
 def test_without_a_files_scope_everything_but_forbidden_and_unsafe_paths_is_allowed():
     changes = [modified("src/app.py"), added("anything/new.txt"), deleted("docs/x.md"),
-               renamed("a.py", "b/a.py"), FileChange("run.sh", "mode")]
+               renamed("a.py", "b/a.py"), chmodded("run.sh"), type_changed("link")]
     assert judge_change(changes, None).ok
     verdict = judge_change(changes + [modified(".github/ci.yml"), modified("/etc/passwd")],
                            None, POLICY)
@@ -394,7 +452,7 @@ def test_a_path_with_a_newline_is_quoted_so_the_reason_stays_one_line():
 # -- policy: binary files, files and lines -------------------------------------------------------
 
 def test_a_binary_file_is_refused_when_the_policy_forbids_binary():
-    violation = only(judge_change([added("tests/logo.png", binary=True)], SCOPE, POLICY))
+    violation = only(judge_change([added("tests/logo.png", 0, binary=True)], SCOPE, POLICY))
     assert violation == Violation(
         "binary", "tests/logo.png",
         "tests/logo.png is a binary file; policy.forbid_binary refuses binary changes")
@@ -403,19 +461,23 @@ def test_a_binary_file_is_refused_when_the_policy_forbids_binary():
 @pytest.mark.parametrize("change", [
     modified("src/blob.bin", 0, 0, binary=True),
     deleted("src/blob.bin", 0, binary=True),
-    FileChange("tests/blob.bin", "renamed", old_path="src/blob.bin", binary=True),
+    renamed("src/blob.bin", "tests/blob.bin", binary=True),
+    change("src/blob.bin", "modified", binary=True, modes=(FILE, EXECUTABLE)),
+    change("src/blob", "type_changed", binary=True, modes=(FILE, SYMLINK)),
 ])
 def test_every_binary_change_is_refused_whatever_its_status(change):
     assert only(judge_change([change], SCOPE, POLICY)).kind == "binary"
 
 
 def test_a_binary_file_is_allowed_when_the_policy_does_not_forbid_it():
-    assert judge_change([added("tests/logo.png", binary=True)], SCOPE, Policy()).ok
+    assert judge_change([added("tests/logo.png", 0, binary=True)], SCOPE, Policy()).ok
 
 
 def test_a_binary_file_counts_no_lines_but_counts_as_a_file():
     policy = Policy(max_lines_changed=5, max_files_changed=1)
-    verdict = judge_change([FileChange("tests/a.png", "added", added=999, binary=True),
+    # git records no lines for a binary file (a record with some is refused, see the
+    # contract's tests above)
+    verdict = judge_change([added("tests/a.png", 0, binary=True),
                             added("tests/b.txt", 5)], SCOPE, policy)
     assert (verdict.files_changed, verdict.lines_changed) == (2, 5)
     assert messages(verdict) == ["2 files changed, more than policy.max_files_changed 1"]
@@ -441,7 +503,8 @@ def test_a_limit_of_zero_refuses_any_change_in_the_singular():
 
 
 def test_no_limits_by_default():
-    changes = [modified(f"src/m{i}.py", 10_000, 10_000, binary=(i == 0)) for i in range(500)]
+    changes = [modified("src/m0.bin", 0, 0, binary=True)] + [
+        modified(f"src/m{i}.py", 10_000, 10_000) for i in range(1, 500)]
     assert judge_change(changes, SCOPE).ok
 
 
@@ -460,7 +523,7 @@ def test_every_kind_at_once_most_serious_first():
                     forbid_paths=[".github/**"])
     changes = [modified("docs/a.md", 5), added("src/new.py", 5), modified("lib/x.py", 5),
                modified(".github/ci.yml"), modified(".git/config"),
-               added("tests/logo.png", binary=True)]
+               added("tests/logo.png", 0, binary=True)]
     verdict = judge_change(changes, scope, policy)
     assert not verdict.ok
     assert tuple(v.kind for v in verdict.violations) == VIOLATION_KINDS
@@ -541,21 +604,33 @@ FORBIDDEN = st.one_of(
 LINES = st.integers(min_value=0, max_value=500)
 
 
+# every status git reports, and "chmod": a modification of the mode (git's modified with
+# mode_changed), which the policy judges apart from a modification of the content
+KINDS = (*FileChange.STATUSES, "chmod")
+
+
+def of_kind(kind: str, path: str, old_path: str | None = None, added: int = 0,
+            removed: int = 0, binary: bool = False) -> FileChange:
+    modes = {"chmod": (FILE, EXECUTABLE), "type_changed": (FILE, SYMLINK)}.get(kind)
+    status = "modified" if kind == "chmod" else kind
+    return change(path, status, old_path, added, removed, binary, modes=modes)
+
+
 @st.composite
 def allowed_changes(draw):
     """A change every path of which the scope and the policy allow, of every status."""
-    kind = draw(st.sampled_from(CHANGE_STATUSES))
+    kind = draw(st.sampled_from(KINDS))
     added_, removed_ = draw(LINES), draw(LINES)
-    if kind in ("modified", "deleted", "mode"):
-        return FileChange(draw(MODIFIABLE), kind, added=added_, removed=removed_)
+    if kind in ("modified", "deleted", "chmod", "type_changed"):
+        return of_kind(kind, draw(MODIFIABLE), added=added_, removed=removed_)
     if kind == "added":
-        return FileChange(draw(CREATABLE), kind, added=added_, removed=removed_)
+        return of_kind(kind, draw(CREATABLE), added=added_, removed=removed_)
     if kind == "renamed":
-        return FileChange(draw(CREATABLE), kind, old_path=draw(MODIFIABLE),
-                          added=added_, removed=removed_)
+        return of_kind(kind, draw(CREATABLE), old_path=draw(MODIFIABLE),
+                       added=added_, removed=removed_)
     # the source of a copy is only read: anything safe will do
     source = draw(MODIFIABLE | CREATABLE | READ_ONLY | FORBIDDEN)
-    return FileChange(draw(CREATABLE), kind, old_path=source, added=added_, removed=removed_)
+    return of_kind(kind, draw(CREATABLE), old_path=source, added=added_, removed=removed_)
 
 
 ALLOWED = st.lists(allowed_changes(), max_size=12)
@@ -573,9 +648,10 @@ def test_property_a_change_of_allowed_paths_passes(changes):
 @given(ALLOWED, st.sampled_from(["forbidden", "read_only"]), st.data())
 def test_property_one_refused_path_adds_exactly_its_violation(changes, kind, data):
     path = data.draw(FORBIDDEN if kind == "forbidden" else READ_ONLY)
-    status = data.draw(st.sampled_from(["modified", "added", "deleted", "mode"]))
+    change_kind = data.draw(st.sampled_from(["modified", "added", "deleted", "chmod",
+                                             "type_changed"]))
     others = [c for c in changes if path not in (c.path, c.old_path)]
-    verdict = judge_change(others + [FileChange(path, status)], P_SCOPE, P_POLICY)
+    verdict = judge_change(others + [of_kind(change_kind, path)], P_SCOPE, P_POLICY)
     assert [(v.kind, v.path) for v in verdict.violations] == [(kind, path)]
 
 
@@ -587,10 +663,12 @@ ANY_PATH = st.one_of(MODIFIABLE, CREATABLE, READ_ONLY, FORBIDDEN, st.builds(
 
 @st.composite
 def any_changes(draw):
-    status = draw(st.sampled_from(CHANGE_STATUSES))
-    old = draw(ANY_PATH) if status in ("renamed", "copied") else None
-    return FileChange(draw(ANY_PATH), status, old_path=old, added=draw(LINES),
-                      removed=draw(LINES), binary=draw(st.booleans()))
+    kind = draw(st.sampled_from(KINDS))
+    old = draw(ANY_PATH) if kind in ("renamed", "copied") else None
+    path, binary = draw(ANY_PATH), draw(st.booleans())
+    # a binary file has no lines (git's numstat prints `-`)
+    lines = (0, 0) if binary else (draw(LINES), draw(LINES))
+    return of_kind(kind, path, old, *lines, binary=binary)
 
 
 @PROPERTIES
@@ -607,7 +685,7 @@ def test_property_the_verdict_does_not_depend_on_the_order_of_changes(pair, scop
 @PROPERTIES
 @given(ALLOWED.filter(bool), st.integers(min_value=0, max_value=3))
 def test_property_a_limit_exactly_reached_passes_and_one_less_fails(changes, slack):
-    lines = sum(c.added + c.removed for c in changes)
+    lines = sum(c.lines_added + c.lines_removed for c in changes)
     files = len(changes)
     assert judge_change(changes, P_SCOPE, Policy(max_lines_changed=lines + slack,
                                                  max_files_changed=files + slack)).ok
@@ -622,3 +700,111 @@ def test_property_a_limit_exactly_reached_passes_and_one_less_fails(changes, sla
             "too_many_lines", None,
             f"{lines} line{'s' if lines != 1 else ''} changed, more than "
             f"policy.max_lines_changed {lines - 1}")
+
+
+# -- a change captured by uet.engine.git, judged -------------------------------------------------
+
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com",
+                "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.com"}
+
+
+def git_cli(cwd: Path, *args: str) -> None:
+    """git as a user or a tool runs it, independent of the module that captures."""
+    env = {**g.without_repository_variables(os.environ), **GIT_IDENTITY, "LC_ALL": "C"}
+    subprocess.run(["git", "-c", "commit.gpgsign=false", "-C", str(cwd), *args],
+                   capture_output=True, check=True, env=env)
+
+
+def write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    path.chmod(mode)
+
+
+@pytest.fixture
+def captured(tmp_path) -> Iterator[g.CapturedChange]:
+    """A tool's change of every kind, made in an attempt worktree of a real repository and
+    captured by `capture_change`: what the orchestrator hands to `judge_change`."""
+    target = tmp_path / "target"
+    git_cli(tmp_path, "init", "-q", "-b", "main", str(target))
+    write(target / "src/app.py", "".join(f"print({i})\n" for i in range(30)))
+    write(target / "src/old.py", "a = 1\nb = 2\nc = 3\n")
+    write(target / "src/run.sh", "#!/bin/sh\necho run\n")
+    write(target / "src/config.txt", "debug = false\n")
+    write(target / "src/blob.bin", bytes(range(256)) * 4)
+    write(target / "lib/util.py", "def util():\n    return 'a helper to move'\n")
+    write(target / "tools/deploy.sh", "#!/bin/sh\necho deploy\n")
+    git_cli(target, "add", "-A")
+    git_cli(target, "commit", "-q", "-m", "initial")
+    repo = g.open_repository(target)
+    start = repo.resolve_commit("HEAD")
+    attempt = repo.add_attempt_worktree("policy", start)
+    wt = attempt.path
+    try:
+        write(wt / "src/app.py", (wt / "src/app.py").read_text().replace("print(7)", "print(70)"))
+        write(wt / "tests/test_new.py", "def test():\n    assert True\n")
+        (wt / "src/old.py").unlink()
+        os.rename(wt / "lib/util.py", wt / "tests/util.py")
+        (wt / "src/run.sh").chmod(0o755)
+        (wt / "tools/deploy.sh").chmod(0o755)
+        (wt / "src/config.txt").unlink()
+        os.symlink("app.py", wt / "src/config.txt")
+        write(wt / "src/blob.bin", bytes(reversed(range(256))) * 4)
+        write(wt / "tests/logo.png", b"\x89PNG\r\n\x1a\n\0\0\0" + bytes(range(64)))
+        yield g.capture_change(wt, start)
+    finally:
+        repo.remove_worktree(wt)
+
+
+def test_a_captured_change_comes_out_as_the_policy_expects(captured):
+    assert {(f.status, f.path, f.old_path, f.binary, f.mode_changed)
+            for f in captured.files} == {
+        ("modified", "src/app.py", None, False, False),
+        ("added", "tests/test_new.py", None, False, False),
+        ("deleted", "src/old.py", None, False, False),
+        ("renamed", "tests/util.py", "lib/util.py", False, False),
+        ("modified", "src/run.sh", None, False, True),
+        ("modified", "tools/deploy.sh", None, False, True),
+        ("type_changed", "src/config.txt", None, False, False),
+        ("modified", "src/blob.bin", None, True, False),
+        ("added", "tests/logo.png", None, True, False),
+    }
+    # the orchestrator's call: the rename wrong at its old path, a mode change outside
+    # modify, and both binary files
+    verdict = judge_change(captured.files, SCOPE, POLICY)
+    assert verdict.violations == (
+        Violation("outside_scope", "lib/util.py",
+                  "lib/util.py is renamed to tests/util.py but is outside the task's "
+                  "files_scope.modify (src/**); renaming a file away needs modify on its "
+                  "old path"),
+        Violation("outside_scope", "tools/deploy.sh",
+                  "tools/deploy.sh has its mode changed but is outside the task's "
+                  "files_scope.modify (src/**)"),
+        Violation("binary", "src/blob.bin",
+                  "src/blob.bin is a binary file; policy.forbid_binary refuses binary changes"),
+        Violation("binary", "tests/logo.png",
+                  "tests/logo.png is a binary file; policy.forbid_binary refuses binary "
+                  "changes"),
+    )
+    # src/app.py 1+1, tests/test_new.py 2, src/old.py 3, the symlink 1+1; binaries none
+    assert (verdict.files_changed, verdict.lines_changed) == (9, 9)
+
+
+def test_a_captured_change_judged_with_no_modify_names_each_existing_file_by_status(captured):
+    verdict = judge_change(captured.files, FileScope(create=["tests/**"]), Policy())
+    where = "outside the task's files_scope.modify, which is empty"
+    assert messages(verdict) == [
+        f"lib/util.py is renamed to tests/util.py but is {where}; renaming a file away "
+        f"needs modify on its old path",
+        f"src/app.py is {where}",
+        f"src/blob.bin is {where}",
+        f"src/config.txt has its mode changed but is {where}",
+        f"src/old.py is deleted but is {where}; deleting a file needs modify",
+        f"src/run.sh has its mode changed but is {where}",
+        f"tools/deploy.sh has its mode changed but is {where}",
+    ]
+
+
+def test_a_captured_change_inside_a_wide_enough_scope_passes(captured):
+    scope = FileScope(modify=["src/**", "lib/**", "tools/**"], create=["tests/**"])
+    assert judge_change(captured.files, scope, Policy(max_files_changed=9)).ok

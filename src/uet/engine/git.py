@@ -242,7 +242,11 @@ class FileChange:
     """One file of a diff: `status` (added, modified, deleted, renamed, copied,
     type_changed), `path` (the new path; the old one for a deletion), `old_path` (renames
     and copies), lines added and removed (0 for binary files), `binary`, the modes
-    (`"100644"`, `"100755"`, `"120000"` a symlink; `"000000"` where the file is absent)."""
+    (`"100644"`, `"100755"`, `"120000"` a symlink; `"000000"` where the file is absent).
+
+    The record uet.engine.policy judges. Paths are POSIX, relative to the repository root,
+    unquoted, and not judged here: an unsafe one (absolute, `..`, inside `.git/`) is
+    accepted so that the policy can report it as a violation."""
     status: str
     path: str
     old_path: str | None
@@ -252,6 +256,61 @@ class FileChange:
     old_mode: str
     new_mode: str
     similarity: int | None = None   # percent, renames and copies
+
+    # every status, in git's --name-status order (A, M, D, R, C, T)
+    STATUSES = tuple(_STATUS.values())
+    ABSENT_MODE = "000000"
+
+    def __post_init__(self) -> None:
+        # a record built by hand (a test, a replayed ledger entry) must be one git could
+        # have printed, or the policy would judge a change that cannot exist
+        if self.status not in self.STATUSES:
+            raise ValidationError(f"FileChange.status {self.status!r} is not one of "
+                                  f"{', '.join(self.STATUSES)}", field="status")
+        if not isinstance(self.path, str):
+            raise ValidationError(f"FileChange.path must be a string, not {self.path!r}",
+                                  field="path")
+        if self.status in (RENAMED, COPIED):
+            if not isinstance(self.old_path, str):
+                raise ValidationError(
+                    f"a {self.status} change of {self.path!r} needs its old_path (a "
+                    f"string), not {self.old_path!r}", field="old_path")
+        elif self.old_path is not None:
+            raise ValidationError(
+                f"a {self.status} change of {self.path!r} has no old_path (only renamed "
+                f"and copied do), got {self.old_path!r}", field="old_path")
+        for name in ("lines_added", "lines_removed"):
+            value = getattr(self, name)
+            # bool is an int to Python, but True lines is a caller's mistake
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValidationError(f"FileChange.{name} must be a whole number >= 0, "
+                                      f"not {value!r}", field=name)
+        if not isinstance(self.binary, bool):
+            raise ValidationError(f"FileChange.binary must be True or False, not "
+                                  f"{self.binary!r}", field="binary")
+        if self.binary and (self.lines_added or self.lines_removed):
+            # numstat prints `-` for a binary file: it has no lines to count
+            raise ValidationError(
+                f"binary file {self.path!r} cannot have lines added or removed "
+                f"({self.lines_added}, {self.lines_removed})", field="lines_added")
+        for name, absent in (("old_mode", self.status == ADDED),
+                             ("new_mode", self.status == DELETED)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not re.fullmatch(r"[0-7]{6}", value):
+                raise ValidationError(f"FileChange.{name} must be six octal digits such "
+                                      f"as '100644', not {value!r}", field=name)
+            if (value == self.ABSENT_MODE) != absent:
+                raise ValidationError(
+                    f"FileChange.{name} of a {self.status} file must "
+                    f"{'' if absent else 'not '}be {self.ABSENT_MODE} (the file is "
+                    f"{'absent' if absent else 'present'} on that side), not {value!r}",
+                    field=name)
+        if self.similarity is not None and (
+                self.status not in (RENAMED, COPIED) or isinstance(self.similarity, bool)
+                or not isinstance(self.similarity, int) or not 0 <= self.similarity <= 100):
+            raise ValidationError(f"FileChange.similarity must be None, or a percentage "
+                                  f"0-100 for a rename or a copy, not {self.similarity!r}",
+                                  field="similarity")
 
     @property
     def mode_changed(self) -> bool:

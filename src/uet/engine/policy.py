@@ -1,5 +1,5 @@
 """Judging a captured change against a task's file scope and the project's policy: pure
-functions over file changes, glob lists and limits (no git, no ledger), giving every violation.
+functions over git's FileChange records, glob lists and limits, giving every violation.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 from wcmatch import glob
 
+# only the record of a changed file: judging runs no git command and reads no ledger
+from uet.engine.git import ADDED, COPIED, DELETED, RENAMED, TYPE_CHANGED, FileChange
 from uet.errors import ValidationError
 
 __all__ = [
-    "CHANGE_STATUSES",
     "VIOLATION_KINDS",
-    "FileChange",
     "FileScope",
     "Policy",
     "Verdict",
@@ -25,74 +25,13 @@ __all__ = [
     "unsafe_path_reason",
 ]
 
-# -- the contract with the diff capture --------------------------------------------------------
 
-#: What happened to one path, as git's diff names it (`--name-status` letters A, M, D, R, C;
-#: "mode" is a change of the file mode only, e.g. chmod +x).
-CHANGE_STATUSES = ("added", "modified", "deleted", "renamed", "copied", "mode")
-
-# the statuses that carry a source path (git's R and C lines name two paths)
-_STATUSES_WITH_OLD_PATH = frozenset({"renamed", "copied"})
-
+# -- the scope and the policy --------------------------------------------------------------------
 
 def _require_count(value: object, name: str) -> None:
     # bool is an int to Python, but True lines or True files is a caller's mistake
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValidationError(f"{name} must be a whole number >= 0, not {value!r}", field=name)
-
-
-@dataclass(frozen=True)
-class FileChange:
-    """One path a tool's change touches, as the diff capture reports it.
-
-    The contract (the git module produces these, this module only reads them):
-
-    - `path`: POSIX, relative to the repository root, as git prints it once unquoted
-      (`src/app.py`, never `./src/app.py` nor `/abs/path`); for a rename or copy, the new path.
-    - `status`: one of `CHANGE_STATUSES`.
-    - `old_path`: the source path of a `renamed` or `copied` change; None for every other.
-    - `added`, `removed`: lines, as `git diff --numstat` counts them; ignored for a binary
-      file (numstat prints `-`), which counts as 0 lines.
-    - `binary`: git sees the file as binary (numstat `-`), whatever its status.
-
-    Each path appears once per change. Paths are not judged here: an unsafe one (absolute,
-    `..`, inside `.git/`) is accepted so that `judge_change` can report it as a violation.
-    """
-
-    path: str
-    status: str
-    old_path: str | None = None
-    added: int = 0
-    removed: int = 0
-    binary: bool = False
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.path, str):
-            raise ValidationError(f"FileChange.path must be a string, not {self.path!r}",
-                                  field="path")
-        if self.status not in CHANGE_STATUSES:
-            raise ValidationError(
-                f"FileChange.status {self.status!r} is not one of {', '.join(CHANGE_STATUSES)}",
-                field="status")
-        if self.status in _STATUSES_WITH_OLD_PATH:
-            if not isinstance(self.old_path, str):
-                raise ValidationError(
-                    f"a {self.status} change of {self.path!r} needs its old_path (a string), "
-                    f"not {self.old_path!r}", field="old_path")
-        elif self.old_path is not None:
-            raise ValidationError(
-                f"a {self.status} change of {self.path!r} has no old_path "
-                f"(only renamed and copied do), got {self.old_path!r}", field="old_path")
-        _require_count(self.added, "added")
-        _require_count(self.removed, "removed")
-        if not isinstance(self.binary, bool):
-            raise ValidationError(f"FileChange.binary must be True or False, not "
-                                  f"{self.binary!r}", field="binary")
-
-    @property
-    def lines_changed(self) -> int:
-        """Added plus removed lines; 0 for a binary file."""
-        return 0 if self.binary else self.added + self.removed
 
 
 def _glob_tuple(value: object, name: str) -> tuple[str, ...]:
@@ -318,25 +257,31 @@ _SOURCE = "source"       # the source of a copy: only read, so only its safety i
 
 
 def _roles(change: FileChange) -> list[tuple[str, str]]:
-    if change.status == "renamed":
+    if change.status == RENAMED:
         # a rename deletes its old path and creates its new one
         return [(change.old_path, _EXISTING), (change.path, _NEW)]
-    if change.status == "copied":
+    if change.status == COPIED:
         return [(change.old_path, _SOURCE), (change.path, _NEW)]
-    if change.status == "added":
+    if change.status == ADDED:
         return [(change.path, _NEW)]
-    return [(change.path, _EXISTING)]  # modified, deleted, mode
+    return [(change.path, _EXISTING)]  # modified (content or mode), deleted, type_changed
+
+
+def _mode_changed(change: FileChange) -> bool:
+    # chmod +x shows as a modification whose modes differ; a file that becomes a symlink (or
+    # the reverse) as type_changed, its mode going to or from 120000
+    return change.mode_changed or change.status == TYPE_CHANGED
 
 
 def _outside_scope_message(path: str, change: FileChange, modify: tuple[str, ...]) -> str:
     where = (f"outside the task's files_scope.modify ({_show_globs(modify)})" if modify
              else "outside the task's files_scope.modify, which is empty")
-    if change.status == "deleted":
+    if change.status == DELETED:
         return f"{_show(path)} is deleted but is {where}; deleting a file needs modify"
-    if change.status == "renamed":
+    if change.status == RENAMED:
         return (f"{_show(path)} is renamed to {_show(change.path)} but is {where}; "
                 f"renaming a file away needs modify on its old path")
-    if change.status == "mode":
+    if _mode_changed(change):
         return f"{_show(path)} has its mode changed but is {where}"
     return f"{_show(path)} is {where}"
 
@@ -344,9 +289,9 @@ def _outside_scope_message(path: str, change: FileChange, modify: tuple[str, ...
 def _not_creatable_message(path: str, change: FileChange, create: tuple[str, ...]) -> str:
     where = (f"outside the task's files_scope.create ({_show_globs(create)})" if create
              else "outside the task's files_scope.create, which is empty")
-    if change.status == "renamed":
+    if change.status == RENAMED:
         return f"{_show(path)} is a new file (renamed from {_show(change.old_path)}) {where}"
-    if change.status == "copied":
+    if change.status == COPIED:
         return f"{_show(path)} is a new file (copied from {_show(change.old_path)}) {where}"
     return f"{_show(path)} is a new file {where}"
 
@@ -389,15 +334,17 @@ def judge_change(changes: Iterable[FileChange], scope: FileScope | None,
     """Judge a captured change: every violation of the task's file scope and the project's
     policy, each naming its path or limit.
 
-    `changes`: the change's paths (see `FileChange` for the contract); any order, the verdict
-    is the same. `scope`: the task's `files_scope`, or None when the workstream has none —
-    then every path is allowed except the unsafe and `policy.forbid_paths` ones (there is no
-    read_only list either). `policy`: the project's limits (`Policy()`: none).
+    `changes`: git's records of the change's files (`capture_change(...).files`, see
+    `uet.engine.git.FileChange`); any order, the verdict is the same. `scope`: the task's
+    `files_scope`, or None when the workstream has none — then every path is allowed except
+    the unsafe and `policy.forbid_paths` ones (there is no read_only list either).
+    `policy`: the project's limits (`Policy()`: none).
 
     The rules, per path: an unsafe path (`unsafe_path_reason`) is refused whatever the
     scope; then `policy.forbid_paths` wins over everything, then `files_scope.read_only`
-    over `modify`/`create`; an existing file that is modified, has its mode changed, is
-    deleted, or is renamed away needs `modify`; a new file (added, or the target of a rename
+    over `modify`/`create`; an existing file that is modified, has its mode changed (chmod,
+    or type_changed: a file becoming a symlink or the reverse), is deleted, or is renamed
+    away needs `modify`; a new file (added, or the target of a rename
     or copy) needs `create`; the source of a copy is only read. A path gets at most one of
     these violations, the most serious. Then, per change, a binary file while
     `policy.forbid_binary`; and over the whole change, the files and lines limits (a limit
@@ -418,7 +365,8 @@ def judge_change(changes: Iterable[FileChange], scope: FileScope | None,
                                      f"{_show(change.path)} is a binary file; "
                                      f"policy.forbid_binary refuses binary changes"))
     files_changed = len(changes)
-    lines_changed = sum(change.lines_changed for change in changes)
+    # a binary file counts no lines: git's FileChange holds 0 for it (numstat prints `-`)
+    lines_changed = sum(change.lines_added + change.lines_removed for change in changes)
     if policy.max_files_changed is not None and files_changed > policy.max_files_changed:
         violations.add(Violation("too_many_files", None,
                                  f"{_plural(files_changed, 'file')} changed, more than "
