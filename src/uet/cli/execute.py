@@ -3,6 +3,7 @@ run, and failing the runs whose owner is gone (the work is uet.engine's and uet.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -35,13 +36,26 @@ from uet.errors import UetError
 @click.option("--finish-timeout", type=click.FloatRange(min=0, max=86_400), default=60.0,
               show_default=True, callback=finite,
               help="Seconds the run's end is retried while the ledger is out of reach.")
+@click.option("--repo", default=None, type=click.Path(file_okay=False),
+              help="Workstream runs: the target git repository (default: the file's repo).")
+@click.option("--parallel", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+              help="Workstream runs: how many independent tasks' tools run at once.")
+@click.option("--keep-failed", is_flag=True,
+              help="Workstream runs: keep the worktrees of failed attempts for inspection.")
 @click.argument("command_argv", nargs=-1, required=True, type=click.UNPROCESSED,
-                metavar="-- CMD [ARGS]...")
+                metavar="WORKSTREAM.yaml | -- CMD [ARGS]...")
 def run(ctx: Context, project: str, phase: str, workstream: str | None, tool: str | None,
-        timeout: float | None, heartbeat: float, finish_timeout: float,
-        command_argv: tuple[str, ...]) -> None:
-    """Run CMD and record it as a run with one step attempt (exit code, duration, the tail
-    of its output). Its output passes through live; Ctrl-C cancels it."""
+        timeout: float | None, heartbeat: float, finish_timeout: float, repo: str | None,
+        parallel: int, keep_failed: bool, command_argv: tuple[str, ...]) -> None:
+    """Run a workstream (a first argument naming an existing .yaml/.yml/.json file): every
+    task's tool in its own git worktree, every change a patch that is validated, judged by
+    the gates and only then committed on the run's branch. Or run CMD and record it as a
+    run with one step attempt (exit code, duration, the tail of its output); its output
+    passes through live; Ctrl-C cancels it."""
+    if _is_workstream(command_argv):
+        _run_workstream(ctx, command_argv[0], project, phase, repo, parallel, keep_failed,
+                        heartbeat)
+        return
     from uet.engine import run_command
     # --json: stdout holds the one JSON document, so the command's output goes to stderr
     output = {"stdout": _binary(sys.stderr)} if ctx.as_json else {}
@@ -56,6 +70,34 @@ def run(ctx: Context, project: str, phase: str, workstream: str | None, tool: st
     if ctx.as_json:
         emit_json(result)
     sys.exit(result.exit_code)
+
+
+WORKSTREAM_SUFFIXES = (".yaml", ".yml", ".json")
+EXIT_FAILED, EXIT_CANCELED = 1, 130
+
+
+def _is_workstream(argv: tuple[str, ...]) -> bool:
+    return (len(argv) >= 1 and argv[0].lower().endswith(WORKSTREAM_SUFFIXES)
+            and os.path.isfile(argv[0]))
+
+
+def _run_workstream(ctx: Context, path: str, project: str, phase: str, repo: str | None,
+                    parallel: int, keep_failed: bool, heartbeat: float) -> None:
+    from uet.engine.orchestrator import run_workstream
+    from uet.engine.workstream import load_workstream
+    # --project/--phase fill in what the file leaves out; --repo replaces the file's
+    ws = load_workstream(path, project_id=None if project == "default" else project,
+                         phase_id=None if phase == "default" else phase, repo=repo)
+    with ctx.open(create=True) as db:
+        result = run_workstream(db, ws, parallel=parallel, keep_failed=keep_failed,
+                                heartbeat_s=heartbeat,
+                                out=lambda line: click.echo(one_line(f"uet: {line}"),
+                                                            err=True))
+    if ctx.as_json:
+        emit_json({"run_id": result.run_id, "state": result.state, "branch": result.branch,
+                   "base": result.base, "head": result.head, "error": result.error,
+                   "tasks": {t: vars(o) for t, o in result.tasks.items()}})
+    sys.exit({"succeeded": 0, "canceled": EXIT_CANCELED}.get(result.state, EXIT_FAILED))
 
 
 class _TextSink:

@@ -1,0 +1,581 @@
+"""The orchestrator: runs a workstream end to end — each task's tool in its own git worktree,
+every change a patch that is recorded, validated, applied to the run's branch, judged by the
+gates and only then committed — recording every step in the ledger.
+
+The patch-first flow (SPEC §9), per task attempt:
+1. a step attempt is recorded and the tool runs in a detached worktree at the branch head;
+2. its change (commits it made included) is captured as one diff and recorded as a patch
+   with a ledger entry; an empty change fails the attempt unless the task allows it;
+3. the entry is validated (the diff applies to the integration head; every path inside the
+   task's files_scope; the project's policy) or quarantined with the reason;
+4. it is applied to the integration worktree (three-way) or quarantined as apply_failed;
+5. the gates run there in dependency order; all pass → one commit on the branch (its
+   `Uet-Entry` trailer names the entry) → committed; a gate fails → the worktree is reset,
+   the entry quarantined, and the task retried with the gate's output as feedback.
+Steps 3-5 take one patch at a time (the merge lock), so the gates always judge exactly the
+tree that gets committed; with `parallel` > 1 independent tasks' tools run at once and their
+patches queue for the lock in the order their tools finish.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from uet.engine import git
+from uet.engine.bus import EventBus
+from uet.engine.policy import judge_change
+from uet.engine.workstream import Gate, Task, Workstream, render_template
+from uet.errors import UetError, ValidationError
+from uet.state.db import Database
+from uet.state.gates import GateLedger
+from uet.state.patches import PatchLedger
+from uet.state.recovery import DEFAULT_HEARTBEAT_S, Owner, cancel_requested, recover
+
+TAIL_CHARS = 4000          # of a tool's or gate's output kept in the ledger
+EXIT_TIMEOUT, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND = 124, 126, 127
+STOP_GRACE_S = 3.0         # between SIGTERM and SIGKILL of a stopped tool or gate
+POLL_S = 0.05              # how often a running process is checked
+CANCEL_POLL_S = 1.0        # how often the ledger is asked whether the run was canceled
+
+
+# -- results ---------------------------------------------------------------------------------
+
+@dataclass
+class TaskOutcome:
+    """How one task ended: `outcome` committed (its patch is on the branch), empty (allowed
+    to change nothing), failed, skipped (a dependency did not succeed) or canceled —
+    the task's, not a ledger state (its attempts and patches have those)."""
+    task_id: str
+    outcome: str = "pending"
+    attempts: int = 0
+    reason: str | None = None
+    commit: str | None = None
+    ledger_id: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.outcome in ("committed", "empty")
+
+
+@dataclass
+class WorkstreamResult:
+    """How a workstream run ended."""
+    run_id: str
+    state: str
+    branch: str
+    base: str
+    head: str | None
+    tasks: dict[str, TaskOutcome] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class _Process:
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    canceled: bool = False
+    error: str | None = None
+
+    def output(self) -> str:
+        return "\n".join(part for part in (self.stdout, self.stderr, self.error) if part)
+
+
+class _Canceled(Exception):
+    """The run was asked to stop (a signal, or `uet cancel`)."""
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+def _tail(path: str) -> str:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - TAIL_CHARS * 4))
+        data = f.read()
+    # text the ledger can store: invalid UTF-8 and NUL replaced
+    return data.decode("utf-8", "replace").replace("\x00", "\ufffd")[-TAIL_CHARS:]
+
+
+def run_process(argv: list[str], *, cwd: str, env: Mapping[str, str], timeout: float | None,
+                stopped: Callable[[], bool]) -> _Process:
+    """Run `argv` (never through a shell) in its own process group with a timeout; stop it
+    (SIGTERM, then SIGKILL) when `stopped()` turns true. Output goes to files (no pipe can
+    fill up) of which the tails are kept."""
+    with tempfile.TemporaryDirectory(prefix="uet-proc-") as scratch:
+        out_path, err_path = os.path.join(scratch, "out"), os.path.join(scratch, "err")
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            try:
+                child = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdout=out, stderr=err,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            except FileNotFoundError:
+                return _Process(EXIT_NOT_FOUND, "", "", error=f"command not found: {argv[0]}")
+            except OSError as exc:
+                return _Process(EXIT_CANNOT_EXECUTE, "", "",
+                                error=f"cannot execute {argv[0]}: {exc.strerror or exc}")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            timed_out = canceled = False
+            while child.poll() is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    timed_out = True
+                elif stopped():
+                    canceled = True
+                if timed_out or canceled:
+                    _stop_group(child)
+                    break
+                time.sleep(POLL_S)
+            code = child.wait()
+        result = _Process(code if code >= 0 else 128 - code, _tail(out_path), _tail(err_path),
+                          timed_out=timed_out, canceled=canceled)
+    if timed_out:
+        result.exit_code = EXIT_TIMEOUT
+        result.error = f"timed out after {timeout:g} s"
+    return result
+
+
+def _stop_group(child: subprocess.Popen) -> None:
+    for sig, grace in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(child.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            child.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+class Orchestrator:
+    """Runs one workstream as one run of the ledger. Use `run()` once."""
+
+    def __init__(self, db: Database, workstream: Workstream, *, parallel: int = 1,
+                 keep_failed: bool = False, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+                 bus: EventBus | None = None, out: Callable[[str], None] | None = None) -> None:
+        if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
+            raise ValidationError(f"parallel must be an integer >= 1, got {parallel!r}",
+                                  field="parallel")
+        self.db, self.ws, self.parallel, self.keep_failed = db, workstream, parallel, keep_failed
+        self.patches, self.gates = PatchLedger(db), GateLedger(db)
+        self.bus = bus if bus is not None else EventBus(db)
+        self.owner = Owner(db, "orchestrator", heartbeat_s=heartbeat_s)
+        self.out = out or (lambda line: None)
+        self.repo = git.open_repository(workstream.repo)
+        self.outcomes = {t.task_id: TaskOutcome(t.task_id) for t in workstream.tasks}
+        self._merge_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._stop_reason: str | None = None
+        self._cancel_cursor = 0
+        self._cancel_checked = 0.0
+        self.run_id = ""
+        self.branch = ""
+        self.base = ""
+        self.integration: git.Worktree | None = None
+        self.scratch = ""
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def stop(self, reason: str) -> None:
+        """Ask the run to stop: tools and gates are stopped, the run ends canceled."""
+        self._stop_reason = self._stop_reason or reason
+        self._stop.set()
+
+    def _stopped(self) -> bool:
+        if self._stop.is_set():
+            return True
+        now = time.monotonic()
+        if self.run_id and now - self._cancel_checked >= CANCEL_POLL_S:
+            self._cancel_checked = now
+            try:
+                who, self._cancel_cursor = cancel_requested(self.db, self.run_id,
+                                                            self._cancel_cursor)
+            except UetError:
+                who = None  # the ledger is out of reach for a moment: ask again later
+            if who:
+                self.stop(f"canceled ({who})")
+        return self._stop.is_set()
+
+    def run(self) -> WorkstreamResult:
+        """Run every task; returns how the run ended (the run's state is in the ledger)."""
+        ws = self.ws
+        self.base = self.repo.resolve_commit(ws.base)
+        recover(self.db)
+        self.owner.register()
+        try:
+            self.run_id = self.db.create_run({
+                "project_id": ws.project_id, "phase_id": ws.phase_id,
+                "workstream_id": ws.workstream_id,
+                "metadata": {"workstream": {"id": ws.workstream_id, "sha256": ws.sha256,
+                                            "source": ws.source},
+                             "repo": str(self.repo.toplevel), "base": self.base,
+                             "uet_owner": self.owner.worker_id}})
+            self.branch = ws.branch_name(self.run_id)
+            self.owner.claim(self.run_id)
+            self.owner.start_heartbeat()
+            self.out(f"run {self.run_id}: workstream {ws.workstream_id}, branch {self.branch}")
+            return self._drive()
+        finally:
+            try:
+                self.owner.close()
+            except UetError:
+                pass  # out of reach: the reaper retires the worker later
+
+    def _drive(self) -> WorkstreamResult:
+        self.scratch = tempfile.mkdtemp(prefix=f"uet-{self.run_id}-")
+        error = None
+        try:
+            self.repo.create_branch(self.branch, self.base)
+            self.db.update_run(self.run_id, {"metadata": {
+                **self.db.get_run(self.run_id)["metadata"], "branch": self.branch}})
+            self.integration = self.repo.add_integration_worktree(
+                f"{self.run_id}-integration", self.branch, replace=True)
+            self._schedule()
+        except _Canceled:
+            pass
+        except UetError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if self.integration is not None:
+                self._quietly(self.repo.remove_worktree, self.integration.path)
+            _remove_tree(self.scratch)
+        return self._finish(error)
+
+    def _finish(self, error: str | None) -> WorkstreamResult:
+        failed = [o for o in self.outcomes.values() if not o.done]
+        if self._stop.is_set():
+            state, error = "canceled", self._stop_reason
+        elif error is None and not failed:
+            state = "succeeded"
+        else:
+            state = "failed"
+            error = error or "; ".join(
+                f"task {o.task_id} {o.outcome}" + (f": {o.reason}" if o.reason else "")
+                for o in failed)
+        for outcome in self.outcomes.values():
+            if outcome.outcome == "pending":
+                outcome.outcome = "canceled" if state == "canceled" else "skipped"
+        run = self.db.get_run(self.run_id)
+        if run["state"] == "running":
+            self.db.transition_run(self.run_id, state, exit_code=0 if state == "succeeded"
+                                   else 1, error_message=error)
+        else:  # the reaper or a cancel got there first
+            state, error = run["state"], run["error_message"]
+        head = self.repo.branch_head(self.branch) if self.branch else None
+        self.out(f"run {self.run_id} {state}" + (f": {error}" if error else ""))
+        return WorkstreamResult(self.run_id, state, self.branch, self.base, head,
+                                self.outcomes, error)
+
+    # -- scheduling -----------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        """Start each task once its dependencies are done, up to `parallel` at once; a task
+        whose dependency did not succeed is skipped."""
+        waiting = list(self.ws.ordered_tasks())
+        running: dict[Future, Task] = {}
+        with ThreadPoolExecutor(max_workers=self.parallel,
+                                thread_name_prefix="uet-task") as pool:
+            while waiting or running:
+                for task in list(waiting):
+                    deps = [self.outcomes[d] for d in task.depends_on]
+                    if any(d.outcome in ("failed", "skipped", "canceled") for d in deps):
+                        waiting.remove(task)
+                        self._skip(task, [d.task_id for d in deps if not d.done])
+                    elif all(d.done for d in deps) and len(running) < self.parallel \
+                            and not self._stopped():
+                        waiting.remove(task)
+                        running[pool.submit(self._run_task, task)] = task
+                if not running:
+                    if waiting and self._stopped():
+                        raise _Canceled()
+                    continue
+                finished, _ = wait(running, timeout=CANCEL_POLL_S,
+                                   return_when=FIRST_COMPLETED)
+                for future in finished:
+                    running.pop(future)
+                    future.result()  # a UetError of a task ends the run (failed)
+                if self._stopped() and not running:
+                    raise _Canceled()
+
+    def _skip(self, task: Task, blocking: list[str]) -> None:
+        outcome = self.outcomes[task.task_id]
+        outcome.outcome = "skipped"
+        outcome.reason = f"dependency {', '.join(blocking)} did not succeed"
+        self.bus.publish("task.skipped", {"task_id": task.task_id, "reason": outcome.reason},
+                         run_id=self.run_id)
+        self.out(f"task {task.task_id} skipped: {outcome.reason}")
+
+    # -- one task -------------------------------------------------------------------------
+
+    def _run_task(self, task: Task) -> None:
+        outcome = self.outcomes[task.task_id]
+        feedback = ""
+        while outcome.attempts < task.max_attempts:
+            if self._stopped():
+                outcome.outcome = "canceled"
+                return
+            outcome.attempts += 1
+            ok, feedback = self._attempt(task, outcome, feedback)
+            if ok:
+                return
+        outcome.outcome = "canceled" if self._stop.is_set() else "failed"
+
+    def _attempt(self, task: Task, outcome: TaskOutcome, feedback: str) -> tuple[bool, str]:
+        """One attempt; (whether the task is done, the feedback for the next attempt)."""
+        attempt = outcome.attempts
+        files = self._attempt_files(task, attempt, feedback)
+        head = self.repo.branch_head(self.branch)
+        assert head is not None
+        worktree = self.repo.add_attempt_worktree(
+            f"{self.run_id}-{task.task_id}-{attempt}", head, replace=True)
+        values = {"task_id": task.task_id, "run_id": self.run_id, "attempt": str(attempt),
+                  "feedback_file": files["feedback"], "worktree": str(worktree.path)}
+        failed = True
+        try:
+            prompt = render_template(task.prompt, values)
+            with self.db.atomic():
+                step_id = self.db.create_step_attempt({
+                    "run_id": self.run_id, "sequence": task.index + 1, "attempt": attempt,
+                    "tool_id": task.tool, "input_prompt": prompt,
+                    "metadata": {"task_id": task.task_id, "start": head}})
+                self.bus.publish("task.started", {
+                    "task_id": task.task_id, "attempt": attempt, "step_attempt_id": step_id},
+                    run_id=self.run_id)
+            self.out(f"task {task.task_id} attempt {attempt}: {task.tool}")
+            with open(files["prompt"], "w", encoding="utf-8") as f:
+                f.write(prompt)
+            values.update(prompt=prompt, prompt_file=files["prompt"])
+            done, feedback, failed = self._work(task, outcome, step_id, worktree, values,
+                                                files)
+            return done, feedback
+        finally:
+            if not (failed and self.keep_failed):
+                self._quietly(self.repo.remove_worktree, worktree.path)
+
+    def _attempt_files(self, task: Task, attempt: int, feedback: str) -> dict[str, str]:
+        # outside the worktree: nothing uet writes for the tool is captured as its change
+        folder = os.path.join(self.scratch, f"{task.task_id}-{attempt}")
+        os.makedirs(folder, exist_ok=True)
+        files = {name: os.path.join(folder, name) for name in ("prompt", "feedback", "usage")}
+        with open(files["feedback"], "w", encoding="utf-8") as f:
+            f.write(feedback)
+        return files
+
+    def _work(self, task, outcome, step_id, worktree, values, files) -> tuple[bool, str, bool]:
+        """Run the tool and take its change through the flow; (done, feedback, failed)."""
+        tool = self.ws.tools[task.tool]
+        argv = [render_template(arg, values) for arg in tool.command]
+        env = git.without_repository_variables(os.environ)
+        env.update(tool.env)
+        env.update(UET_RUN_ID=self.run_id, UET_STEP_ATTEMPT_ID=step_id,
+                   UET_USAGE_FILE=files["usage"])
+        started = time.monotonic()
+        result = run_process(argv, cwd=str(worktree.path), env=env,
+                             timeout=task.timeout_seconds, stopped=self._stopped)
+        duration = round(time.monotonic() - started, 3)
+        meta = {"task_id": task.task_id, "command": argv, "duration_sec": duration,
+                "stdout_tail": result.stdout, "stderr_tail": result.stderr}
+        if result.canceled:
+            self._end_step(step_id, "canceled", result.exit_code, "canceled", meta)
+            return False, "", True
+        if result.exit_code != 0 or result.error:
+            why = result.error or f"the tool exited with {result.exit_code}"
+            self._end_step(step_id, "failed", result.exit_code, why, meta)
+            self.out(f"task {task.task_id}: {why}")
+            outcome.reason = why
+            return False, result.output(), True
+        change = git.capture_change(worktree.path, worktree.head)
+        if change.is_empty:
+            if task.allow_empty:
+                self._end_step(step_id, "succeeded", 0, None, meta)
+                outcome.outcome, outcome.reason = "empty", None
+                self.bus.publish("task.finished", {"task_id": task.task_id, "outcome": "empty"},
+                                 run_id=self.run_id)
+                return True, "", False
+            why = "the tool changed nothing (the task does not allow_empty)"
+            self._end_step(step_id, "failed", 0, why, meta)
+            outcome.reason = why
+            return False, why, True
+        with self.db.atomic():
+            patch = self.patches.record_patch(change.diff, run_id=self.run_id,
+                                              step_attempt_id=step_id)
+            entry = self.patches.create_entry(patch, self.ws.phase_id, self.ws.workstream_id)
+            self.bus.publish("patch.captured", {
+                "task_id": task.task_id, "ledger_id": entry.ledger_id,
+                "patch_id": patch.patch_id, "files": len(change.files),
+                "lines": change.stat.lines_added + change.stat.lines_removed},
+                run_id=self.run_id)
+        outcome.ledger_id = entry.ledger_id
+        with self._merge_lock:
+            ok, why, feedback, sha = self._merge(task, entry.ledger_id, change, values)
+        if ok:
+            with self.db.atomic():
+                self.patches.transition_state(entry.ledger_id, "committed", f"commit {sha}")
+                self._end_step(step_id, "succeeded", 0, None, meta,
+                               output_patch_id=patch.patch_id)
+                self.bus.publish("task.finished", {
+                    "task_id": task.task_id, "outcome": "committed", "commit": sha,
+                    "ledger_id": entry.ledger_id}, run_id=self.run_id)
+            outcome.outcome, outcome.commit, outcome.reason = "committed", sha, None
+            self.out(f"task {task.task_id} committed {sha[:12]}")
+            return True, "", False
+        self._end_step(step_id, "failed", 0, why, meta, output_patch_id=patch.patch_id)
+        outcome.reason = why
+        self.out(f"task {task.task_id}: {why}")
+        return False, feedback, True
+
+    def _end_step(self, step_id: str, state: str, exit_code: int | None, why: str | None,
+                  meta: dict[str, Any], *, output_patch_id: str | None = None) -> None:
+        changes: dict[str, Any] = {"state": state, "exit_code": exit_code, "metadata": meta}
+        if why:
+            changes["error_log"] = why
+        if output_patch_id:
+            changes["output_patch_id"] = output_patch_id
+        self.db.update_step_attempt(step_id, changes)
+
+    # -- validation, apply, gates, commit (one patch at a time) ---------------------------
+
+    def _merge(self, task: Task, ledger_id: str, change: git.CapturedChange,
+               values: dict[str, str]) -> tuple[bool, str, str, str]:
+        """Steps 3-5 for one entry; (committed, why not, feedback, commit sha)."""
+        integration = self.integration
+        assert integration is not None
+        verdict = judge_change(change.files, task.files_scope, self.ws.policy)
+        check = git.check_patch(integration.path, change.diff)
+        with self.db.atomic():
+            self.patches.set_validation(ledger_id, format=check.applies, scope=verdict.ok,
+                                        constraints=verdict.ok)
+            if not check.applies:
+                why = ("the patch does not apply to the branch head"
+                       + (f" ({', '.join(check.conflicts)})" if check.conflicts else ""))
+                self._quarantine(ledger_id, why)
+                return False, why, why, ""
+            if not verdict.ok:
+                self._quarantine(ledger_id, verdict.reason)
+                return False, verdict.reason, verdict.reason, ""
+            self.patches.transition_state(ledger_id, "validated", "format, scope and policy")
+            self.patches.transition_state(ledger_id, "queued")
+        try:
+            git.apply_patch(integration.path, change.diff)
+        except git.ApplyConflictError as exc:
+            why = f"the patch conflicts with the branch: {exc}"
+            with self.db.atomic():
+                self.patches.transition_state(ledger_id, "apply_failed", why)
+                self._quarantine(ledger_id, why)
+            return False, why, why, ""
+        self.patches.transition_state(ledger_id, "applied")
+        failed = self._judge(task, ledger_id, values)
+        if failed is not None:
+            git.reset_worktree(integration.path)
+            name, code, output = failed
+            why = f"gate {name} failed (exit {code})"
+            self._quarantine(ledger_id, why)
+            return False, why, f"{why}\n{output}", ""
+        self.patches.transition_state(ledger_id, "verified", "every gate passed")
+        message = (f"{task.name or task.task_id}\n\nuet: workstream {self.ws.workstream_id}, "
+                   f"task {task.task_id}, attempt {values['attempt']}, run {self.run_id}")
+        sha = git.commit_change(integration.path, message, ledger_id)
+        return True, "", "", sha
+
+    def _quarantine(self, ledger_id: str, why: str) -> None:
+        self.patches.quarantine(ledger_id, why)
+        self.bus.publish("patch.quarantined", {"ledger_id": ledger_id, "reason": why},
+                         run_id=self.run_id)
+
+    def _judge(self, task: Task, ledger_id: str,
+               values: dict[str, str]) -> tuple[str, int, str] | None:
+        """Run the gates for the entry in dependency order; the first failure (name, exit
+        code, output) or None when all passed."""
+        integration = self.integration
+        assert integration is not None
+        gate_values = {**values, "worktree": str(integration.path)}
+        ids: dict[str, str] = {}
+        with self.db.atomic():
+            for gate in self.ws.ordered_gates():
+                ids[gate.name] = self.gates.define_gate(
+                    gate.type, self.ws.phase_id, shlex.join(gate.command), name=gate.name,
+                    depends_on=gate.depends_on, timeout_sec=gate.timeout_seconds,
+                    run_id=self.run_id, ledger_id=ledger_id)["gate_id"]
+        first_failure = None
+        for gate in self.ws.ordered_gates():
+            if self.gates.get_gate(ids[gate.name])["state"] != "PENDING":
+                continue  # BLOCKED by a dependency that failed
+            result = self._run_gate(gate, ids[gate.name], gate_values, integration)
+            if result.exit_code != 0 and first_failure is None:
+                first_failure = (gate.name, result.exit_code, result.output())
+        return first_failure
+
+    def _run_gate(self, gate: Gate, gate_id: str, values: dict[str, str],
+                  integration: git.Worktree) -> _Process:
+        self.gates.transition_state(gate_id, "RUNNING")
+        argv = [render_template(arg, values) for arg in gate.command]
+        env = git.without_repository_variables(os.environ)
+        env.update(UET_RUN_ID=self.run_id)
+        result = run_process(argv, cwd=str(integration.path), env=env,
+                             timeout=gate.timeout_seconds, stopped=self._stopped)
+        if result.canceled:
+            self.gates.transition_state(gate_id, "FAILED", exit_code=result.exit_code,
+                                        stderr="canceled")
+            raise _Canceled()
+        state = "PASSED" if result.exit_code == 0 and not result.error else "FAILED"
+        with self.db.atomic():
+            self.gates.transition_state(gate_id, state, exit_code=result.exit_code,
+                                        stdout=result.stdout,
+                                        stderr="\n".join(p for p in (result.stderr,
+                                                                     result.error) if p))
+            self.bus.publish("gate.finished", {
+                "gate": gate.name, "gate_id": gate_id, "state": state,
+                "exit_code": result.exit_code, "output_tail": result.output()[-500:]},
+                run_id=self.run_id)
+        self.out(f"gate {gate.name} {state.lower()}")
+        if result.exit_code == 0 and result.error:
+            result.exit_code = 1
+        return result
+
+    @staticmethod
+    def _quietly(action: Callable[..., Any], *args: Any) -> None:
+        try:
+            action(*args)
+        except UetError:
+            pass  # clean-up only: a worktree left behind is pruned by the next run
+
+
+def _remove_tree(path: str) -> None:
+    if path:
+        import shutil  # only at the end of a run
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_workstream(db: Database, workstream: Workstream, *, parallel: int = 1,
+                   keep_failed: bool = False, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+                   out: Callable[[str], None] | None = None,
+                   handle_signals: bool = True) -> WorkstreamResult:
+    """Run `workstream` as one run of the ledger (see the module's docstring); returns how
+    it ended. SIGINT and SIGTERM (when `handle_signals` and called from the main thread)
+    stop the tools and gates and end the run canceled, as a `uet cancel` of the run does."""
+    orchestrator = Orchestrator(db, workstream, parallel=parallel, keep_failed=keep_failed,
+                                heartbeat_s=heartbeat_s, out=out)
+    if not handle_signals or threading.current_thread() is not threading.main_thread():
+        return orchestrator.run()
+    previous = {}
+
+    def on_signal(signum: int, frame: object) -> None:
+        orchestrator.stop(f"canceled by {signal.Signals(signum).name}")
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, on_signal)
+    try:
+        return orchestrator.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,285 @@
+"""The orchestrator end to end on real git repositories and real subprocesses: every change a
+patch that is validated, applied, judged by the gates and only then committed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from uet.engine.orchestrator import run_workstream
+from uet.engine.workstream import load_workstream
+from uet.state import GateLedger, PatchLedger, init_db
+from uet.state.recovery import request_cancel
+
+EDITOR = str(Path(__file__).resolve().parents[2] / "examples" / "tools" / "stand_in_editor.py")
+LINT = ("import pathlib, sys; bad = [str(p) for p in pathlib.Path('.').rglob('*.py') "
+        "if 'TODO' in p.read_text()]; print('lint:', bad or 'clean'); sys.exit(1 if bad else 0)")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A small project: src/app.py and a test script the unit gate runs."""
+    path = tmp_path / "project"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.name", "Test")
+    git(path, "config", "user.email", "test@example.invalid")
+    (path / "src").mkdir()
+    (path / "src" / "app.py").write_text("VALUE = 1\n")
+    (path / "check.py").write_text(
+        "import pathlib, sys\n"
+        "text = pathlib.Path('src/app.py').read_text()\n"
+        "print('app:', text.strip())\n"
+        "sys.exit(0 if 'BROKEN' not in text else 3)\n")
+    (path / "docs").mkdir()
+    (path / "docs" / "guide.md").write_text("guide\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+def snapshot(repo: Path) -> tuple:
+    """What the target's own checkout looks like: HEAD, index, status, branches but uet's."""
+    branches = [b for b in git(repo, "branch", "--format=%(refname:short)").splitlines()
+                if not b.startswith("uet/")]
+    return (git(repo, "rev-parse", "HEAD"), git(repo, "status", "--porcelain"),
+            git(repo, "ls-files", "-s"), branches)
+
+
+def workstream(tmp_path: Path, repo: Path, tasks: list[dict], **extra) -> Path:
+    data = {
+        "workstream_id": "WS-TEST", "project_id": "PRJ", "phase_id": "PH-1",
+        "repo": str(repo),
+        "files_scope": {"modify": ["src/**"], "create": ["src/**", "tests/**"],
+                        "read_only": ["docs/**"]},
+        "tools": {"editor": {"command": [sys.executable, EDITOR, "{prompt_file}",
+                                         "{feedback_file}"], "timeout_seconds": 60}},
+        "tasks": tasks,
+        "gates": [{"name": "lint", "type": "LINT", "command": [sys.executable, "-c", LINT]},
+                  {"name": "unit", "type": "UNIT", "command": [sys.executable, "check.py"],
+                   "depends_on": ["lint"]}],
+        **extra}
+    path = tmp_path / "ws.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def run(db, path: Path, **options):
+    return run_workstream(db, load_workstream(path), handle_signals=False, **options)
+
+
+@pytest.fixture
+def db():
+    database = init_db(":memory:")
+    yield database
+    database.close()
+
+
+def test_every_task_is_committed_on_the_runs_branch_and_nothing_else_changes(db, tmp_path,
+                                                                            repo):
+    before = snapshot(repo)
+    path = workstream(tmp_path, repo, [
+        {"task_id": "T1", "tool": "editor", "prompt": "write src/app.py\nVALUE = 2"},
+        {"task_id": "T2", "tool": "editor", "prompt": "write tests/test_app.py\nassert True",
+         "depends_on": ["T1"]}])
+    result = run(db, path)
+    assert result.state == "succeeded", result.error
+    assert [result.tasks[t].outcome for t in ("T1", "T2")] == ["committed", "committed"]
+    assert snapshot(repo) == before  # the target's checkout, index and branches
+    log = [line for line in git(repo, "log", "--format=%H %(trailers:key=Uet-Entry,valueonly)",
+                                f"{result.base}..{result.branch}").splitlines() if line]
+    assert len(log) == 2
+    assert git(repo, "show", f"{result.branch}:src/app.py") == "VALUE = 2"
+    run_row = db.get_run(result.run_id)
+    assert run_row["state"] == "succeeded" and run_row["workstream_id"] == "WS-TEST"
+    steps = db.list_step_attempts(result.run_id)
+    assert [(s["sequence"], s["attempt"], s["state"]) for s in steps] == [
+        (1, 1, "succeeded"), (2, 1, "succeeded")]
+    entries = PatchLedger(db).list_entries()
+    assert sorted(e.state.value for e in entries) == ["committed", "committed"]
+    assert {e.ledger_id for e in entries} == {line.split()[1] for line in log}
+    gates = GateLedger(db).list_gates(run_id=result.run_id)
+    assert len(gates) == 4 and {g["state"] for g in gates} == {"PASSED"}
+    types = [e["event_type"] for e in db.events_since(0, run_id=result.run_id, limit=10_000)]
+    for expected in ("task.started", "patch.captured", "gate.finished", "task.finished"):
+        assert expected in types
+    assert not [w for w in git(repo, "worktree", "list", "--porcelain").splitlines()
+                if w.startswith("worktree ") and "uet-worktrees" in w]
+
+
+def test_a_failing_gate_quarantines_the_patch_and_the_retry_gets_its_output(db, tmp_path,
+                                                                           repo):
+    prompt = ("first write src/app.py\nVALUE = 'BROKEN'\n%%\n"
+              "retry write src/app.py\nVALUE = 3")
+    path = workstream(tmp_path, repo, [{"task_id": "T1", "tool": "editor", "prompt": prompt,
+                                        "max_attempts": 2}])
+    result = run(db, path)
+    assert result.state == "succeeded", result.error
+    assert result.tasks["T1"].attempts == 2
+    steps = db.list_step_attempts(result.run_id)
+    assert [(s["attempt"], s["state"]) for s in steps] == [(1, "failed"), (2, "succeeded")]
+    assert steps[0]["error_log"] == "gate unit failed (exit 3)"
+    entries = sorted(PatchLedger(db).list_entries(), key=lambda e: e.created_at)
+    assert [e.state.value for e in entries] == ["quarantined", "committed"]
+    assert entries[0].quarantine_reason == "gate unit failed (exit 3)"
+    assert git(repo, "show", f"{result.branch}:src/app.py") == "VALUE = 3"
+    assert len(git(repo, "log", "--format=%H", f"{result.base}..{result.branch}")
+               .splitlines()) == 1
+
+
+@pytest.mark.parametrize("prompt, reason", [
+    ("write docs/guide.md\nchanged", "docs/guide.md"),
+    ("write config/settings.py\nX = 1", "config/settings.py"),
+])
+def test_a_change_outside_the_scope_is_quarantined_and_dependents_are_skipped(
+        db, tmp_path, repo, prompt, reason):
+    path = workstream(tmp_path, repo, [
+        {"task_id": "T1", "tool": "editor", "prompt": prompt},
+        {"task_id": "T2", "tool": "editor", "prompt": "write src/b.py\nB = 1",
+         "depends_on": ["T1"]}])
+    result = run(db, path)
+    assert result.state == "failed"
+    assert result.tasks["T1"].outcome == "failed" and reason in result.tasks["T1"].reason
+    assert result.tasks["T2"].outcome == "skipped"
+    assert "T1" in result.error and "T2" in result.error
+    entry = PatchLedger(db).list_entries()[0]
+    assert entry.state.value == "quarantined" and reason in entry.quarantine_reason
+    assert result.head == result.base  # nothing committed
+    assert db.get_run(result.run_id)["state"] == "failed"
+
+
+def test_policy_limits_quarantine_the_patch(db, tmp_path, repo):
+    path = workstream(tmp_path, repo, [{"task_id": "T1", "tool": "editor",
+                                        "prompt": "write src/big.py\n" + "x = 1\n" * 20}],
+                      policy={"max_lines_changed": 5})
+    result = run(db, path)
+    assert result.state == "failed"
+    assert "max_lines_changed" in PatchLedger(db).list_entries()[0].quarantine_reason
+
+
+@pytest.mark.parametrize("allow_empty, state", [(False, "failed"), (True, "succeeded")])
+def test_an_empty_change_fails_unless_the_task_allows_it(db, tmp_path, repo, allow_empty,
+                                                         state):
+    path = workstream(tmp_path, repo, [{"task_id": "T1", "tool": "editor", "prompt": "",
+                                        "allow_empty": allow_empty}])
+    result = run(db, path)
+    assert result.state == state
+    assert PatchLedger(db).list_entries() == []
+
+
+def test_a_tool_that_fails_or_times_out_fails_its_attempt(db, tmp_path, repo):
+    path = workstream(tmp_path, repo, [
+        {"task_id": "T1", "tool": "editor", "prompt": "fail cannot do it"},
+        {"task_id": "T2", "tool": "slow", "prompt": "x"}],
+        tools={"editor": {"command": [sys.executable, EDITOR, "{prompt_file}"]},
+               "slow": {"command": [sys.executable, "-c", "import time; time.sleep(60)"],
+                        "timeout_seconds": 0.5}})
+    started = time.monotonic()
+    result = run(db, path)
+    assert time.monotonic() - started < 30
+    steps = {s["sequence"]: s for s in db.list_step_attempts(result.run_id)}
+    assert steps[1]["state"] == "failed" and steps[1]["exit_code"] == 1
+    assert "cannot do it" in steps[1]["metadata"]["stderr_tail"]
+    assert steps[2]["state"] == "failed" and steps[2]["exit_code"] == 124
+    assert "timed out" in steps[2]["error_log"]
+    assert result.state == "failed"
+
+
+def test_parallel_tasks_whose_patches_conflict_are_retried_on_the_new_head(db, tmp_path,
+                                                                          repo):
+    path = workstream(tmp_path, repo, [
+        {"task_id": f"T{i}", "tool": "editor", "max_attempts": 2,
+         "prompt": f"first write src/app.py\nVALUE = {10 + i}\n%%\n"
+                   f"retry append src/app.py\nOTHER_{i} = {i}"} for i in (1, 2)])
+    result = run(db, path, parallel=2)
+    assert result.state == "succeeded", result.error
+    attempts = sorted(result.tasks[t].attempts for t in ("T1", "T2"))
+    assert attempts == [1, 2]  # the second to merge saw a conflict and was retried
+    entries = PatchLedger(db).list_entries()
+    assert sorted(e.state.value for e in entries) == ["committed", "committed", "quarantined"]
+    quarantined = [e for e in entries if e.state.value == "quarantined"][0]
+    assert "conflict" in quarantined.quarantine_reason or "apply" in \
+        quarantined.quarantine_reason
+    assert len(git(repo, "log", "--format=%H", f"{result.base}..{result.branch}")
+               .splitlines()) == 2
+
+
+def test_a_cancel_request_stops_the_tool_and_ends_the_run_canceled(db, tmp_path, repo):
+    path = workstream(tmp_path, repo, [{"task_id": "T1", "tool": "slow", "prompt": "x"}],
+                      tools={"slow": {"command": [sys.executable, "-c",
+                                                  "import time; time.sleep(120)"]}})
+    results = []
+    thread = threading.Thread(target=lambda: results.append(run(db, path)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        runs = db.list_runs({"workstream_id": "WS-TEST"})
+        if runs and db.list_step_attempts(runs[0]["run_id"]):
+            break
+        time.sleep(0.05)
+    request_cancel(db, runs[0]["run_id"], by="test")
+    thread.join(60)
+    assert results and results[0].state == "canceled"
+    assert db.get_run(results[0].run_id)["state"] == "canceled"
+    assert db.list_step_attempts(results[0].run_id)[0]["state"] == "canceled"
+
+
+def test_the_ledger_can_be_a_shared_file_or_postgresql(ledger, tmp_path, repo):
+    with init_db(ledger) as shared:
+        path = workstream(tmp_path, repo, [
+            {"task_id": "T1", "tool": "editor", "prompt": "write src/app.py\nVALUE = 9"}])
+        result = run(shared, path)
+        assert result.state == "succeeded", result.error
+        assert shared.get_run(result.run_id)["state"] == "succeeded"
+        assert os.path.isdir(repo)
+
+
+def _uet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "UET_DATABASE"}
+    return subprocess.run([sys.executable, "-m", "uet", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_uet_run_with_a_workstream_file_runs_it_and_exits_with_its_outcome(tmp_path, repo):
+    good = workstream(tmp_path, repo, [
+        {"task_id": "T1", "tool": "editor", "prompt": "write src/app.py\nVALUE = 5"}])
+    ledger = str(tmp_path / "ledger.db")
+    done = _uet("run", "--db", ledger, "--json", str(good), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["state"] == "succeeded" and report["tasks"]["T1"]["outcome"] == "committed"
+    assert "task T1 committed" in done.stderr
+    bad = workstream(tmp_path, repo, [
+        {"task_id": "T1", "tool": "editor", "prompt": "write docs/guide.md\nno"}])
+    failed = _uet("run", "--db", ledger, str(bad), cwd=tmp_path)
+    assert failed.returncode == 1 and "docs/guide.md" in failed.stderr
+    shown = _uet("show", "--db", ledger, report["run_id"], cwd=tmp_path)
+    assert shown.returncode == 0 and "succeeded" in shown.stdout
+
+
+def test_an_invalid_workstream_file_records_nothing(tmp_path, repo):
+    path = tmp_path / "broken.yaml"
+    path.write_text("workstream_id: W\ntools: {editor: {command: [x]}}\n"
+                    "tasks: [{task_id: T, tool: edtor}]\n")
+    ledger = tmp_path / "ledger.db"
+    done = _uet("run", "--db", str(ledger), str(path), cwd=tmp_path)
+    assert done.returncode == 2 and "edtor" in done.stderr
+    assert not ledger.exists()
+
+
+def test_uet_run_still_records_a_command(tmp_path):
+    done = _uet("run", "--db", str(tmp_path / "l.db"), "--", sys.executable, "-c",
+                "print('hi')", cwd=tmp_path)
+    assert done.returncode == 0 and "hi" in done.stdout
