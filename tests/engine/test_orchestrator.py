@@ -283,3 +283,113 @@ def test_uet_run_still_records_a_command(tmp_path):
     done = _uet("run", "--db", str(tmp_path / "l.db"), "--", sys.executable, "-c",
                 "print('hi')", cwd=tmp_path)
     assert done.returncode == 0 and "hi" in done.stdout
+
+
+# -- crash and resume ----------------------------------------------------------------------
+
+def _three_tasks(tmp_path: Path, repo: Path) -> Path:
+    return workstream(tmp_path, repo, [
+        {"task_id": "T1", "tool": "editor", "prompt": "write src/one.py\nONE = 1"},
+        {"task_id": "T2", "tool": "editor", "prompt": "write src/two.py\nTWO = 2",
+         "depends_on": ["T1"], "max_attempts": 3},
+        {"task_id": "T3", "tool": "editor", "prompt": "write tests/test_three.py\nX = 3",
+         "max_attempts": 3}])
+
+
+def _entry_commits(repo: Path, base: str, branch: str) -> list[str]:
+    out = git(repo, "log", "--format=%(trailers:key=Uet-Entry,valueonly)", f"{base}..{branch}")
+    return [line for line in out.splitlines() if line]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_run_killed_at_any_instant_resumes_without_doing_anything_twice(tmp_path, repo,
+                                                                          seed):
+    import random
+    path = _three_tasks(tmp_path, repo)
+    ledger = str(tmp_path / "ledger.db")
+    env = {k: v for k, v in os.environ.items() if k != "UET_DATABASE"}
+    proc = subprocess.Popen([sys.executable, "-m", "uet", "run", "--db", ledger, str(path)],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(random.Random(seed).uniform(0.3, 2.5))  # a seeded instant of the run
+    proc.kill()
+    proc.wait()
+    with init_db(ledger) as db:
+        runs = db.list_runs()
+        if not runs:
+            return  # killed before the run was recorded: nothing to resume
+        run_id = runs[0]["run_id"]
+        finished_before = db.get_run(run_id)["state"] == "succeeded"
+    if not finished_before:
+        done = _uet("resume", "--db", ledger, "--json", run_id, cwd=tmp_path)
+        if "never created its branch" in done.stderr:
+            assert done.returncode != 0
+            return
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["state"] == "succeeded"
+    with init_db(ledger) as db:
+        run = db.get_run(run_id)
+        assert run["state"] == "succeeded"
+        committed = [e for e in PatchLedger(db).list_entries() if e.state.value == "committed"]
+        trailers = _entry_commits(repo, run["metadata"]["base"], run["metadata"]["branch"])
+        assert sorted(trailers) == sorted(e.ledger_id for e in committed)  # git == ledger
+        assert len(trailers) == len(set(trailers)) == 3  # every task once, none twice
+        assert not [s for s in db.list_step_attempts(run_id) if s["state"] == "running"]
+
+
+def test_resume_takes_the_commit_a_crash_left_unrecorded_and_does_not_redo_it(db, tmp_path,
+                                                                             repo):
+    """A crash between the git commit and the ledger write: resume finds the commit on the
+    branch by its trailer, settles the entry as committed and runs the task no more."""
+    from uet.engine import orchestrator as orchestrator_module
+    path = _three_tasks(tmp_path, repo)
+    original = orchestrator_module.PatchLedger.transition_state
+
+    def crash_when_committing(self, ledger_id, new_state, reason="", **kw):
+        if new_state == "committed":
+            raise KeyboardInterrupt("killed between commit and ledger")
+        return original(self, ledger_id, new_state, reason, **kw)
+
+    orchestrator_module.PatchLedger.transition_state = crash_when_committing
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(db, path)
+    finally:
+        orchestrator_module.PatchLedger.transition_state = original
+    run_id = db.list_runs()[0]["run_id"]
+    assert db.get_run(run_id)["state"] == "failed"  # the owner's exit failed its run
+    from uet.engine.resume import resume_run
+    result = resume_run(db, run_id)
+    assert result.state == "succeeded", result.error
+    meta = db.get_run(run_id)["metadata"]
+    trailers = _entry_commits(repo, meta["base"], meta["branch"])
+    assert len(trailers) == len(set(trailers)) == 3
+    first = [e for e in PatchLedger(db).list_entries() if e.ledger_id == trailers[-1]][0]
+    assert first.state.value == "committed"
+    assert "found on the branch" in first.state_history[-1]["reason"]
+    assert [s["sequence"] for s in db.list_step_attempts(run_id)].count(1) == 1
+
+
+def test_a_run_whose_branch_is_gone_is_not_resumed(db, tmp_path, repo):
+    path = workstream(tmp_path, repo, [{"task_id": "T1", "tool": "editor",
+                                        "prompt": "fail no"}])
+    result = run(db, path)
+    assert result.state == "failed"
+    git(repo, "branch", "-D", result.branch)
+    from uet.engine.resume import ResumeError, resume_run
+    with pytest.raises(ResumeError, match="branch .* is gone"):
+        resume_run(db, result.run_id)
+    assert db.get_run(result.run_id)["state"] == "failed"
+
+
+def test_only_failed_or_canceled_workstream_runs_are_resumed(db, tmp_path, repo):
+    from uet.engine.resume import ResumeError, resume_run
+    path = workstream(tmp_path, repo, [{"task_id": "T1", "tool": "editor",
+                                        "prompt": "write src/app.py\nVALUE = 4"}])
+    result = run(db, path)
+    with pytest.raises(ResumeError, match="succeeded"):
+        resume_run(db, result.run_id)
+    plain = db.create_run({"project_id": "p", "phase_id": "ph"})
+    db.transition_run(plain, "canceled")
+    with pytest.raises(ResumeError, match="not a workstream run"):
+        resume_run(db, plain)

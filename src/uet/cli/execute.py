@@ -1,5 +1,6 @@
-"""`uet run`, `uet cancel`, `uet recover`: running a command as a recorded run, stopping a
-run, and failing the runs whose owner is gone (the work is uet.engine's and uet.state's)."""
+"""`uet run`, `uet resume`, `uet cancel`, `uet recover`: running a command or a workstream as
+a recorded run, resuming one, stopping a run, and failing the runs whose owner is gone (the
+work is uet.engine's and uet.state's)."""
 
 from __future__ import annotations
 
@@ -93,6 +94,34 @@ def _run_workstream(ctx: Context, path: str, project: str, phase: str, repo: str
                                 heartbeat_s=heartbeat,
                                 out=lambda line: click.echo(one_line(f"uet: {line}"),
                                                             err=True))
+    _report(ctx, result)
+
+
+@command("resume", epilog="\b\nExamples:\n  uet resume 01HX\n  uet resume 01HX --parallel 2")
+@click.argument("run_id")
+@click.option("--parallel", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+              help="How many independent tasks' tools run at once.")
+@click.option("--keep-failed", is_flag=True,
+              help="Keep the worktrees of failed attempts for inspection.")
+@click.option("--heartbeat", type=click.FloatRange(min=0.05, max=3600), default=10.0,
+              show_default=True, callback=finite,
+              help="Seconds between the heartbeats of this process, the run's owner.")
+def resume(ctx: Context, run_id: str, parallel: int, keep_failed: bool,
+           heartbeat: float) -> None:
+    """Resume a failed or canceled workstream run (or one whose owner died): tasks whose
+    patches are on the run's branch are not run again, interrupted attempts are retried
+    while attempts remain, and no patch is ever committed twice."""
+    from uet.engine.resume import resume_run
+    with ctx.open(write=True) as db:
+        run_id = db.resolve_run_id(run_id)
+        result = resume_run(db, run_id, parallel=parallel, keep_failed=keep_failed,
+                            heartbeat_s=heartbeat,
+                            out=lambda line: click.echo(one_line(f"uet: {line}"), err=True))
+    _report(ctx, result)
+
+
+def _report(ctx: Context, result: Any) -> None:
+    """A workstream run's outcome: JSON on --json; the exit code says how it ended."""
     if ctx.as_json:
         emit_json({"run_id": result.run_id, "state": result.state, "branch": result.branch,
                    "base": result.base, "head": result.head, "error": result.error,
@@ -160,4 +189,4 @@ def recover_command(ctx: Context) -> None:
                    ([r.worker_id, joined(r.runs), r.reason] for r in found), state_column=None)
 
 
-COMMANDS = (run, cancel, recover_command)
+COMMANDS = (run, resume, cancel, recover_command)

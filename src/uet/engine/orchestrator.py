@@ -179,6 +179,7 @@ class Orchestrator:
         self._cancel_cursor = 0
         self._cancel_checked = 0.0
         self.run_id = ""
+        self._resuming = False
         self.branch = ""
         self.base = ""
         self.integration: git.Worktree | None = None
@@ -216,8 +217,10 @@ class Orchestrator:
             self.run_id = self.db.create_run({
                 "project_id": ws.project_id, "phase_id": ws.phase_id,
                 "workstream_id": ws.workstream_id,
+                # what `uet resume` needs to go on: the exact file, where it ran
                 "metadata": {"workstream": {"id": ws.workstream_id, "sha256": ws.sha256,
-                                            "source": ws.source},
+                                            "source": ws.source, "format": ws.format,
+                                            "content": ws.content.decode("utf-8")},
                              "repo": str(self.repo.toplevel), "base": self.base,
                              "uet_owner": self.owner.worker_id}})
             self.branch = ws.branch_name(self.run_id)
@@ -226,18 +229,44 @@ class Orchestrator:
             self.out(f"run {self.run_id}: workstream {ws.workstream_id}, branch {self.branch}")
             return self._drive()
         finally:
-            try:
-                self.owner.close()
-            except UetError:
-                pass  # out of reach: the reaper retires the worker later
+            self._close_owner()
+
+    def resume(self, run_id: str, base: str, branch: str, done: Mapping[str, TaskOutcome],
+               reason: str) -> WorkstreamResult:
+        """Go on with a failed or canceled run (see `uet.engine.resume`): it is re-driven
+        (`reason`) and owned by this process; the tasks in `done` keep their outcome and
+        attempt count, the others run with the attempts they have left, on the branch as
+        it is."""
+        self.run_id, self.base, self.branch, self._resuming = run_id, base, branch, True
+        for task_id, outcome in done.items():
+            self.outcomes[task_id] = outcome
+        self.owner.register()
+        try:
+            with self.db.atomic():  # never pending under a dead owner's name (the reaper
+                run = self.db.redrive_run(run_id, reason)  # would cancel it)
+                self.db.update_run(run_id, {"metadata": {
+                    **run["metadata"], "uet_owner": self.owner.worker_id}})
+            self.owner.claim(run_id)
+            self.owner.start_heartbeat()
+            self.out(f"run {run_id} resumed: branch {branch}")
+            return self._drive()
+        finally:
+            self._close_owner()
+
+    def _close_owner(self) -> None:
+        try:
+            self.owner.close()
+        except UetError:
+            pass  # out of reach: the reaper retires the worker later
 
     def _drive(self) -> WorkstreamResult:
         self.scratch = tempfile.mkdtemp(prefix=f"uet-{self.run_id}-")
         error = None
         try:
-            self.repo.create_branch(self.branch, self.base)
-            self.db.update_run(self.run_id, {"metadata": {
-                **self.db.get_run(self.run_id)["metadata"], "branch": self.branch}})
+            self.repo.create_branch(self.branch, self.base, resume=self._resuming)
+            if not self._resuming:
+                self.db.update_run(self.run_id, {"metadata": {
+                    **self.db.get_run(self.run_id)["metadata"], "branch": self.branch}})
             self.integration = self.repo.add_integration_worktree(
                 f"{self.run_id}-integration", self.branch, replace=True)
             self._schedule()
@@ -281,7 +310,8 @@ class Orchestrator:
     def _schedule(self) -> None:
         """Start each task once its dependencies are done, up to `parallel` at once; a task
         whose dependency did not succeed is skipped."""
-        waiting = list(self.ws.ordered_tasks())
+        waiting = [t for t in self.ws.ordered_tasks()
+                   if self.outcomes[t.task_id].outcome == "pending"]
         running: dict[Future, Task] = {}
         with ThreadPoolExecutor(max_workers=self.parallel,
                                 thread_name_prefix="uet-task") as pool:

@@ -1,0 +1,140 @@
+"""Resuming a workstream run after a crash or a failure (`uet resume RUN`): git and the ledger
+are reconciled so that no task is done twice and no patch is ever committed twice, then the
+run goes on under its own id with the attempts its tasks have left.
+
+What is true is read from the branch, not only from the ledger: a patch whose commit is on
+the branch is committed, whatever its ledger entry says (a crash between the commit and the
+ledger write leaves exactly that), and its task is done. Attempts that were in flight are
+failed as interrupted (the re-drive does it), entries left half way quarantined, and the
+integration worktree is rebuilt from the branch.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from uet.engine import git
+from uet.engine.orchestrator import Orchestrator, TaskOutcome, WorkstreamResult
+from uet.engine.workstream import Workstream, parse_workstream
+from uet.errors import NotFoundError, UetError, ValidationError
+from uet.state.db import Database
+from uet.state.patches import PatchLedger
+from uet.state.recovery import DEFAULT_HEARTBEAT_S, recover
+
+# ledger entries a crash can leave between created and committed
+_UNFINISHED_ENTRY_STATES = ("created", "validated", "queued", "applied", "verified")
+
+
+class ResumeError(UetError):
+    """The run cannot be resumed (not a workstream run, finished, still owned, or its
+    repository or branch is gone); the message says why."""
+
+
+def resume_run(db: Database, run_id: str, *, parallel: int = 1, keep_failed: bool = False,
+               heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+               out: Callable[[str], None] | None = None) -> WorkstreamResult:
+    """Resume the workstream run `run_id` (a failed or canceled one, or one whose owner is
+    gone: the reaper fails it first); returns how it ended this time."""
+    say = out or (lambda line: None)
+    recover(db)  # a run whose owner died is failed now, with its attempts
+    run = db.get_run(run_id)
+    if run is None:
+        raise NotFoundError("run", run_id)
+    meta = run["metadata"] if isinstance(run["metadata"], dict) else {}
+    spec = meta.get("workstream")
+    if not isinstance(spec, dict) or not isinstance(spec.get("content"), str):
+        raise ResumeError(f"run {run_id} is not a workstream run (it records no workstream "
+                          "file); only `uet run WORKSTREAM.yaml` runs can be resumed")
+    if run["state"] not in ("failed", "canceled"):
+        raise ResumeError(f"run {run_id} is {run['state']}: only a failed or canceled run "
+                          "is resumed (a running one whose owner is gone is failed by the "
+                          "reaper first; `uet recover`)")
+    ws = parse_workstream(spec["content"], format=spec.get("format", "yaml"),
+                          repo=meta.get("repo"), source=spec.get("source"))
+    branch, base = meta.get("branch"), meta.get("base")
+    repo = _usable_repository(run_id, meta, branch, base)
+    # reconciled before the re-drive, so that a refusal leaves the run as it was
+    done = reconcile(db, run_id, ws, repo, branch, base)
+    for outcome in done.values():
+        if outcome.outcome == "committed":
+            say(f"task {outcome.task_id} already committed ({outcome.commit[:12]})")
+    orchestrator = Orchestrator(db, ws, parallel=parallel, keep_failed=keep_failed,
+                                heartbeat_s=heartbeat_s, out=out)
+    return orchestrator.resume(run_id, base, branch, done, "resumed by uet resume")
+
+
+def _usable_repository(run_id: str, meta: dict[str, Any], branch: Any,
+                       base: Any) -> git.Repository:
+    problem = None
+    repo = None
+    if not isinstance(branch, str) or not isinstance(base, str):
+        problem = "the run never created its branch"
+    else:
+        try:
+            repo = git.open_repository(meta.get("repo") or os.curdir)
+        except git.GitError as exc:
+            problem = f"its repository is gone or unusable ({exc})"
+        else:
+            if repo.branch_head(branch) is None:
+                problem = f"its branch {branch} is gone"
+            elif not repo.is_ancestor(base, branch):
+                problem = f"its branch {branch} no longer starts at {base[:12]}"
+    if problem is not None:
+        raise ResumeError(f"run {run_id} cannot be resumed: {problem}")
+    assert repo is not None
+    return repo
+
+
+def reconcile(db: Database, run_id: str, ws: Workstream, repo: git.Repository, branch: str,
+              base: str) -> dict[str, TaskOutcome]:
+    """Make the ledger agree with the branch; the outcomes of the tasks that are done (or
+    out of attempts), with the attempts each task has used."""
+    patches = PatchLedger(db)
+    on_branch = repo.entry_commits(branch, since=base)
+    duplicated = {entry: shas for entry, shas in on_branch.items() if len(shas) > 1}
+    if duplicated:  # never made by uet (commits are compare-and-set); say so, do not guess
+        raise ResumeError(f"run {run_id} cannot be resumed: its branch has patches committed "
+                          f"twice ({', '.join(sorted(duplicated))})")
+    by_sequence = {task.index + 1: task for task in ws.tasks}
+    outcomes = {task.task_id: TaskOutcome(task.task_id) for task in ws.tasks}
+    for step in db.list_step_attempts(run_id):
+        task = by_sequence.get(step["sequence"])
+        if task is not None:
+            outcome = outcomes[task.task_id]
+            outcome.attempts = max(outcome.attempts, step["attempt"])
+            if step["state"] == "succeeded" and step["output_patch_id"] is None \
+                    and task.allow_empty:
+                outcome.outcome = "empty"
+    for patch in patches.history_of_run(run_id):
+        task = by_sequence.get(patch["sequence"])
+        for entry in patch["entries"]:
+            sha = (on_branch.get(entry["ledger_id"]) or [None])[0]
+            if sha is not None:
+                if entry["state"] != "committed":
+                    _settle_committed(patches, entry["ledger_id"], entry["state"], sha)
+                if task is not None:
+                    outcome = outcomes[task.task_id]
+                    outcome.outcome, outcome.commit = "committed", sha
+                    outcome.ledger_id = entry["ledger_id"]
+            elif entry["state"] in _UNFINISHED_ENTRY_STATES:
+                patches.quarantine(entry["ledger_id"], "interrupted: the run stopped before "
+                                   "this patch was committed")
+    for task in ws.tasks:
+        outcome = outcomes[task.task_id]
+        if outcome.outcome == "pending" and outcome.attempts >= task.max_attempts:
+            outcome.outcome = "failed"
+            outcome.reason = f"no attempts left ({task.max_attempts} used)"
+    return {t: o for t, o in outcomes.items() if o.outcome != "pending" or o.attempts}
+
+
+def _settle_committed(patches: PatchLedger, ledger_id: str, state: str, sha: str) -> None:
+    """An entry whose commit is on the branch, moved to committed along its machine."""
+    path = {"applied": ("verified", "committed"), "verified": ("committed",)}.get(state)
+    if path is None:
+        raise ValidationError(f"patch entry {ledger_id} is {state} but its commit {sha} is on "
+                              "the branch; the ledger and git disagree in a way uet never "
+                              "leaves: inspect it by hand", field="ledger_id")
+    for target in path:
+        patches.transition_state(ledger_id, target, f"commit {sha} found on the branch "
+                                 "when the run was resumed")
