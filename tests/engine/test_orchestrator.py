@@ -322,9 +322,6 @@ def test_a_run_killed_at_any_instant_resumes_without_doing_anything_twice(tmp_pa
         finished_before = db.get_run(run_id)["state"] == "succeeded"
     if not finished_before:
         done = _uet("resume", "--db", ledger, "--json", run_id, cwd=tmp_path)
-        if "never created its branch" in done.stderr:
-            assert done.returncode != 0
-            return
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["state"] == "succeeded"
     with init_db(ledger) as db:
@@ -370,16 +367,30 @@ def test_resume_takes_the_commit_a_crash_left_unrecorded_and_does_not_redo_it(db
     assert [s["sequence"] for s in db.list_step_attempts(run_id)].count(1) == 1
 
 
-def test_a_run_whose_branch_is_gone_is_not_resumed(db, tmp_path, repo):
-    path = workstream(tmp_path, repo, [{"task_id": "T1", "tool": "editor",
-                                        "prompt": "fail no"}])
+def test_a_run_whose_branch_with_commits_is_gone_is_not_resumed(db, tmp_path, repo):
+    path = workstream(tmp_path, repo, [
+        {"task_id": "T1", "tool": "editor", "prompt": "write src/app.py\nVALUE = 7"},
+        {"task_id": "T2", "tool": "editor", "prompt": "fail no"}])
     result = run(db, path)
-    assert result.state == "failed"
+    assert result.state == "failed" and result.tasks["T1"].outcome == "committed"
     git(repo, "branch", "-D", result.branch)
     from uet.engine.resume import ResumeError, resume_run
     with pytest.raises(ResumeError, match="branch .* is gone"):
         resume_run(db, result.run_id)
     assert db.get_run(result.run_id)["state"] == "failed"
+
+
+def test_a_branch_never_made_is_made_on_resume(db, tmp_path, repo):
+    """Stopped before its branch existed: nothing was committed, so resuming makes the
+    branch from the run's base (here the task has no attempts left: it stays failed)."""
+    path = workstream(tmp_path, repo, [
+        {"task_id": "T1", "tool": "editor", "prompt": "fail once", "max_attempts": 2}])
+    result = run(db, path)
+    git(repo, "branch", "-D", result.branch)  # as if the run had stopped before making it
+    from uet.engine.resume import resume_run
+    again = resume_run(db, result.run_id)
+    assert again.state == "failed" and again.tasks["T1"].attempts == 2
+    assert git(repo, "rev-parse", again.branch) == result.base
 
 
 def test_only_failed_or_canceled_workstream_runs_are_resumed(db, tmp_path, repo):

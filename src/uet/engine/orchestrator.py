@@ -37,6 +37,7 @@ from uet.engine.workstream import Gate, Task, Workstream, render_template
 from uet.errors import UetError, ValidationError
 from uet.state.db import Database
 from uet.state.gates import GateLedger
+from uet.state.ids import new_ulid
 from uet.state.patches import PatchLedger
 from uet.state.recovery import DEFAULT_HEARTBEAT_S, Owner, cancel_requested, recover
 
@@ -214,16 +215,17 @@ class Orchestrator:
         recover(self.db)
         self.owner.register()
         try:
+            run_id = new_ulid()
+            self.branch = ws.branch_name(run_id)
             self.run_id = self.db.create_run({
-                "project_id": ws.project_id, "phase_id": ws.phase_id,
+                "run_id": run_id, "project_id": ws.project_id, "phase_id": ws.phase_id,
                 "workstream_id": ws.workstream_id,
                 # what `uet resume` needs to go on: the exact file, where it ran
                 "metadata": {"workstream": {"id": ws.workstream_id, "sha256": ws.sha256,
                                             "source": ws.source, "format": ws.format,
                                             "content": ws.content.decode("utf-8")},
                              "repo": str(self.repo.toplevel), "base": self.base,
-                             "uet_owner": self.owner.worker_id}})
-            self.branch = ws.branch_name(self.run_id)
+                             "branch": self.branch, "uet_owner": self.owner.worker_id}})
             self.owner.claim(self.run_id)
             self.owner.start_heartbeat()
             self.out(f"run {self.run_id}: workstream {ws.workstream_id}, branch {self.branch}")
@@ -264,9 +266,6 @@ class Orchestrator:
         error = None
         try:
             self.repo.create_branch(self.branch, self.base, resume=self._resuming)
-            if not self._resuming:
-                self.db.update_run(self.run_id, {"metadata": {
-                    **self.db.get_run(self.run_id)["metadata"], "branch": self.branch}})
             self.integration = self.repo.add_integration_worktree(
                 f"{self.run_id}-integration", self.branch, replace=True)
             self._schedule()

@@ -53,7 +53,9 @@ def resume_run(db: Database, run_id: str, *, parallel: int = 1, keep_failed: boo
     ws = parse_workstream(spec["content"], format=spec.get("format", "yaml"),
                           repo=meta.get("repo"), source=spec.get("source"))
     branch, base = meta.get("branch"), meta.get("base")
-    repo = _usable_repository(run_id, meta, branch, base)
+    committed = [entry for patch in PatchLedger(db).history_of_run(run_id)
+                 for entry in patch["entries"] if entry["state"] == "committed"]
+    repo = _usable_repository(run_id, meta, branch, base, bool(committed))
     # reconciled before the re-drive, so that a refusal leaves the run as it was
     done = reconcile(db, run_id, ws, repo, branch, base)
     for outcome in done.values():
@@ -64,20 +66,25 @@ def resume_run(db: Database, run_id: str, *, parallel: int = 1, keep_failed: boo
     return orchestrator.resume(run_id, base, branch, done, "resumed by uet resume")
 
 
-def _usable_repository(run_id: str, meta: dict[str, Any], branch: Any,
-                       base: Any) -> git.Repository:
+def _usable_repository(run_id: str, meta: dict[str, Any], branch: Any, base: Any,
+                       committed: bool) -> git.Repository:
+    """The run's repository, if it can go on there: its branch still starts at the run's
+    base; a branch that is missing is made again only when nothing was ever committed on it
+    (the run stopped before it made it), never when the ledger says patches are there."""
     problem = None
     repo = None
     if not isinstance(branch, str) or not isinstance(base, str):
-        problem = "the run never created its branch"
+        problem = "it records no branch or base"
     else:
         try:
             repo = git.open_repository(meta.get("repo") or os.curdir)
         except git.GitError as exc:
             problem = f"its repository is gone or unusable ({exc})"
         else:
-            if repo.branch_head(branch) is None:
+            if repo.branch_head(branch) is None and committed:
                 problem = f"its branch {branch} is gone"
+            elif repo.branch_head(branch) is None:
+                pass  # never made: the orchestrator creates it from the base
             elif not repo.is_ancestor(base, branch):
                 problem = f"its branch {branch} no longer starts at {base[:12]}"
     if problem is not None:
@@ -91,7 +98,8 @@ def reconcile(db: Database, run_id: str, ws: Workstream, repo: git.Repository, b
     """Make the ledger agree with the branch; the outcomes of the tasks that are done (or
     out of attempts), with the attempts each task has used."""
     patches = PatchLedger(db)
-    on_branch = repo.entry_commits(branch, since=base)
+    on_branch = (repo.entry_commits(branch, since=base)
+                 if repo.branch_head(branch) is not None else {})
     duplicated = {entry: shas for entry, shas in on_branch.items() if len(shas) > 1}
     if duplicated:  # never made by uet (commits are compare-and-set); say so, do not guess
         raise ResumeError(f"run {run_id} cannot be resumed: its branch has patches committed "
