@@ -404,3 +404,41 @@ def test_only_failed_or_canceled_workstream_runs_are_resumed(db, tmp_path, repo)
     db.transition_run(plain, "canceled")
     with pytest.raises(ResumeError, match="not a workstream run"):
         resume_run(db, plain)
+
+
+def test_in_process_subscribers_follow_the_run(db, tmp_path, repo):
+    from uet.engine.bus import EventBus
+    bus = EventBus(db)
+    seen = []
+    bus.subscribe("task.*", lambda e: seen.append((e["event_type"], e["data"]["task_id"])))
+    committed = []
+    bus.subscribe("patch_entry.state_changed",
+                  lambda e: e["data"]["to"] == "committed" and committed.append(e))
+    path = workstream(tmp_path, repo, [
+        {"task_id": "T1", "tool": "editor", "prompt": "write src/app.py\nVALUE = 8"}])
+    result = run_workstream(db, load_workstream(path), bus=bus, handle_signals=False)
+    assert result.state == "succeeded"
+    assert seen == [("task.started", "T1"), ("task.finished", "T1")]
+    assert len(committed) == 1
+
+
+def test_sigint_cancels_a_workstream_run_and_removes_its_worktrees(tmp_path, repo):
+    import signal as signals
+    path = workstream(tmp_path, repo, [{"task_id": "T1", "tool": "slow", "prompt": "x"}],
+                      tools={"slow": {"command": [sys.executable, "-c",
+                                                  "import time; time.sleep(120)"]}})
+    ledger = str(tmp_path / "ledger.db")
+    env = {k: v for k, v in os.environ.items() if k != "UET_DATABASE"}
+    proc = subprocess.Popen([sys.executable, "-m", "uet", "run", "--db", ledger, str(path)],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    line = ""
+    while "attempt 1" not in line:
+        line = proc.stderr.readline()
+        assert line, "uet run ended before the tool started"
+    proc.send_signal(signals.SIGINT)
+    assert proc.wait(60) == 130
+    proc.stderr.close()
+    with init_db(ledger) as db:
+        run_row = db.list_runs()[0]
+        assert run_row["state"] == "canceled" and "SIGINT" in run_row["error_message"]
+    assert "uet-worktrees" not in git(repo, "worktree", "list")

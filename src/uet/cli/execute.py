@@ -88,7 +88,9 @@ def _run_workstream(ctx: Context, path: str, project: str, phase: str, repo: str
     from uet.engine.workstream import load_workstream
     # --project/--phase fill in what the file leaves out; --repo replaces the file's
     ws = load_workstream(path, project_id=None if project == "default" else project,
-                         phase_id=None if phase == "default" else phase, repo=repo)
+                         phase_id=None if phase == "default" else phase,
+                         # --repo is a path the user typed: relative to where they are
+                         repo=os.path.abspath(repo) if repo else None)
     with ctx.open(create=True) as db:
         result = run_workstream(db, ws, parallel=parallel, keep_failed=keep_failed,
                                 heartbeat_s=heartbeat,

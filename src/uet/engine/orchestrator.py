@@ -587,13 +587,15 @@ def _remove_tree(path: str) -> None:
 
 def run_workstream(db: Database, workstream: Workstream, *, parallel: int = 1,
                    keep_failed: bool = False, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
-                   out: Callable[[str], None] | None = None,
+                   out: Callable[[str], None] | None = None, bus: EventBus | None = None,
                    handle_signals: bool = True) -> WorkstreamResult:
     """Run `workstream` as one run of the ledger (see the module's docstring); returns how
-    it ended. SIGINT and SIGTERM (when `handle_signals` and called from the main thread)
-    stop the tools and gates and end the run canceled, as a `uet cancel` of the run does."""
+    it ended. `out` gets one line per thing that happens (for a terminal); `bus` (default:
+    a new one) is where the engine's events are published, for in-process subscribers.
+    SIGINT and SIGTERM (when `handle_signals` and called from the main thread) stop the
+    tools and gates and end the run canceled, as a `uet cancel` of the run does."""
     orchestrator = Orchestrator(db, workstream, parallel=parallel, keep_failed=keep_failed,
-                                heartbeat_s=heartbeat_s, out=out)
+                                heartbeat_s=heartbeat_s, bus=bus, out=out)
     if not handle_signals or threading.current_thread() is not threading.main_thread():
         return orchestrator.run()
     previous = {}
