@@ -442,3 +442,19 @@ def test_sigint_cancels_a_workstream_run_and_removes_its_worktrees(tmp_path, rep
         run_row = db.list_runs()[0]
         assert run_row["state"] == "canceled" and "SIGINT" in run_row["error_message"]
     assert "uet-worktrees" not in git(repo, "worktree", "list")
+
+
+def test_refs_a_tool_makes_in_the_target_are_reported(db, tmp_path, repo):
+    """A tool shares the target's branches through its worktree; what it does to them is
+    recorded on its attempt (uet never undoes it: the user may be working there too)."""
+    script = "import subprocess; subprocess.run(['git', 'branch', 'tool-made'], check=True);" \
+             "open('src/app.py', 'w').write('VALUE = 6\\n')"
+    path = workstream(tmp_path, repo, [{"task_id": "T1", "tool": "brancher", "prompt": "x"}],
+                      tools={"brancher": {"command": [sys.executable, "-c", script]}})
+    result = run(db, path)
+    assert result.state == "succeeded", result.error
+    step = db.list_step_attempts(result.run_id)[0]
+    assert step["metadata"]["refs_changed_by_tool"] == [
+        f"refs/heads/tool-made: made at {result.base[:12]}"]
+    assert "tool.refs_changed" in [e["event_type"] for e in
+                                   db.events_since(0, run_id=result.run_id, limit=1000)]

@@ -669,6 +669,33 @@ class Repository:
             return None
         return done.stdout.decode().strip()
 
+    def refs(self) -> dict[str, str]:
+        """Every branch and tag of the repository: full ref name -> the sha it points at."""
+        data = self.git(["for-each-ref", "--format=%(refname)%00%(objectname)",
+                         "refs/heads", "refs/tags"]).stdout.decode("utf-8", "surrogateescape")
+        return dict(line.split("\x00", 1) for line in data.splitlines() if "\x00" in line)
+
+    def changed_refs(self, before: Mapping[str, str], *,
+                     ignore: Sequence[str] = ()) -> list[str]:
+        """What changed in the branches and tags since `before` (a `refs()` snapshot), one
+        line each (`refs/heads/x: made at 1a2b3c4d5e6f`), refs in `ignore` (full names) left
+        out. A tool works in a worktree of the target, whose branches and tags it shares: this
+        is how uet sees what a tool did to them. It reports, never undoes: the user may be
+        committing in the same repository meanwhile."""
+        now = self.refs()
+        found = []
+        for ref in sorted(set(before) | set(now)):
+            old, new = before.get(ref), now.get(ref)
+            if ref in ignore or old == new:
+                continue
+            if old is None:
+                found.append(f"{ref}: made at {new[:12]}")
+            elif new is None:
+                found.append(f"{ref}: deleted (was {old[:12]})")
+            else:
+                found.append(f"{ref}: moved from {old[:12]} to {new[:12]}")
+        return found
+
     def is_ancestor(self, commit: str, of: str) -> bool:
         """Whether `commit` is in the history of `of` (a commit is its own ancestor)."""
         return self.git(["merge-base", "--is-ancestor", _rev(commit), _rev(of)],

@@ -408,12 +408,22 @@ class Orchestrator:
         env.update(tool.env)
         env.update(UET_RUN_ID=self.run_id, UET_STEP_ATTEMPT_ID=step_id,
                    UET_USAGE_FILE=files["usage"])
+        refs = self.repo.refs()
         started = time.monotonic()
         result = run_process(argv, cwd=str(worktree.path), env=env,
                              timeout=task.timeout_seconds, stopped=self._stopped)
         duration = round(time.monotonic() - started, 3)
         meta = {"task_id": task.task_id, "command": argv, "duration_sec": duration,
                 "stdout_tail": result.stdout, "stderr_tail": result.stderr}
+        # the tool shares the target's branches and tags through its worktree: what it did
+        # to them is said (the run's own branch moves with merges meanwhile, not by it)
+        touched = self.repo.changed_refs(refs, ignore=[git.branch_ref(self.branch)])
+        if touched:
+            meta["refs_changed_by_tool"] = touched
+            self.bus.publish("tool.refs_changed", {"task_id": task.task_id, "refs": touched},
+                             run_id=self.run_id)
+            self.out(f"task {task.task_id}: the tool changed the repository's refs: "
+                     + "; ".join(touched))
         if result.canceled:
             self._end_step(step_id, "canceled", result.exit_code, "canceled", meta)
             return False, "", True
