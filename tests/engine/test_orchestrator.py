@@ -458,3 +458,29 @@ def test_refs_a_tool_makes_in_the_target_are_reported(db, tmp_path, repo):
         f"refs/heads/tool-made: made at {result.base[:12]}"]
     assert "tool.refs_changed" in [e["event_type"] for e in
                                    db.events_since(0, run_id=result.run_id, limit=1000)]
+
+
+def test_an_interrupted_attempt_does_not_use_up_the_tasks_attempts(db, tmp_path, repo):
+    """max_attempts 1, canceled while its tool runs: resuming runs the task again (attempt
+    2 in the ledger), since the first attempt got no verdict."""
+    flag = tmp_path / "go"
+    script = (f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\n"
+              "open('src/app.py', 'w').write('VALUE = 12\\n')")
+    path = workstream(tmp_path, repo, [{"task_id": "T1", "tool": "waiter", "prompt": "x"}],
+                      tools={"waiter": {"command": [sys.executable, "-c", script]}})
+    results = []
+    thread = threading.Thread(target=lambda: results.append(run(db, path)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (db.list_runs() and db.list_step_attempts(db.list_runs()[0]["run_id"])):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    request_cancel(db, db.list_runs()[0]["run_id"], by="test")
+    thread.join(60)
+    assert results[0].state == "canceled"
+    flag.write_text("")
+    from uet.engine.resume import resume_run
+    again = resume_run(db, results[0].run_id)
+    assert again.state == "succeeded", again.error
+    steps = db.list_step_attempts(again.run_id)
+    assert [(s["attempt"], s["state"]) for s in steps] == [(1, "canceled"), (2, "succeeded")]

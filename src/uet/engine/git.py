@@ -794,11 +794,29 @@ class Repository:
 
     def _new_worktree_path(self, name: str, replace: bool) -> Path:
         path = self._worktree_path(name)
-        if replace:
-            self.remove_worktree(path)
+        if replace and (path.exists() or self._registered(path)):
+            self.remove_worktree(path)  # a leftover (two git calls): only when there is one
         # otherwise git itself refuses a folder that exists or is still registered
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+    def _registered(self, path: Path) -> bool:
+        """Whether git still records a worktree at `path` (its folder may be gone): read
+        from git's own records (`<common dir>/worktrees/*/gitdir`), not with a git call."""
+        records = self.common_dir / "worktrees"
+        wanted = os.fspath(path / ".git")
+        try:
+            entries = list(records.iterdir())
+        except OSError:
+            return False
+        for entry in entries:
+            try:
+                if (entry / "gitdir").read_text(encoding="utf-8", errors="replace").strip() \
+                        == wanted:
+                    return True
+            except OSError:
+                continue
+        return False
 
     def remove_worktree(self, worktree: str | os.PathLike[str]) -> None:
         """Remove one of uet's worktrees (a name, or a path in `worktree_root`), changes

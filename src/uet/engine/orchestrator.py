@@ -57,7 +57,8 @@ class TaskOutcome:
     the task's, not a ledger state (its attempts and patches have those)."""
     task_id: str
     outcome: str = "pending"
-    attempts: int = 0
+    attempts: int = 0       # attempts that got a verdict (what max_attempts counts)
+    last_attempt: int = 0   # the highest attempt number recorded (interrupted ones too)
     reason: str | None = None
     commit: str | None = None
     ledger_id: str | None = None
@@ -125,7 +126,12 @@ def run_process(argv: list[str], *, cwd: str, env: Mapping[str, str], timeout: f
                                 error=f"cannot execute {argv[0]}: {exc.strerror or exc}")
             deadline = None if timeout is None else time.monotonic() + timeout
             timed_out = canceled = False
-            while child.poll() is None:
+            while True:
+                try:  # returns as soon as the child exits: a quick tool costs no poll period
+                    child.wait(POLL_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
                 if deadline is not None and time.monotonic() >= deadline:
                     timed_out = True
                 elif stopped():
@@ -133,7 +139,6 @@ def run_process(argv: list[str], *, cwd: str, env: Mapping[str, str], timeout: f
                 if timed_out or canceled:
                     _stop_group(child)
                     break
-                time.sleep(POLL_S)
             code = child.wait()
         result = _Process(code if code >= 0 else 128 - code, _tail(out_path), _tail(err_path),
                           timed_out=timed_out, canceled=canceled)
@@ -240,6 +245,8 @@ class Orchestrator:
         attempt count, the others run with the attempts they have left, on the branch as
         it is."""
         self.run_id, self.base, self.branch, self._resuming = run_id, base, branch, True
+        # a cancel asked of an earlier session of the run is not one of this session
+        self._cancel_cursor = self.db.latest_event_seq()
         for task_id, outcome in done.items():
             self.outcomes[task_id] = outcome
         self.owner.register()
@@ -354,6 +361,7 @@ class Orchestrator:
                 outcome.outcome = "canceled"
                 return
             outcome.attempts += 1
+            outcome.last_attempt += 1
             ok, feedback = self._attempt(task, outcome, feedback)
             if ok:
                 return
@@ -361,7 +369,7 @@ class Orchestrator:
 
     def _attempt(self, task: Task, outcome: TaskOutcome, feedback: str) -> tuple[bool, str]:
         """One attempt; (whether the task is done, the feedback for the next attempt)."""
-        attempt = outcome.attempts
+        attempt = outcome.last_attempt
         files = self._attempt_files(task, attempt, feedback)
         head = self.repo.branch_head(self.branch)
         assert head is not None

@@ -5,7 +5,8 @@ run goes on under its own id with the attempts its tasks have left.
 What is true is read from the branch, not only from the ledger: a patch whose commit is on
 the branch is committed, whatever its ledger entry says (a crash between the commit and the
 ledger write leaves exactly that), and its task is done. Attempts that were in flight are
-failed as interrupted (the re-drive does it), entries left half way quarantined, and the
+failed as interrupted (the re-drive does it) and do not count against the task's
+max_attempts (they got no verdict), entries left half way are quarantined, and the
 integration worktree is rebuilt from the branch.
 """
 
@@ -110,7 +111,9 @@ def reconcile(db: Database, run_id: str, ws: Workstream, repo: git.Repository, b
         task = by_sequence.get(step["sequence"])
         if task is not None:
             outcome = outcomes[task.task_id]
-            outcome.attempts = max(outcome.attempts, step["attempt"])
+            outcome.last_attempt = max(outcome.last_attempt, step["attempt"])
+            if judged(step):
+                outcome.attempts += 1
             if step["state"] == "succeeded" and step["output_patch_id"] is None \
                     and task.allow_empty:
                 outcome.outcome = "empty"
@@ -133,7 +136,15 @@ def reconcile(db: Database, run_id: str, ws: Workstream, repo: git.Repository, b
         if outcome.outcome == "pending" and outcome.attempts >= task.max_attempts:
             outcome.outcome = "failed"
             outcome.reason = f"no attempts left ({task.max_attempts} used)"
-    return {t: o for t, o in outcomes.items() if o.outcome != "pending" or o.attempts}
+    return {t: o for t, o in outcomes.items() if o.outcome != "pending" or o.last_attempt}
+
+
+def judged(step: dict[str, Any]) -> bool:
+    """Whether an attempt got a verdict (succeeded, or failed by its tool, its change or a
+    gate): the orchestrator records the duration of every attempt it ends itself. One a crash,
+    the reaper or a cancel ended was interrupted: it does not count against max_attempts."""
+    meta = step["metadata"] if isinstance(step["metadata"], dict) else {}
+    return step["state"] in ("succeeded", "failed") and "duration_sec" in meta
 
 
 def _settle_committed(patches: PatchLedger, ledger_id: str, state: str, sha: str) -> None:
