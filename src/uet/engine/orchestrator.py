@@ -6,9 +6,10 @@ The patch-first flow (SPEC §9), per task attempt:
 1. a step attempt is recorded and the tool runs in a detached worktree at the branch head;
 2. its change (commits it made included) is captured as one diff and recorded as a patch
    with a ledger entry; an empty change fails the attempt unless the task allows it;
-3. the entry is validated (the diff applies to the integration head; every path inside the
-   task's files_scope; the project's policy) or quarantined with the reason;
-4. it is applied to the integration worktree (three-way) or quarantined as apply_failed;
+3. the entry is validated (every path inside the task's files_scope; the project's policy;
+   the diff applies to the branch head) or quarantined with the reason;
+4. it is applied to the integration worktree (three-way) — the same apply that checked the
+   format in step 3, since one patch at a time meets a clean worktree at the branch head;
 5. the gates run there in dependency order; all pass → one commit on the branch (its
    `Uet-Entry` trailer names the entry) → committed; a gate fails → the worktree is reset,
    the entry quarantined, and the task retried with the gate's output as feedback.
@@ -498,29 +499,30 @@ class Orchestrator:
         integration = self.integration
         assert integration is not None
         verdict = judge_change(change.files, task.files_scope, self.ws.policy)
-        check = git.check_patch(integration.path, change.diff)
-        with self.db.atomic():
-            self.patches.set_validation(ledger_id, format=check.applies, scope=verdict.ok,
-                                        constraints=verdict.ok)
-            if not check.applies:
-                why = ("the patch does not apply to the branch head"
-                       + (f" ({', '.join(check.conflicts)})" if check.conflicts else ""))
-                self._quarantine(ledger_id, why)
-                return False, why, why, ""
-            if not verdict.ok:
+        if not verdict.ok:  # judged before anything touches the integration worktree
+            with self.db.atomic():
+                self.patches.set_validation(ledger_id, scope=False, constraints=False)
                 self._quarantine(ledger_id, verdict.reason)
-                return False, verdict.reason, verdict.reason, ""
-            self.patches.transition_state(ledger_id, "validated", "format, scope and policy")
-            self.patches.transition_state(ledger_id, "queued")
+            return False, verdict.reason, verdict.reason, ""
+        # The format check is the apply itself: under the merge lock the integration
+        # worktree is clean at the branch head, so `git apply --3way --index` there applies
+        # exactly when `git apply --check` against the head would, and a failure is undone
+        # (the worktree reset) with the conflicting paths named — one git call, not three.
         try:
             git.apply_patch(integration.path, change.diff)
         except git.ApplyConflictError as exc:
-            why = f"the patch conflicts with the branch: {exc}"
+            why = ("the patch does not apply to the branch head"
+                   + (f" ({', '.join(exc.paths)})" if exc.paths else ""))
             with self.db.atomic():
-                self.patches.transition_state(ledger_id, "apply_failed", why)
+                self.patches.set_validation(ledger_id, format=False, scope=True,
+                                            constraints=True)
                 self._quarantine(ledger_id, why)
-            return False, why, why, ""
-        self.patches.transition_state(ledger_id, "applied")
+            return False, why, f"{why}\n{exc.stderr}", ""
+        with self.db.atomic():
+            self.patches.set_validation(ledger_id, format=True, scope=True, constraints=True)
+            self.patches.transition_state(ledger_id, "validated", "format, scope and policy")
+            self.patches.transition_state(ledger_id, "queued")
+            self.patches.transition_state(ledger_id, "applied")
         failed = self._judge(task, ledger_id, values)
         if failed is not None:
             git.reset_worktree(integration.path)
