@@ -187,6 +187,7 @@ class Orchestrator:
         self._cancel_checked = 0.0
         self.run_id = ""
         self._resuming = False
+        self._head: str | None = None  # the run's branch head
         self.branch = ""
         self.base = ""
         self.integration: git.Worktree | None = None
@@ -274,6 +275,9 @@ class Orchestrator:
         error = None
         try:
             self.repo.create_branch(self.branch, self.base, resume=self._resuming)
+            # the branch moves only by this run's commits (one at a time): tracked here
+            # rather than read back from git before every attempt
+            self._head = self.repo.branch_head(self.branch)
             self.integration = self.repo.add_integration_worktree(
                 f"{self.run_id}-integration", self.branch, replace=True)
             self._schedule()
@@ -372,7 +376,7 @@ class Orchestrator:
         """One attempt; (whether the task is done, the feedback for the next attempt)."""
         attempt = outcome.last_attempt
         files = self._attempt_files(task, attempt, feedback)
-        head = self.repo.branch_head(self.branch)
+        head = self._head
         assert head is not None
         worktree = self.repo.add_attempt_worktree(
             f"{self.run_id}-{task.task_id}-{attempt}", head, replace=True)
@@ -533,7 +537,8 @@ class Orchestrator:
         self.patches.transition_state(ledger_id, "verified", "every gate passed")
         message = (f"{task.name or task.task_id}\n\nuet: workstream {self.ws.workstream_id}, "
                    f"task {task.task_id}, attempt {values['attempt']}, run {self.run_id}")
-        sha = git.commit_change(integration.path, message, ledger_id)
+        sha = git.commit_change(integration.path, message, ledger_id, parent=self._head)
+        self._head = sha
         return True, "", "", sha
 
     def _quarantine(self, ledger_id: str, why: str) -> None:
