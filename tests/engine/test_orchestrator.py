@@ -484,3 +484,38 @@ def test_an_interrupted_attempt_does_not_use_up_the_tasks_attempts(db, tmp_path,
     assert again.state == "succeeded", again.error
     steps = db.list_step_attempts(again.run_id)
     assert [(s["attempt"], s["state"]) for s in steps] == [(1, "canceled"), (2, "succeeded")]
+
+
+@pytest.mark.parametrize("stop_at", ["commit", "applied"])
+def test_a_stop_after_the_gates_or_the_apply_is_settled_by_resume(db, tmp_path, repo, stop_at):
+    """Killed after the gates passed but before the git commit: resume commits the verified
+    patch once, without running the task again. Killed after the apply: the entry is
+    quarantined as interrupted and the task runs again."""
+    from uet.engine import orchestrator as orchestrator_module
+    from uet.engine.resume import resume_run
+    path = _three_tasks(tmp_path, repo)
+    target = {"commit": (orchestrator_module.git, "commit_change"),
+              "applied": (orchestrator_module.Orchestrator, "_judge")}[stop_at]
+    original = getattr(*target)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt(f"killed at {stop_at}")
+
+    setattr(*target, stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(db, path)
+    finally:
+        setattr(*target, original)
+    run_id = db.list_runs()[0]["run_id"]
+    result = resume_run(db, run_id)
+    assert result.state == "succeeded", result.error
+    meta = db.get_run(run_id)["metadata"]
+    trailers = _entry_commits(repo, meta["base"], meta["branch"])
+    assert len(trailers) == len(set(trailers)) == 3
+    first_task_steps = [s for s in db.list_step_attempts(run_id) if s["sequence"] == 1]
+    states = sorted(e.state.value for e in PatchLedger(db).list_entries())
+    if stop_at == "commit":
+        assert len(first_task_steps) == 1 and states == ["committed"] * 3
+    else:
+        assert len(first_task_steps) == 2 and states == ["committed"] * 3 + ["quarantined"]

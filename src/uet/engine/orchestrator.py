@@ -63,6 +63,7 @@ class TaskOutcome:
     reason: str | None = None
     commit: str | None = None
     ledger_id: str | None = None
+    patch_id: str | None = None  # of a verified patch a crash left uncommitted (resume)
 
     @property
     def done(self) -> bool:
@@ -280,6 +281,7 @@ class Orchestrator:
             self._head = self.repo.branch_head(self.branch)
             self.integration = self.repo.add_integration_worktree(
                 f"{self.run_id}-integration", self.branch, replace=True)
+            self._commit_verified()
             self._schedule()
         except _Canceled:
             pass
@@ -315,6 +317,33 @@ class Orchestrator:
         self.out(f"run {self.run_id} {state}" + (f": {error}" if error else ""))
         return WorkstreamResult(self.run_id, state, self.branch, self.base, head,
                                 self.outcomes, error)
+
+    def _commit_verified(self) -> None:
+        """Resuming: commit the patches whose gates passed before a crash stopped their
+        commit. They were judged on the branch head, which nothing but their own commit
+        could have moved (one patch at a time), so they are applied there again and
+        committed — never judged or committed twice (reconcile looked for their commits)."""
+        integration = self.integration
+        assert integration is not None
+        for outcome in self.outcomes.values():
+            if outcome.outcome != "verified":
+                continue
+            patch = self.patches.get_patch(outcome.patch_id)
+            task = self.ws.task(outcome.task_id)
+            git.apply_patch(integration.path, patch.diff)
+            sha = git.commit_change(
+                integration.path, f"{task.name or task.task_id}\n\nuet: workstream "
+                f"{self.ws.workstream_id}, task {task.task_id}, run {self.run_id} (committed "
+                "when the run was resumed)", outcome.ledger_id, parent=self._head)
+            self._head = sha
+            with self.db.atomic():
+                self.patches.transition_state(outcome.ledger_id, "committed",
+                                              f"commit {sha} (when the run was resumed)")
+                self.bus.publish("task.finished", {
+                    "task_id": task.task_id, "outcome": "committed", "commit": sha,
+                    "ledger_id": outcome.ledger_id}, run_id=self.run_id)
+            outcome.outcome, outcome.commit = "committed", sha
+            self.out(f"task {task.task_id} committed {sha[:12]} (verified before the stop)")
 
     # -- scheduling -----------------------------------------------------------------------
 

@@ -23,8 +23,12 @@ from uet.state.db import Database
 from uet.state.patches import PatchLedger
 from uet.state.recovery import DEFAULT_HEARTBEAT_S, recover
 
-# ledger entries a crash can leave between created and committed
-_UNFINISHED_ENTRY_STATES = ("created", "validated", "queued", "applied", "verified")
+# how an entry a crash left half way is quarantined as interrupted, along its machine
+# (a verified entry is not among them: its gates passed, so resuming commits it)
+_INTERRUPTED_PATHS = {"created": ("quarantined",), "validated": ("quarantined",),
+                      "queued": ("apply_failed", "quarantined"),
+                      "applied": ("quarantined",)}
+INTERRUPTED = "interrupted: the run stopped before this patch was committed"
 
 
 class ResumeError(UetError):
@@ -128,9 +132,15 @@ def reconcile(db: Database, run_id: str, ws: Workstream, repo: git.Repository, b
                     outcome = outcomes[task.task_id]
                     outcome.outcome, outcome.commit = "committed", sha
                     outcome.ledger_id = entry["ledger_id"]
-            elif entry["state"] in _UNFINISHED_ENTRY_STATES:
-                patches.quarantine(entry["ledger_id"], "interrupted: the run stopped before "
-                                   "this patch was committed")
+            elif entry["state"] in _INTERRUPTED_PATHS:
+                for target in _INTERRUPTED_PATHS[entry["state"]]:
+                    patches.transition_state(entry["ledger_id"], target, INTERRUPTED)
+            elif entry["state"] == "verified" and task is not None:
+                # its gates passed on the branch head, which only its own commit would have
+                # moved: resuming applies it again there and commits it (see Orchestrator)
+                outcome = outcomes[task.task_id]
+                outcome.outcome, outcome.ledger_id = "verified", entry["ledger_id"]
+                outcome.patch_id = patch["patch_id"]
     for task in ws.tasks:
         outcome = outcomes[task.task_id]
         if outcome.outcome == "pending" and outcome.attempts >= task.max_attempts:

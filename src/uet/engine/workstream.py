@@ -22,33 +22,23 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from types import MappingProxyType
-from typing import Any, Iterable, Iterator, Literal, Mapping, NamedTuple
+from typing import Any, Iterable, Literal, Mapping
 
 from uet.engine.policy import FileScope, Policy
 from uet.errors import ValidationError
 from uet.state.contracts import GateType
-from uet.state.tables import json_path
+from uet.engine.workstream_rules import (  # noqa: F401 - names of the workstream module too
+    BRANCH_PLACEHOLDERS, DEFAULT_BRANCH, GATE_PLACEHOLDERS, PROMPT_PLACEHOLDERS, RESERVED_ENV,
+    TOOL_PLACEHOLDERS, Problem, cross_field_problems, doc_path, glob_problem, quoted,
+    ref_name_problem, render_template, template_problems)
 
 MAX_FILE_BYTES = 1 << 20   # 1 MiB: a workstream is a few kilobytes; more is a mistake or an attack
 MAX_VALUES = 100_000       # values after YAML aliases are expanded (a "billion laughs" stops here)
 MAX_DEPTH = 32             # the format needs 6 levels; deeper is not a workstream
 FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 
-# Which placeholders each kind of template may use. The orchestrator supplies the values
-# through render_template; a name outside its set is a problem of the file, never a runtime
-# surprise.
-TOOL_PLACEHOLDERS = ("prompt", "prompt_file", "worktree", "task_id", "run_id", "attempt",
-                     "feedback_file")
-PROMPT_PLACEHOLDERS = ("worktree", "task_id", "run_id", "attempt", "feedback_file")
-GATE_PLACEHOLDERS = ("worktree", "task_id", "run_id", "attempt")
-BRANCH_PLACEHOLDERS = ("run_id", "workstream_id")
-# set by uet in every tool's environment: a file may not set them (they would be overwritten)
-RESERVED_ENV = ("UET_RUN_ID", "UET_STEP_ATTEMPT_ID", "UET_USAGE_FILE")
-
 DEFAULT_ID = "default"
 DEFAULT_BASE = "HEAD"
-DEFAULT_BRANCH = "uet/{run_id}"
-SAMPLE_RUN_ID = "01HZZZZZZZZZZZZZZZZZZZZZZZ"  # a ULID, to check what a branch template makes
 
 
 # -- the records --------------------------------------------------------------------------
@@ -151,15 +141,6 @@ class Workstream:
 
 # -- the error ----------------------------------------------------------------------------
 
-class Problem(NamedTuple):
-    """One problem of a file: where (`tasks[2].tool`; "" for the file as a whole) and what."""
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-
 class WorkstreamError(ValidationError):
     """A workstream file that cannot be used: `problems` lists every problem found (sorted
     by path), `source` names the file. Nothing was run or recorded."""
@@ -173,68 +154,6 @@ class WorkstreamError(ValidationError):
         first = self.problems[0].path if self.problems else ""
         super().__init__(f"{what}: {count} problem{'s' if count != 1 else ''}: {listed}",
                          field=first or None)
-
-
-# -- templates ----------------------------------------------------------------------------
-
-_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-_PLACEHOLDER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _template_parts(template: str) -> Iterator[tuple[str, str | None, int]]:
-    """(literal text, placeholder name or None, offset) pieces of a template; a name of ""
-    marks a malformed brace (its literal text is the offending piece)."""
-    position = 0
-    for match in _TEMPLATE_TOKEN.finditer(template):
-        if match.start() > position:
-            yield template[position:match.start()], None, position
-        token = match.group()
-        if token in ("{{", "}}"):
-            yield token[0], None, match.start()
-        elif match.group(1) is not None and _PLACEHOLDER_NAME.fullmatch(match.group(1)):
-            yield "", match.group(1), match.start()
-        else:
-            yield token, "", match.start()
-        position = match.end()
-    if position < len(template):
-        yield template[position:], None, position
-
-
-def template_problems(template: str, allowed: Iterable[str]) -> list[str]:
-    """What is wrong with a template's placeholders (empty: nothing)."""
-    allowed = tuple(allowed)
-    problems = []
-    for text, name, offset in _template_parts(template):
-        if name == "":
-            if text in ("{", "}"):
-                problems.append(f"unmatched {text!r} at character {offset + 1} (write "
-                                f"'{text * 2}' for a literal brace)")
-            else:
-                problems.append(f"{_quote(text)} is not a placeholder (placeholders are "
-                                "{name}; write '{{' and '}}' for literal braces)")
-        elif name is not None and name not in allowed:
-            known = ", ".join(f"{{{n}}}" for n in allowed) or "none"
-            close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
-            hint = f"; did you mean {{{close[0]}}}?" if close else ""
-            problems.append(f"unknown placeholder {{{name}}}{hint} (known here: {known})")
-    return problems
-
-
-def render_template(template: str, values: Mapping[str, str]) -> str:
-    """`template` with each {name} replaced by values[name] and '{{'/'}}' by one brace;
-    ValueError on a malformed template or a name without a value. Never str.format: a
-    template cannot reach attributes or indexes of the values."""
-    pieces = []
-    for text, name, _offset in _template_parts(template):
-        if name == "":
-            raise ValueError(f"malformed template {template!r}: {text!r}")
-        if name is None:
-            pieces.append(text)
-        elif name in values:
-            pieces.append(str(values[name]))
-        else:
-            raise ValueError(f"no value for placeholder {{{name}}} of {template!r}")
-    return "".join(pieces)
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -295,7 +214,7 @@ def parse_workstream(content: bytes | str, *, format: Format, project_id: str | 
             # what the copy could not hold is already a problem at its path: the schema's
             # complaint about the stand-in there would only repeat it
             known = {p.path for p in problems}
-            problems += [p for p in _schema_problems(data) + _cross_field_problems(data)
+            problems += [p for p in _schema_problems(data) + cross_field_problems(data)
                          if p.path not in known]
         problems += _caller_problems(project_id=project_id, phase_id=phase_id)
     if problems:
@@ -480,13 +399,13 @@ def _plain(data: Any) -> tuple[Any, list[Problem], bool]:
             return None, [Problem("", f"the document holds more than {MAX_VALUES:,} values "
                                       "(YAML aliases expanding?): not a workstream")], False
         if len(path) > MAX_DEPTH:
-            return None, [Problem(_path(path[:MAX_DEPTH]), f"nested deeper than {MAX_DEPTH} "
+            return None, [Problem(doc_path(path[:MAX_DEPTH]), f"nested deeper than {MAX_DEPTH} "
                                                            "levels: not a workstream")], False
         if isinstance(value, dict):
             copy: Any = {}
             for key, where in getattr(value, "duplicates", ()):
                 where = f" ({where})" if where else ""
-                problems.append(Problem(_path((*path, key)),
+                problems.append(Problem(doc_path((*path, key)),
                                         f"duplicate key{where}: give it once"))
             # pushed last to first, so that they are copied (and keep their order) first
             # to last
@@ -494,10 +413,10 @@ def _plain(data: Any) -> tuple[Any, list[Problem], bool]:
                 if not isinstance(key, str):
                     hint = (" (YAML reads yes/no/on/off/true/false as booleans: quote it)"
                             if isinstance(key, bool) else "")
-                    problems.append(Problem(_path(path), f"the key {_quote(key)} is "
+                    problems.append(Problem(doc_path(path), f"the key {quoted(key)} is "
                                                          f"{_kind(key)}, not text{hint}"))
                 elif fault := _text_fault(key):
-                    problems.append(Problem(_path((*path, key)), f"this key {fault}"))
+                    problems.append(Problem(doc_path((*path, key)), f"this key {fault}"))
                 else:
                     stack.append((child, (*path, key), copy, key))
         elif isinstance(value, list):
@@ -507,30 +426,18 @@ def _plain(data: Any) -> tuple[Any, list[Problem], bool]:
             copy = value
             if isinstance(value, str):
                 if fault := _text_fault(value):
-                    problems.append(Problem(_path(path), f"the text {fault}"))
+                    problems.append(Problem(doc_path(path), f"the text {fault}"))
             elif isinstance(value, float):
                 if not math.isfinite(value):
-                    problems.append(Problem(_path(path), f"{value} is not a finite number"))
+                    problems.append(Problem(doc_path(path), f"{value} is not a finite number"))
             elif not (value is None or isinstance(value, (bool, int))):
                 hint = " (YAML reads it as one: quote it to make it text)" \
                     if _kind(value) == "a date" else ""
-                problems.append(Problem(_path(path), f"is {_kind(value)}{hint}, which a "
+                problems.append(Problem(doc_path(path), f"is {_kind(value)}{hint}, which a "
                                                      "workstream cannot hold"))
                 copy = None
         parent[slot] = copy
     return holder["root"], problems, True
-
-
-def _path(steps: Iterable[str | int]) -> str:
-    """A place in the document as people write it: `tasks[2].tool`, `tools["my tool"]`."""
-    text = json_path("", list(steps))
-    return text[1:] if text.startswith(".") else text
-
-
-def _quote(value: Any, limit: int = 60) -> str:
-    """A value quoted for a message (repr, so control characters show as escapes), cut."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "...'"
 
 
 def _sorted(problems: Iterable[Problem]) -> list[Problem]:
@@ -577,18 +484,18 @@ def _schema_problems(data: dict) -> list[Problem]:
             what = "a tool id" if path == ["tools"] else "an environment variable name"
             path.append(value)
             message = _rule_message(rule, expected, value, error.schema)
-            problems.append(Problem(_path(path), f"as {what}, this key {message}"))
+            problems.append(Problem(doc_path(path), f"as {what}, this key {message}"))
         elif rule == "required":
             for key in expected:
                 if isinstance(value, dict) and key not in value:
-                    problems.append(Problem(_path([*path, key]), "required, but missing"))
+                    problems.append(Problem(doc_path([*path, key]), "required, but missing"))
         elif rule == "additionalProperties" and isinstance(value, dict):
             allowed = sorted(error.schema.get("properties", {}))
             for key in value:
                 if key not in allowed:
-                    problems.append(Problem(_path([*path, key]), _unknown_key(key, allowed)))
+                    problems.append(Problem(doc_path([*path, key]), _unknown_key(key, allowed)))
         else:
-            problems.append(Problem(_path(path),
+            problems.append(Problem(doc_path(path),
                                     _rule_message(rule, expected, value, error.schema)))
     return problems
 
@@ -607,300 +514,23 @@ def _rule_message(rule: str, expected: Any, value: Any, schema: dict) -> str:
     if rule == "minItems":
         return f"must have at least {expected} items"
     if rule == "exclusiveMinimum":
-        return f"must be greater than {expected} (got {_quote(value)})"
+        return f"must be greater than {expected} (got {quoted(value)})"
     if rule == "minimum":
-        return f"must be at least {expected} (got {_quote(value)})"
+        return f"must be at least {expected} (got {quoted(value)})"
     if rule == "maximum":
-        return f"must be at most {expected:,} (got {_quote(value)})"
+        return f"must be at most {expected:,} (got {quoted(value)})"
     if rule == "enum":
-        return f"must be one of {', '.join(map(str, expected))} (got {_quote(value)})"
+        return f"must be one of {', '.join(map(str, expected))} (got {quoted(value)})"
     if rule == "uniqueItems" and isinstance(value, list):
-        repeated = sorted({_quote(v) for v in value if value.count(v) > 1})
+        repeated = sorted({quoted(v) for v in value if value.count(v) > 1})
         return f"lists {', '.join(repeated)} more than once"
     if rule == "not" and "pattern" in expected:
         found = re.search(expected["pattern"], value) if isinstance(value, str) else None
         shown = f" ({found.group()!r} at character {found.start() + 1})" if found else ""
         return f"must not contain control characters{shown}"
     if rule == "pattern":
-        return _PATTERN_WORDS.get(expected, f"must match {expected}") + f" (got {_quote(value)})"
-    return f"{rule}: {expected!r} (got {_quote(value)})"
-
-
-# -- the rules a schema cannot express -----------------------------------------------------
-
-def _cross_field_problems(data: dict) -> list[Problem]:
-    """References, uniqueness, cycles, placeholders, globs, the branch name. Written to
-    work on a document the schema refused too, so that every problem is listed at once."""
-    problems: list[Problem] = []
-    add = lambda path, message: problems.append(Problem(_path(path), message))  # noqa: E731
-    tools = data.get("tools") if isinstance(data.get("tools"), dict) else {}
-    tasks = _items(data.get("tasks"))
-    gates = _items(data.get("gates"))
-
-    for tool_id, tool in tools.items():
-        if isinstance(tool, dict):
-            _check_command(tool.get("command"), ("tools", tool_id, "command"),
-                           TOOL_PLACEHOLDERS, add)
-            env = tool.get("env")
-            if isinstance(env, dict):
-                for name in env:
-                    if name in RESERVED_ENV:
-                        add(("tools", tool_id, "env", name),
-                            "is set by uet for every tool run; a tool cannot set it")
-
-    task_ids = _unique_ids(tasks, "task_id", "tasks", add)
-    gate_names = _unique_ids(gates, "name", "gates", add)
-    defined_tools = ", ".join(tools)
-    for index, task in tasks:
-        tool = task.get("tool")
-        # without any tool defined, `tools` itself is the problem (reported there)
-        if isinstance(tool, str) and tool and tools and tool not in tools:
-            close = difflib.get_close_matches(tool, list(tools), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            add(("tasks", index, "tool"),
-                f"{_quote(tool)} is not a tool defined in tools ({defined_tools}){hint}")
-        prompt = task.get("prompt")
-        if isinstance(prompt, str):
-            for message in template_problems(prompt, PROMPT_PLACEHOLDERS):
-                add(("tasks", index, "prompt"), message)
-        _check_scope(task.get("files_scope"), ("tasks", index, "files_scope"), add)
-    for index, gate in gates:
-        _check_command(gate.get("command"), ("gates", index, "command"), GATE_PLACEHOLDERS,
-                       add)
-
-    _check_dependencies(tasks, "task_id", "tasks", task_ids, "task", add)
-    _check_dependencies(gates, "name", "gates", gate_names, "gate", add)
-    _check_scope(data.get("files_scope"), ("files_scope",), add)
-    policy = data.get("policy")
-    if isinstance(policy, dict):
-        _check_globs(policy.get("forbid_paths"), ("policy", "forbid_paths"), add)
-    _check_branch(data, add)
-    base = data.get("base")
-    if isinstance(base, str) and base.startswith("-"):
-        add(("base",), "must not start with '-' (git would read it as an option)")
-    return problems
-
-
-def _items(value: Any) -> list[tuple[int, dict]]:
-    """(index, item) of the mappings of a list (anything else: the schema reports it)."""
-    if not isinstance(value, list):
-        return []
-    return [(i, item) for i, item in enumerate(value) if isinstance(item, dict)]
-
-
-def _unique_ids(items: list[tuple[int, dict]], key: str, where: str, add) -> dict[str, int]:
-    """id -> index of its first item; a repeated id is a problem at the repeat."""
-    first: dict[str, int] = {}
-    for index, item in items:
-        ident = item.get(key)
-        if not isinstance(ident, str) or not ident:
-            continue
-        if ident in first:
-            add((where, index, key),
-                f"duplicate {key} {_quote(ident)} (also {where}[{first[ident]}])")
-        else:
-            first[ident] = index
-    return first
-
-
-def _check_command(command: Any, path: tuple, allowed: tuple[str, ...], add) -> None:
-    if isinstance(command, list):
-        for position, argument in enumerate(command):
-            if isinstance(argument, str):
-                for message in template_problems(argument, allowed):
-                    add((*path, position), message)
-
-
-def _check_dependencies(items: list[tuple[int, dict]], key: str, where: str,
-                        known: dict[str, int], noun: str, add) -> None:
-    """depends_on names items of the same list, and the dependencies have no cycle."""
-    graph: dict[str, list[str]] = {}
-    for index, item in items:
-        ident = item.get(key)
-        depends_on = item.get("depends_on")
-        depends_on = depends_on if isinstance(depends_on, list) else []
-        names = []
-        for position, name in enumerate(depends_on):
-            if not isinstance(name, str) or not name:
-                continue
-            if name not in known:
-                listed = ", ".join(known) or "none"
-                add((where, index, "depends_on", position),
-                    f"{_quote(name)} is not a {noun} of this workstream ({noun}s: {listed})")
-            elif name == ident:
-                add((where, index, "depends_on", position), f"a {noun} cannot depend on itself")
-            else:
-                names.append(name)
-        if isinstance(ident, str) and known.get(ident) == index:
-            graph[ident] = names
-    for cycle in _cycles(graph, known):
-        add((where, known[cycle[0]], "depends_on"),
-            f"dependency cycle: {' -> '.join(cycle + [cycle[0]])}")
-
-
-def _cycles(graph: dict[str, list[str]], order: dict[str, int]) -> list[list[str]]:
-    """One cycle of each strongly connected component that has one (Tarjan, iterative),
-    starting at its member that comes first in the file."""
-    index_of: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    components = []
-    counter = 0
-    for start in sorted(graph, key=order.get):
-        if start in index_of:
-            continue
-        work = [(start, iter(graph[start]))]
-        index_of[start] = low[start] = counter
-        counter += 1
-        stack.append(start)
-        on_stack.add(start)
-        while work:
-            node, children = work[-1]
-            for child in children:
-                if child not in graph:
-                    continue
-                if child not in index_of:
-                    index_of[child] = low[child] = counter
-                    counter += 1
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(graph[child])))
-                    break
-                if child in on_stack:
-                    low[node] = min(low[node], index_of[child])
-            else:
-                work.pop()
-                if work:
-                    parent = work[-1][0]
-                    low[parent] = min(low[parent], low[node])
-                if low[node] == index_of[node]:
-                    component = []
-                    while True:
-                        member = stack.pop()
-                        on_stack.discard(member)
-                        component.append(member)
-                        if member == node:
-                            break
-                    if len(component) > 1:
-                        components.append(set(component))
-    cycles = []
-    for component in components:
-        first = min(component, key=order.get)
-        cycles.append(_cycle_through(first, component, graph, order))
-    return sorted(cycles, key=lambda c: order[c[0]])
-
-
-def _cycle_through(start: str, component: set[str], graph: dict[str, list[str]],
-                   order: dict[str, int]) -> list[str]:
-    """A shortest cycle from `start` back to itself inside its component (breadth first)."""
-    came_from: dict[str, str] = {}
-    frontier = [start]
-    while frontier:
-        following = []
-        for node in frontier:
-            for child in sorted(graph[node], key=order.get):
-                if child not in component:
-                    continue
-                if child == start:
-                    cycle = [node]
-                    while cycle[-1] != start:
-                        cycle.append(came_from[cycle[-1]])
-                    return cycle[::-1]
-                if child not in came_from:
-                    came_from[child] = node
-                    following.append(child)
-        frontier = following
-    return [start]  # not reached: a component of two or more members has a cycle
-
-
-def _check_scope(scope: Any, path: tuple, add) -> None:
-    if isinstance(scope, dict):
-        for kind in ("modify", "create", "read_only"):
-            _check_globs(scope.get(kind), (*path, kind), add)
-
-
-def _check_globs(globs: Any, path: tuple, add) -> None:
-    if not isinstance(globs, list):
-        return
-    for position, pattern in enumerate(globs):
-        if isinstance(pattern, str) and pattern:
-            problem = glob_problem(pattern)
-            if problem:
-                add((*path, position), problem)
-
-
-_DRIVE = re.compile(r"[A-Za-z]:")
-_BRACES = re.compile(r"\{[^{}]*,[^{}]*\}")
-
-
-def glob_problem(pattern: str) -> str | None:
-    """Why a files_scope or forbid_paths glob cannot match paths of the repository the way
-    it is meant to (None: it is fine). Patterns match paths as git writes them: relative to
-    the repository root, '/' between folders, no '.' or '..' steps; their meaning (`*`, `?`,
-    `[...]`, `**`) is uet.engine.policy's, which has no brace expansion and no negation."""
-    if pattern.startswith(("/", "~")) or _DRIVE.match(pattern) or pattern.startswith("\\"):
-        return "must be relative to the repository root, not an absolute path"
-    if "\\" in pattern:
-        return "must use '/' between folders ('\\' escapes the next character in a glob)"
-    if pattern.startswith("!"):
-        return ("a leading '!' (an exclusion) is not supported: list the paths in read_only "
-                "or policy.forbid_paths instead")
-    segments = pattern.split("/")
-    if ".." in segments:
-        return "must not contain a '..' step: patterns match paths inside the repository"
-    if "." in segments:
-        return "must not contain a '.' step (write 'src/**', not './src/**')"
-    # one trailing '/' names a folder (uet.engine.policy reads `docs/` as `docs/**`)
-    if "" in segments[:-1]:
-        return "must not contain '//' (an empty folder name)"
-    if _BRACES.search(pattern):
-        return ("brace expansion ({a,b}) is not supported (braces are literal): write one "
-                "pattern per alternative")
-    return None
-
-
-_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
-
-
-def ref_name_problem(name: str) -> str | None:
-    """Why `name` cannot be a git branch name (git check-ref-format's rules, and `git
-    branch`'s: not '-…', not 'HEAD'), or None."""
-    bad = _REF_FORBIDDEN.search(name)
-    if bad:
-        return f"contains {bad.group()!r}, which git does not allow in a branch name"
-    if name.startswith("-"):
-        return "starts with '-'"
-    if name == "HEAD" or name == "@":
-        return f"is {name!r}"
-    if name.startswith("/") or name.endswith("/") or "//" in name:
-        return "has an empty folder part (a leading, trailing or double '/')"
-    if ".." in name or "@{" in name:
-        return "contains '..' or '@{'"
-    if name.endswith("."):
-        return "ends with '.'"
-    for part in name.split("/"):
-        if part.startswith(".") or part.endswith(".lock"):
-            return f"has a part {part!r} that starts with '.' or ends with '.lock'"
-    return None
-
-
-def _check_branch(data: dict, add) -> None:
-    branch = data.get("branch", DEFAULT_BRANCH)
-    if not isinstance(branch, str) or not branch:
-        return
-    messages = template_problems(branch, BRANCH_PLACEHOLDERS)
-    for message in messages:
-        add(("branch",), message)
-    workstream_id = data.get("workstream_id")
-    if messages or not isinstance(workstream_id, str) or not workstream_id \
-            or re.search(r"[\x00-\x1f\x7f-\x9f]", workstream_id):
-        return  # the workstream_id's own problem is reported at its path
-    name = render_template(branch, {"run_id": SAMPLE_RUN_ID, "workstream_id": workstream_id})
-    fault = ref_name_problem(name)
-    if fault:
-        add(("branch",), f"makes branch names like {_quote(name)}, which is not a valid git "
-                         f"branch name: it {fault}")
+        return _PATTERN_WORDS.get(expected, f"must match {expected}") + f" (got {quoted(value)})"
+    return f"{rule}: {expected!r} (got {quoted(value)})"
 
 
 def _caller_problems(**given: str | None) -> list[Problem]:
