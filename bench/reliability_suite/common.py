@@ -21,7 +21,7 @@ MUTANT_VAR = "UET_RELIABILITY_MUTANT"
 
 # The keys of the final RELIABILITY line, in order.
 SUMMARY_KEYS = ("corrupt", "lost", "missing_events", "double", "locked", "partial", "untyped",
-                "half_migrated", "stranded", "stuck", "orphans")
+                "half_migrated", "stranded", "stuck", "orphans", "dup_commits")
 
 
 @dataclass(frozen=True)

@@ -259,6 +259,34 @@ def reaper_forgets_groups() -> None:
     recovery._stop_group = lambda pgid: None
 
 
+def resume_ignores_branch() -> None:
+    """`uet resume` trusts the ledger alone: a task is done only if its entry says committed.
+    A crash between the git commit and the ledger write leaves a commit the ledger does not
+    know; the entry is quarantined as interrupted and the task done (and committed) again."""
+    from uet.engine import resume
+    from uet.state.patches import PatchLedger
+    original = resume.reconcile
+
+    class LedgerOnly:
+        """The repository, except that the branch holds what the ledger says it holds."""
+
+        def __init__(self, repo, db, run_id, branch):
+            self._repo, self._db, self._run_id, self._branch = repo, db, run_id, branch
+
+        def __getattr__(self, name):
+            return getattr(self._repo, name)
+
+        def entry_commits(self, branch, **_):
+            head = self._repo.branch_head(self._branch)
+            return {entry["ledger_id"]: [head]
+                    for patch in PatchLedger(self._db).history_of_run(self._run_id)
+                    for entry in patch["entries"] if entry["state"] == "committed"}
+
+    def reconcile(db, run_id, ws, repo, branch, base):
+        return original(db, run_id, ws, LedgerOnly(repo, db, run_id, branch), branch, base)
+    resume.reconcile = reconcile
+
+
 MUTANTS = {
     "deferred_begin": deferred_begin,
     "split_event": split_event,
@@ -277,6 +305,7 @@ MUTANTS = {
     "pg_lazy_commit": pg_lazy_commit,
     "reaper_ignores_pids": reaper_ignores_pids,
     "reaper_forgets_groups": reaper_forgets_groups,
+    "resume_ignores_branch": resume_ignores_branch,
 }
 
 # Which checks must report a non-zero figure against each mutant.
@@ -298,6 +327,7 @@ CAUGHT_BY = {
     "pg_lazy_commit": ("crash_pg",),
     "reaper_ignores_pids": ("owners",),
     "reaper_forgets_groups": ("owners",),
+    "resume_ignores_branch": ("engine",),
 }
 
 

@@ -30,6 +30,7 @@ CHECKS = {
     "crash_pg": "reliability_suite.crash",
     "races_pg": "reliability_suite.races",
     "owners_pg": "reliability_suite.owners",
+    "engine": "reliability_suite.engine",
 }
 TITLES = {
     "crash": "1. crash safety (random SIGKILL)",
@@ -44,6 +45,7 @@ TITLES = {
     "crash_pg": "1. crash safety on PostgreSQL (random SIGKILL of clients)",
     "races_pg": "2. races on PostgreSQL (8 processes)",
     "owners_pg": "9. owners through a PostgreSQL outage",
+    "engine": "10. workstream runs killed and resumed (uet run, uet resume)",
 }
 
 
