@@ -40,7 +40,8 @@ from uet.state.db import Database
 from uet.state.gates import GateLedger
 from uet.state.ids import new_ulid
 from uet.state.patches import PatchLedger
-from uet.state.recovery import DEFAULT_HEARTBEAT_S, Owner, cancel_requested, recover
+from uet.state.recovery import (DEFAULT_HEARTBEAT_S, Owner, cancel_requested, process_start,
+                                recover)
 
 TAIL_CHARS = 4000          # of a tool's or gate's output kept in the ledger
 EXIT_TIMEOUT, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND = 124, 126, 127
@@ -111,10 +112,12 @@ def _tail(path: str) -> str:
 
 
 def run_process(argv: list[str], *, cwd: str, env: Mapping[str, str], timeout: float | None,
-                stopped: Callable[[], bool]) -> _Process:
+                stopped: Callable[[], bool],
+                started: Callable[[int], None] | None = None) -> _Process:
     """Run `argv` (never through a shell) in its own process group with a timeout; stop it
     (SIGTERM, then SIGKILL) when `stopped()` turns true. Output goes to files (no pipe can
-    fill up) of which the tails are kept."""
+    fill up) of which the tails are kept. `started(pid)` is called once it runs (its pid is
+    its process group's id)."""
     with tempfile.TemporaryDirectory(prefix="uet-proc-") as scratch:
         out_path, err_path = os.path.join(scratch, "out"), os.path.join(scratch, "err")
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
@@ -126,6 +129,12 @@ def run_process(argv: list[str], *, cwd: str, env: Mapping[str, str], timeout: f
             except OSError as exc:
                 return _Process(EXIT_CANNOT_EXECUTE, "", "",
                                 error=f"cannot execute {argv[0]}: {exc.strerror or exc}")
+            if started is not None:
+                try:
+                    started(child.pid)
+                except BaseException:
+                    _stop_group(child)
+                    raise
             deadline = None if timeout is None else time.monotonic() + timeout
             timed_out = canceled = False
             while True:
@@ -452,8 +461,17 @@ class Orchestrator:
                    UET_USAGE_FILE=files["usage"])
         refs = self.repo.refs()
         started = time.monotonic()
+
+        def record_group(pid: int) -> None:
+            # the tool's process group for the reaper: should this process die outright,
+            # the next reaper pass stops what the tool left running (as for `uet run -- CMD`)
+            self.db.update_step_attempt(step_id, {"metadata": {
+                "task_id": task.task_id, "start": worktree.head, "command": argv, "pid": pid,
+                "pid_started": process_start(pid), "pgid": pid}})
+
         result = run_process(argv, cwd=str(worktree.path), env=env,
-                             timeout=task.timeout_seconds, stopped=self._stopped)
+                             timeout=task.timeout_seconds, stopped=self._stopped,
+                             started=record_group)
         duration = round(time.monotonic() - started, 3)
         meta = {"task_id": task.task_id, "command": argv, "duration_sec": duration,
                 "stdout_tail": result.stdout, "stderr_tail": result.stderr}
