@@ -795,3 +795,36 @@ def test_check_patch_onto_another_commit(repo, integration):
 def test_without_repository_variables():
     env = {"GIT_DIR": "/x", "GIT_INDEX_FILE": "/y", "GIT_AUTHOR_NAME": "a", "PATH": "/bin"}
     assert g.without_repository_variables(env) == {"GIT_AUTHOR_NAME": "a", "PATH": "/bin"}
+
+
+def test_refs_read_from_files_equal_what_git_lists(tmp_path):
+    """refs() reads git's ref files (packed and loose) for speed: it must say exactly what
+    `git for-each-ref` says, for packed, loose, nested, annotated and overriding refs."""
+    from uet.engine import git as gitmod
+    path = tmp_path / "r"
+    path.mkdir()
+    env = {**os.environ, "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b",
+           "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@b"}
+
+    def run(*args):
+        return subprocess.run(["git", "-C", str(path), *args], check=True, env=env,
+                              capture_output=True, text=True).stdout
+
+    run("init", "-q", "-b", "main")
+    run("commit", "-q", "--allow-empty", "-m", "one")
+    run("branch", "feature/deep/name")
+    run("tag", "light")
+    run("tag", "-a", "annotated", "-m", "an annotated tag")
+    run("pack-refs", "--all")
+    run("commit", "-q", "--allow-empty", "-m", "two")   # main loose, overriding packed
+    run("branch", "loose-only")
+    run("tag", "-a", "loose-annotated", "-m", "x")
+    repo = gitmod.open_repository(path)
+    listed = dict(line.split(" ", 1)[::-1] for line in run(
+        "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags")
+        .splitlines())
+    assert repo._ref_files() == listed
+    assert repo.refs() == listed
+    run("branch", "-D", "feature/deep/name")   # deleted from packed-refs
+    listed.pop("refs/heads/feature/deep/name")
+    assert repo.refs() == listed

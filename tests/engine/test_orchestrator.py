@@ -494,7 +494,7 @@ def test_a_stop_after_the_gates_or_the_apply_is_settled_by_resume(db, tmp_path, 
     from uet.engine import orchestrator as orchestrator_module
     from uet.engine.resume import resume_run
     path = _three_tasks(tmp_path, repo)
-    target = {"commit": (orchestrator_module.git, "commit_change"),
+    target = {"commit": (orchestrator_module.git, "commit_index"),
               "applied": (orchestrator_module.Orchestrator, "_judge")}[stop_at]
     original = getattr(*target)
 

@@ -589,15 +589,29 @@ def commit_change(worktree: str | os.PathLike[str], message: str, entry_id: str,
     stale writer cannot commit over a newer head. Refuses a commit that changes nothing
     unless `allow_empty`.
     """
+    return commit_index(worktree, message, entry_id, parent=parent, identity=identity,
+                        allow_empty=allow_empty)[0]
+
+
+def commit_index(worktree: str | os.PathLike[str], message: str, entry_id: str, *,
+                 parent: str | None = None, parent_tree: str | None = None,
+                 identity: tuple[str, str] = DEFAULT_IDENTITY,
+                 allow_empty: bool = False) -> tuple[str, str]:
+    """`commit_change`, returning (the commit's sha, its tree's sha); a caller that knows
+    `parent` and its tree (`parent_tree`: the tree this function returned for it) saves
+    the git call that reads them."""
     if not isinstance(message, str) or not message.strip():
         raise ValidationError("a commit message must be non-empty text", field="message")
     _trailer_value(entry_id)
-    if parent is not None and not _SHA.fullmatch(parent):
-        raise ValidationError(f"parent must be a full commit sha, got {parent!r}",
-                              field="parent")
-    rev = parent or "HEAD"
-    head, head_tree = _out(worktree, ["rev-parse", f"{rev}^{{commit}}",
-                                      f"{rev}^{{tree}}"]).split()
+    for value, what in ((parent, "parent"), (parent_tree, "parent_tree")):
+        if value is not None and not _SHA.fullmatch(value):
+            raise ValidationError(f"{what} must be a full sha, got {value!r}", field=what)
+    if parent is not None and parent_tree is not None:
+        head, head_tree = parent, parent_tree
+    else:
+        rev = parent or "HEAD"
+        head, head_tree = _out(worktree, ["rev-parse", f"{rev}^{{commit}}",
+                                          f"{rev}^{{tree}}"]).split()
     tree = _out(worktree, ["write-tree"])
     if tree == head_tree and not allow_empty:
         raise GitError(f"nothing to commit in {worktree}: the index equals {head[:12]}")
@@ -607,10 +621,11 @@ def commit_change(worktree: str | os.PathLike[str], message: str, entry_id: str,
     text = f"{message.strip()}\n\n{ENTRY_TRAILER}: {entry_id}\n"
     sha = _out(worktree, ["commit-tree", tree, "-p", head, "-F", "-"],
                input=text.encode("utf-8"), env=ident)
-    # HEAD is the branch (symbolic) in the integration worktree, so this moves the branch
+    # HEAD is the branch (symbolic) in the integration worktree, so this moves the branch;
+    # it fails, and nothing moves, unless the branch is still at `head`
     run_git(worktree, ["update-ref", "-m", f"uet: commit {ENTRY_TRAILER} {entry_id}",
                        "HEAD", sha, head])
-    return sha
+    return sha, tree
 
 
 # -- the repository ---------------------------------------------------------------------------
@@ -661,6 +676,11 @@ class Repository:
                            stderr=_text(done.stderr))
         return done.stdout.decode().strip()
 
+    def resolve_tree(self, commit: str) -> str:
+        """The full sha of the tree of commit `commit`."""
+        return _out(self.toplevel, ["rev-parse", "--verify", "--end-of-options",
+                                    f"{_rev(commit)}^{{tree}}"])
+
     def branch_head(self, branch: str) -> str | None:
         """The sha at the tip of local branch `branch`, or None when it does not exist."""
         done = self.git(["rev-parse", "--verify", "--quiet", "--end-of-options",
@@ -670,10 +690,49 @@ class Repository:
         return done.stdout.decode().strip()
 
     def refs(self) -> dict[str, str]:
-        """Every branch and tag of the repository: full ref name -> the sha it points at."""
+        """Every branch and tag of the repository: full ref name -> the sha it points at.
+
+        Read from git's ref files (`packed-refs`, then the loose files under `refs/`, which
+        win) when the repository keeps its refs in files, as git does by default: it is
+        taken before and after every tool, and a git process costs more than the reading.
+        Anything else (the reftable format, a file being rewritten) is asked of git."""
+        try:
+            found = self._ref_files()
+        except (OSError, ValueError):
+            found = None
+        if found is not None:
+            return found
         data = self.git(["for-each-ref", "--format=%(refname)%00%(objectname)",
                          "refs/heads", "refs/tags"]).stdout.decode("utf-8", "surrogateescape")
         return dict(line.split("\x00", 1) for line in data.splitlines() if "\x00" in line)
+
+    def _ref_files(self) -> dict[str, str] | None:
+        """The branches and tags from the files-backend ref store, or None when the
+        repository uses another store or a ref file is not a plain sha (read by git)."""
+        common = self.common_dir
+        if (common / "reftable").exists():
+            return None
+        refs: dict[str, str] = {}
+        packed = common / "packed-refs"
+        if packed.exists():
+            for line in packed.read_text("utf-8", "surrogateescape").splitlines():
+                if not line or line[0] in "#^":
+                    continue  # the header, and the peeled object of the tag above
+                sha, _, name = line.partition(" ")
+                if name.startswith(("refs/heads/", "refs/tags/")):
+                    refs[name] = sha
+        for kind in ("heads", "tags"):
+            top = common / "refs" / kind
+            for folder, _, files in os.walk(top):
+                for name in files:
+                    if name.endswith(".lock"):
+                        continue  # a ref being written: its old value stays in force
+                    path = Path(folder) / name
+                    sha = path.read_text("utf-8", "surrogateescape").strip()
+                    if not _SHA.fullmatch(sha):
+                        return None  # symbolic or odd: let git say what it is
+                    refs[path.relative_to(common).as_posix()] = sha
+        return refs
 
     def changed_refs(self, before: Mapping[str, str], *,
                      ignore: Sequence[str] = ()) -> list[str]:

@@ -197,7 +197,8 @@ class Orchestrator:
         self._cancel_checked = 0.0
         self.run_id = ""
         self._resuming = False
-        self._head: str | None = None  # the run's branch head
+        self._head: str | None = None  # the run's branch head, and its tree
+        self._head_tree: str | None = None
         self.branch = ""
         self.base = ""
         self.integration: git.Worktree | None = None
@@ -288,6 +289,7 @@ class Orchestrator:
             # the branch moves only by this run's commits (one at a time): tracked here
             # rather than read back from git before every attempt
             self._head = self.repo.branch_head(self.branch)
+            self._head_tree = self.repo.resolve_tree(self._head)
             self.integration = self.repo.add_integration_worktree(
                 f"{self.run_id}-integration", self.branch, replace=True)
             self._commit_verified()
@@ -340,10 +342,11 @@ class Orchestrator:
             patch = self.patches.get_patch(outcome.patch_id)
             task = self.ws.task(outcome.task_id)
             git.apply_patch(integration.path, patch.diff)
-            sha = git.commit_change(
+            sha, self._head_tree = git.commit_index(
                 integration.path, f"{task.name or task.task_id}\n\nuet: workstream "
                 f"{self.ws.workstream_id}, task {task.task_id}, run {self.run_id} (committed "
-                "when the run was resumed)", outcome.ledger_id, parent=self._head)
+                "when the run was resumed)", outcome.ledger_id, parent=self._head,
+                parent_tree=self._head_tree)
             self._head = sha
             with self.db.atomic():
                 self.patches.transition_state(outcome.ledger_id, "committed",
@@ -574,7 +577,8 @@ class Orchestrator:
             self.patches.transition_state(ledger_id, "validated", "format, scope and policy")
             self.patches.transition_state(ledger_id, "queued")
             self.patches.transition_state(ledger_id, "applied")
-        failed = self._judge(task, ledger_id, values)
+            gate_ids = self._define_gates(ledger_id)
+        failed = self._judge(task, gate_ids, values)
         if failed is not None:
             git.reset_worktree(integration.path)
             name, code, output = failed
@@ -584,7 +588,8 @@ class Orchestrator:
         self.patches.transition_state(ledger_id, "verified", "every gate passed")
         message = (f"{task.name or task.task_id}\n\nuet: workstream {self.ws.workstream_id}, "
                    f"task {task.task_id}, attempt {values['attempt']}, run {self.run_id}")
-        sha = git.commit_change(integration.path, message, ledger_id, parent=self._head)
+        sha, self._head_tree = git.commit_index(integration.path, message, ledger_id,
+                                                parent=self._head, parent_tree=self._head_tree)
         self._head = sha
         return True, "", "", sha
 
@@ -593,20 +598,21 @@ class Orchestrator:
         self.bus.publish("patch.quarantined", {"ledger_id": ledger_id, "reason": why},
                          run_id=self.run_id)
 
-    def _judge(self, task: Task, ledger_id: str,
+    def _define_gates(self, ledger_id: str) -> dict[str, str]:
+        """The workstream's gates defined for the entry (PENDING), in dependency order;
+        their ids by name. Called inside the caller's transaction."""
+        return {gate.name: self.gates.define_gate(
+            gate.type, self.ws.phase_id, shlex.join(gate.command), name=gate.name,
+            depends_on=gate.depends_on, timeout_sec=gate.timeout_seconds, run_id=self.run_id,
+            ledger_id=ledger_id)["gate_id"] for gate in self.ws.ordered_gates()}
+
+    def _judge(self, task: Task, ids: Mapping[str, str],
                values: dict[str, str]) -> tuple[str, int, str] | None:
-        """Run the gates for the entry in dependency order; the first failure (name, exit
-        code, output) or None when all passed."""
+        """Run the entry's gates (`ids`, by name) in dependency order; the first failure
+        (name, exit code, output) or None when all passed."""
         integration = self.integration
         assert integration is not None
         gate_values = {**values, "worktree": str(integration.path)}
-        ids: dict[str, str] = {}
-        with self.db.atomic():
-            for gate in self.ws.ordered_gates():
-                ids[gate.name] = self.gates.define_gate(
-                    gate.type, self.ws.phase_id, shlex.join(gate.command), name=gate.name,
-                    depends_on=gate.depends_on, timeout_sec=gate.timeout_seconds,
-                    run_id=self.run_id, ledger_id=ledger_id)["gate_id"]
         first_failure = None
         for gate in self.ws.ordered_gates():
             if self.gates.get_gate(ids[gate.name])["state"] != "PENDING":
