@@ -578,14 +578,13 @@ class Orchestrator:
             self.patches.transition_state(ledger_id, "queued")
             self.patches.transition_state(ledger_id, "applied")
             gate_ids = self._define_gates(ledger_id)
-        failed = self._judge(task, gate_ids, values)
+        failed = self._judge(ledger_id, gate_ids, values)
         if failed is not None:
             git.reset_worktree(integration.path)
             name, code, output = failed
             why = f"gate {name} failed (exit {code})"
             self._quarantine(ledger_id, why)
             return False, why, f"{why}\n{output}", ""
-        self.patches.transition_state(ledger_id, "verified", "every gate passed")
         message = (f"{task.name or task.task_id}\n\nuet: workstream {self.ws.workstream_id}, "
                    f"task {task.task_id}, attempt {values['attempt']}, run {self.run_id}")
         sha, self._head_tree = git.commit_index(integration.path, message, ledger_id,
@@ -606,48 +605,66 @@ class Orchestrator:
             depends_on=gate.depends_on, timeout_sec=gate.timeout_seconds, run_id=self.run_id,
             ledger_id=ledger_id)["gate_id"] for gate in self.ws.ordered_gates()}
 
-    def _judge(self, task: Task, ids: Mapping[str, str],
+    def _judge(self, ledger_id: str, ids: Mapping[str, str],
                values: dict[str, str]) -> tuple[str, int, str] | None:
         """Run the entry's gates (`ids`, by name) in dependency order; the first failure
-        (name, exit code, output) or None when all passed."""
+        (name, exit code, output) or None when all passed — then the entry is verified.
+        A passed gate's result is written with the next write (the next gate's RUNNING, or
+        the entry's verdict): one transaction less per gate, and nothing decides on it in
+        between (only a failure blocks other gates, and a failure is written at once)."""
         integration = self.integration
         assert integration is not None
         gate_values = {**values, "worktree": str(integration.path)}
         first_failure = None
+        passed: list[tuple[Gate, str, _Process]] = []
         for gate in self.ws.ordered_gates():
-            if self.gates.get_gate(ids[gate.name])["state"] != "PENDING":
+            gate_id = ids[gate.name]
+            if self.gates.get_gate(gate_id)["state"] != "PENDING":
                 continue  # BLOCKED by a dependency that failed
-            result = self._run_gate(gate, ids[gate.name], gate_values, integration)
-            if result.exit_code != 0 and first_failure is None:
-                first_failure = (gate.name, result.exit_code, result.output())
+            with self.db.atomic():
+                self._record_gates(passed)
+                self.gates.transition_state(gate_id, "RUNNING")
+            result = self._run_gate(gate, gate_values, integration)
+            if result.canceled:
+                with self.db.atomic():
+                    self._record_gates([(gate, gate_id, result)])
+                raise _Canceled()
+            if result.exit_code == 0 and not result.error:
+                passed.append((gate, gate_id, result))
+                continue
+            with self.db.atomic():
+                self._record_gates(passed)
+                self._record_gates([(gate, gate_id, result)])
+            if first_failure is None:
+                first_failure = (gate.name, result.exit_code or 1, result.output())
+        with self.db.atomic():
+            self._record_gates(passed)
+            if first_failure is None:
+                self.patches.transition_state(ledger_id, "verified", "every gate passed")
         return first_failure
 
-    def _run_gate(self, gate: Gate, gate_id: str, values: dict[str, str],
+    def _run_gate(self, gate: Gate, values: dict[str, str],
                   integration: git.Worktree) -> _Process:
-        self.gates.transition_state(gate_id, "RUNNING")
         argv = [render_template(arg, values) for arg in gate.command]
         env = git.without_repository_variables(os.environ)
         env.update(UET_RUN_ID=self.run_id)
-        result = run_process(argv, cwd=str(integration.path), env=env,
-                             timeout=gate.timeout_seconds, stopped=self._stopped)
-        if result.canceled:
-            self.gates.transition_state(gate_id, "FAILED", exit_code=result.exit_code,
-                                        stderr="canceled")
-            raise _Canceled()
-        state = "PASSED" if result.exit_code == 0 and not result.error else "FAILED"
-        with self.db.atomic():
+        return run_process(argv, cwd=str(integration.path), env=env,
+                           timeout=gate.timeout_seconds, stopped=self._stopped)
+
+    def _record_gates(self, results: list[tuple[Gate, str, _Process]]) -> None:
+        """Write gates' results (inside the caller's transaction) and empty the list."""
+        for gate, gate_id, result in results:
+            state = "PASSED" if result.exit_code == 0 and not result.error else "FAILED"
+            stderr = "canceled" if result.canceled else "\n".join(
+                p for p in (result.stderr, result.error) if p)
             self.gates.transition_state(gate_id, state, exit_code=result.exit_code,
-                                        stdout=result.stdout,
-                                        stderr="\n".join(p for p in (result.stderr,
-                                                                     result.error) if p))
+                                        stdout=result.stdout, stderr=stderr)
             self.bus.publish("gate.finished", {
                 "gate": gate.name, "gate_id": gate_id, "state": state,
                 "exit_code": result.exit_code, "output_tail": result.output()[-500:]},
                 run_id=self.run_id)
-        self.out(f"gate {gate.name} {state.lower()}")
-        if result.exit_code == 0 and result.error:
-            result.exit_code = 1
-        return result
+            self.out(f"gate {gate.name} {state.lower()}")
+        results.clear()
 
     @staticmethod
     def _quietly(action: Callable[..., Any], *args: Any) -> None:
