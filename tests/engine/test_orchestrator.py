@@ -255,6 +255,7 @@ def _uet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_uet_run_with_a_workstream_file_runs_it_and_exits_with_its_outcome(tmp_path, repo):
     good = workstream(tmp_path, repo, [
         {"task_id": "T1", "tool": "editor", "prompt": "write src/app.py\nVALUE = 5"}])
+    good_text = good.read_text()
     ledger = str(tmp_path / "ledger.db")
     done = _uet("run", "--db", ledger, "--json", str(good), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -267,6 +268,11 @@ def test_uet_run_with_a_workstream_file_runs_it_and_exits_with_its_outcome(tmp_p
     assert failed.returncode == 1 and "docs/guide.md" in failed.stderr
     shown = _uet("show", "--db", ledger, report["run_id"], cwd=tmp_path)
     assert shown.returncode == 0 and "succeeded" in shown.stdout
+    # the workstream file the run keeps (for resume) is named, not printed, in the table
+    assert "the workstream file," in shown.stdout and "files_scope" not in shown.stdout
+    whole = json.loads(_uet("show", "--db", ledger, "--json", report["run_id"],
+                            cwd=tmp_path).stdout)
+    assert whole["run"]["metadata"]["workstream"]["content"] == good_text
 
 
 def test_an_invalid_workstream_file_records_nothing(tmp_path, repo):

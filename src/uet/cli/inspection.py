@@ -123,7 +123,7 @@ def show(ctx: Context, run_id: str | None) -> None:
     if ctx.as_json:
         emit_json(document)
         return
-    run_row = document["run"]
+    run_row = _summarised(document["run"])
     if run_id in lost:  # shown, not written: the next reaper pass fails it
         run_row = {**run_row, "state": f"running (owner lost: {lost[run_id]})"}
     emit_fields(f"run {run_id}", [(k, v) for k, v in run_row.items() if k != "run_id"]
@@ -149,6 +149,18 @@ def show(ctx: Context, run_id: str | None) -> None:
     emit_table("events", ["seq", "timestamp", "event_type", "data"],
                ([e["seq"], e["timestamp"], e["event_type"], e["data"]]
                 for e in document["events"]), state_column=None)
+
+
+def _summarised(run: dict[str, Any]) -> dict[str, Any]:
+    """The run as `uet show` prints it: a workstream run's metadata keeps the workstream
+    file it ran (for `uet resume`); the table names its size, `--json` has it whole."""
+    meta = run.get("metadata")
+    spec = meta.get("workstream") if isinstance(meta, dict) else None
+    if not isinstance(spec, dict) or not isinstance(spec.get("content"), str):
+        return run
+    size = len(spec["content"].encode("utf-8", "surrogatepass"))
+    return {**run, "metadata": {**meta, "workstream": {
+        **spec, "content": f"<the workstream file, {size:,} bytes: uet show --json>"}}}
 
 
 @command("logs", epilog="\b\nExamples:\n  uet logs            # the newest run's output\n"
