@@ -133,7 +133,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "the stored state with `expected`: a caller that lost a race overwrites the winner. "
         "An unknown `expected` is still refused and a move to the current state too.",
         (Edit(f"{STATE}/transitions.py",
-              "    if expected is not None and old_state != expected:",
+              "    if expected is not None and current[\"state\"] != expected:",
               "    if False:  # mutant: the compare-and-set check is gone"),),
         (MACHINES, CONCURRENCY, WORKERS, EVENTS),
     ),

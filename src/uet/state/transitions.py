@@ -25,6 +25,21 @@ def stamp(table: Table, state: str, changes: dict[str, object],
     changes.update(table.machine.stamps_entering(state, current, changes, utc_now()))
 
 
+def locked_row(tx, table: Table, entity_id: str, expected: object = None) -> dict[str, Any]:
+    """The record, locked for the caller's transaction (NotFoundError when there is none);
+    with `expected`, compare-and-set: a record no longer in that state raises
+    ConcurrentUpdateError."""
+    if expected is not None:
+        table.machine.check_state(expected, "expected")
+    found = tx.rows(f"lock_{table.entity}", (entity_id,))
+    if not found:
+        raise NotFoundError(table.entity, entity_id)
+    current = found[0]
+    if expected is not None and current["state"] != expected:
+        raise ConcurrentUpdateError(table.entity, entity_id, expected, current["state"])
+    return current
+
+
 def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
                expected: object = None, event_data: Mapping[str, Any] | None = None,
                record_changes: bool = False) -> dict[str, Any]:
@@ -39,15 +54,8 @@ def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
     the state-change event says when.)
     """
     machine = table.machine
-    if expected is not None:
-        machine.check_state(expected, "expected")
-    found = tx.rows(f"lock_{table.entity}", (entity_id,))
-    if not found:
-        raise NotFoundError(table.entity, entity_id)
-    current = found[0]
+    current = locked_row(tx, table, entity_id, expected)
     old_state = current["state"]
-    if expected is not None and old_state != expected:
-        raise ConcurrentUpdateError(table.entity, entity_id, expected, old_state)
     changed = tables.describe_changes(table, current, changes)
     changes = {name: value for name, value in changes.items()
                if name == "state" or name in changed}
@@ -82,14 +90,7 @@ def redrive_row(tx, table: Table, entity_id: str, target: str, reason: str, *,
     transaction; returns the new row. The columns the machine clears are emptied, and the
     state-change event (`redrive: true`) keeps their previous values and the reason."""
     machine = table.machine
-    if expected is not None:
-        machine.check_state(expected, "expected")
-    found = tx.rows(f"lock_{table.entity}", (entity_id,))
-    if not found:
-        raise NotFoundError(table.entity, entity_id)
-    current = found[0]
-    if expected is not None and current["state"] != expected:
-        raise ConcurrentUpdateError(table.entity, entity_id, expected, current["state"])
+    current = locked_row(tx, table, entity_id, expected)
     machine.check_redrive(entity_id, current["state"], target)
     cleared = {name: current[name] for name in machine.redrive_clears
                if current[name] is not None}
