@@ -527,25 +527,34 @@ def test_a_stop_after_the_gates_or_the_apply_is_settled_by_resume(db, tmp_path, 
         assert len(first_task_steps) == 2 and states == ["committed"] * 3 + ["quarantined"]
 
 
-def test_a_tool_left_running_by_a_killed_orchestrator_is_stopped_by_the_reaper(tmp_path,
-                                                                                repo):
+@pytest.mark.parametrize("left", ["tool", "gate"])
+def test_what_a_killed_orchestrator_left_running_is_stopped_by_the_reaper(tmp_path, repo,
+                                                                          left):
     from uet.state.recovery import recover
-    marker = tmp_path / "tool.pid"
+    marker = tmp_path / "process.pid"
     script = (f"import os, time\nopen({str(marker)!r}, 'w').write(str(os.getpid()))\n"
               "time.sleep(600)")
-    path = workstream(tmp_path, repo, [{"task_id": "T1", "tool": "sleeper", "prompt": "x"}],
-                      tools={"sleeper": {"command": [sys.executable, "-c", script]}})
+    if left == "tool":
+        path = workstream(tmp_path, repo, [{"task_id": "T1", "tool": "sleeper",
+                                            "prompt": "x"}],
+                          tools={"sleeper": {"command": [sys.executable, "-c", script]}})
+    else:
+        path = workstream(tmp_path, repo, [{"task_id": "T1", "tool": "editor",
+                                            "prompt": "write src/app.py\nVALUE = 13"}],
+                          gates=[{"name": "slow", "type": "UNIT",
+                                  "command": [sys.executable, "-c", script]}])
     ledger = str(tmp_path / "ledger.db")
     env = {k: v for k, v in os.environ.items() if k != "UET_DATABASE"}
     proc = subprocess.Popen([sys.executable, "-m", "uet", "run", "--db", ledger, str(path)],
                             cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not marker.exists() or not marker.read_text():
-        assert time.monotonic() < deadline, "the tool never started"
+        assert time.monotonic() < deadline, f"the {left} never started"
         time.sleep(0.05)
     tool_pid = int(marker.read_text())
-    with init_db(ledger) as db:  # the group is recorded before the tool gets to run long
-        while "pgid" not in db.list_step_attempts(db.list_runs()[0]["run_id"])[0]["metadata"]:
+    with init_db(ledger) as db:  # the group is recorded before the process gets to run long
+        while db.list_step_attempts(db.list_runs()[0]["run_id"])[0]["metadata"].get(
+                "pgid") != tool_pid:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         proc.kill()
@@ -559,5 +568,5 @@ def test_a_tool_left_running_by_a_killed_orchestrator_is_stopped_by_the_reaper(t
         with open(f"/proc/{tool_pid}/stat") as f:
             if f.read().split(") ")[-1].startswith("Z"):
                 break  # a zombie: dead, waiting for its (gone) parent to be reaped
-        assert time.monotonic() < deadline, "the tool outlived the reaper pass"
+        assert time.monotonic() < deadline, f"the {left} outlived the reaper pass"
         time.sleep(0.05)

@@ -465,16 +465,9 @@ class Orchestrator:
         refs = self.repo.refs()
         started = time.monotonic()
 
-        def record_group(pid: int) -> None:
-            # the tool's process group for the reaper: should this process die outright,
-            # the next reaper pass stops what the tool left running (as for `uet run -- CMD`)
-            self.db.update_step_attempt(step_id, {"metadata": {
-                "task_id": task.task_id, "start": worktree.head, "command": argv, "pid": pid,
-                "pid_started": process_start(pid), "pgid": pid}})
-
         result = run_process(argv, cwd=str(worktree.path), env=env,
                              timeout=task.timeout_seconds, stopped=self._stopped,
-                             started=record_group)
+                             started=self._group_recorder(step_id, task, argv))
         duration = round(time.monotonic() - started, 3)
         meta = {"task_id": task.task_id, "command": argv, "duration_sec": duration,
                 "stdout_tail": result.stdout, "stderr_tail": result.stderr}
@@ -519,7 +512,8 @@ class Orchestrator:
                 run_id=self.run_id)
         outcome.ledger_id = entry.ledger_id
         with self._merge_lock:
-            ok, why, feedback, sha = self._merge(task, entry.ledger_id, change, values)
+            ok, why, feedback, sha = self._merge(task, step_id, entry.ledger_id, change,
+                                                 values)
         if ok:
             with self.db.atomic():
                 self.patches.transition_state(entry.ledger_id, "committed", f"commit {sha}")
@@ -536,6 +530,17 @@ class Orchestrator:
         self.out(f"task {task.task_id}: {why}")
         return False, feedback, True
 
+    def _group_recorder(self, step_id: str, task: Task,
+                        argv: list[str]) -> Callable[[int], None]:
+        """What records a process the attempt runs (its tool, then its gates) on the
+        attempt, while it runs: should this process die outright, the next reaper pass
+        stops that process group (as for `uet run -- CMD`)."""
+        def record(pid: int) -> None:
+            self.db.update_step_attempt(step_id, {"metadata": {
+                "task_id": task.task_id, "command": argv, "pid": pid,
+                "pid_started": process_start(pid), "pgid": pid}})
+        return record
+
     def _end_step(self, step_id: str, state: str, exit_code: int | None, why: str | None,
                   meta: dict[str, Any], *, output_patch_id: str | None = None) -> None:
         changes: dict[str, Any] = {"state": state, "exit_code": exit_code, "metadata": meta}
@@ -547,7 +552,7 @@ class Orchestrator:
 
     # -- validation, apply, gates, commit (one patch at a time) ---------------------------
 
-    def _merge(self, task: Task, ledger_id: str, change: git.CapturedChange,
+    def _merge(self, task: Task, step_id: str, ledger_id: str, change: git.CapturedChange,
                values: dict[str, str]) -> tuple[bool, str, str, str]:
         """Steps 3-5 for one entry; (committed, why not, feedback, commit sha)."""
         integration = self.integration
@@ -578,7 +583,7 @@ class Orchestrator:
             self.patches.transition_state(ledger_id, "queued")
             self.patches.transition_state(ledger_id, "applied")
             gate_ids = self._define_gates(ledger_id)
-        failed = self._judge(ledger_id, gate_ids, values)
+        failed = self._judge(task, step_id, ledger_id, gate_ids, values)
         if failed is not None:
             git.reset_worktree(integration.path)
             name, code, output = failed
@@ -605,7 +610,7 @@ class Orchestrator:
             depends_on=gate.depends_on, timeout_sec=gate.timeout_seconds, run_id=self.run_id,
             ledger_id=ledger_id)["gate_id"] for gate in self.ws.ordered_gates()}
 
-    def _judge(self, ledger_id: str, ids: Mapping[str, str],
+    def _judge(self, task: Task, step_id: str, ledger_id: str, ids: Mapping[str, str],
                values: dict[str, str]) -> tuple[str, int, str] | None:
         """Run the entry's gates (`ids`, by name) in dependency order; the first failure
         (name, exit code, output) or None when all passed — then the entry is verified.
@@ -624,7 +629,8 @@ class Orchestrator:
             with self.db.atomic():
                 self._record_gates(passed)
                 self.gates.transition_state(gate_id, "RUNNING")
-            result = self._run_gate(gate, gate_values, integration)
+            result = self._run_gate(gate, gate_values, integration,
+                                    lambda argv: self._group_recorder(step_id, task, argv))
             if result.canceled:
                 with self.db.atomic():
                     self._record_gates([(gate, gate_id, result)])
@@ -643,13 +649,15 @@ class Orchestrator:
                 self.patches.transition_state(ledger_id, "verified", "every gate passed")
         return first_failure
 
-    def _run_gate(self, gate: Gate, values: dict[str, str],
-                  integration: git.Worktree) -> _Process:
+    def _run_gate(self, gate: Gate, values: dict[str, str], integration: git.Worktree,
+                  recorder: Callable[[list[str]], Callable[[int], None]]) -> _Process:
         argv = [render_template(arg, values) for arg in gate.command]
         env = git.without_repository_variables(os.environ)
         env.update(UET_RUN_ID=self.run_id)
+        # the gate runs while its attempt is still running: recorded there for the reaper
         return run_process(argv, cwd=str(integration.path), env=env,
-                           timeout=gate.timeout_seconds, stopped=self._stopped)
+                           timeout=gate.timeout_seconds, stopped=self._stopped,
+                           started=recorder(argv))
 
     def _record_gates(self, results: list[tuple[Gate, str, _Process]]) -> None:
         """Write gates' results (inside the caller's transaction) and empty the list."""
