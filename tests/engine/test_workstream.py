@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import string
-import time
 from pathlib import Path
 
 import pytest
@@ -511,11 +510,10 @@ def test_an_unreadable_file_is_one_clear_problem(tmp_path):
 
 def test_a_file_over_the_size_limit_is_refused_before_it_is_parsed(tmp_path):
     path = tmp_path / "ws.yaml"
-    path.write_bytes(b"# " + b"x" * MAX_FILE_BYTES + b"\n")
-    started = time.monotonic()
+    # not YAML at all: parsed, it would be a syntax problem; refused first, it is one
+    path.write_bytes(b"{[: " * (MAX_FILE_BYTES // 4 + 1))
     problem, = error_of(path).problems
     assert "larger than 1,048,576 bytes" in problem.message
-    assert time.monotonic() - started < 1
     with pytest.raises(WorkstreamError, match="larger than"):
         parse_workstream(b"x" * (MAX_FILE_BYTES + 1), format="yaml")
 
@@ -585,10 +583,8 @@ def billion_laughs(levels: int = 9) -> str:
 def test_a_billion_laughs_is_refused_quickly():
     # PyYAML's safe_load builds aliases as shared objects, cheaply; what would explode is
     # walking them: the copy stops at MAX_VALUES
-    started = time.monotonic()
     problem = the_problem(billion_laughs() + "workstream_id: *a9\n", "yaml")
-    assert "more than 100,000 values" in problem.message
-    assert time.monotonic() - started < 5
+    assert "more than 100,000 values" in problem.message  # stopped at the limit
 
 
 def test_aliases_within_the_limit_are_expanded_into_independent_values():
