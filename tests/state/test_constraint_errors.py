@@ -13,12 +13,13 @@ from uet.state.db import Database
 RUN = {"run_id": "r1", "project_id": "p", "phase_id": "ph", "workstream_id": None,
        "execution_request_id": None, "created_at": "2026-01-01T00:00:00.000000Z",
        "started_at": None, "ended_at": None, "state": "pending", "exit_code": None,
-       "error_message": None, "metadata": "{}"}
+       "error_message": None, "metadata": "{}", "priority": None}
 STEP = {"step_attempt_id": "s1", "run_id": "r1", "sequence": 1, "tool_id": "t",
         "tool_run_id": None, "execution_request_id": None, "prompt_id": None,
         "started_at": "2026-01-01T00:00:00.000000Z", "ended_at": None, "state": "running",
         "exit_code": None, "input_prompt": None, "output_patch_id": None, "error_log": None,
-        "metadata": "{}", "attempt": 1, "worker_id": None}
+        "metadata": "{}", "attempt": 1, "worker_id": None, "task_id": None,
+        "model": None, "input_tokens": None, "output_tokens": None, "cost_usd": None}
 
 
 def _violation(db, *statements) -> ConstraintViolation:

@@ -20,7 +20,8 @@ def test_create_and_get_run_returns_every_column(db, sample_run_data):
         "workstream_id": "WS-001", "execution_request_id": "ER-001",
         "created_at": "2026-01-31T12:00:00.000000Z", "started_at": None, "ended_at": None,
         "state": "pending", "exit_code": None, "error_message": None,
-        "metadata": sample_run_data["metadata"], "worker_id": None,
+        "metadata": sample_run_data["metadata"], "worker_id": None, "priority": None,
+        "recoveries": 0,
     }
 
 

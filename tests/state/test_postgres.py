@@ -299,7 +299,7 @@ def test_closing_inside_a_transaction_does_not_hang(postgres_url):
             "run_id": "r", "project_id": "p", "phase_id": "ph", "workstream_id": None,
             "execution_request_id": None, "created_at": "2026-01-01T00:00:00.000000Z",
             "started_at": None, "ended_at": None, "state": "pending", "exit_code": None,
-            "error_message": None, "metadata": None})
+            "error_message": None, "metadata": None, "priority": None})
         db.close()  # returns at once; the running transaction still commits
     assert db.closed
     with init_db(postgres_url) as again:

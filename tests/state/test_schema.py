@@ -30,8 +30,9 @@ def test_seed_tables_keep_every_seed_column_in_order(raw):
         assert columns(raw, table)[:len(seed)] == list(seed)
     assert len(SEED_COLUMNS["runs"]) == 12 and len(SEED_COLUMNS["step_attempts"]) == 15
     assert len(SEED_COLUMNS["run_events"]) == 5
-    assert columns(raw, "runs")[12:] == ["worker_id"]
-    assert columns(raw, "step_attempts")[15:] == ["attempt", "worker_id"]
+    assert columns(raw, "runs")[12:] == ["worker_id", "priority", "recoveries"]
+    assert columns(raw, "step_attempts")[15:] == ["attempt", "worker_id", "task_id", "model",
+                                                   "input_tokens", "output_tokens", "cost_usd"]
     assert columns(raw, "run_events")[5:] == ["seq"]
 
 

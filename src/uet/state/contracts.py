@@ -69,6 +69,8 @@ class WorkerRecord:
     created_at: str
     terminated_at: str | None
     current_run_id: str | None
+    # the process holding the id (fencing); None for workers registered without one
+    incarnation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,8 @@ def worker_from_row(row: Mapping[str, Any]) -> WorkerRecord:
         worker_id=row["worker_id"], worker_type=row["worker_type"],
         state=WorkerState(row["state"]), affinity=json.loads(row["affinity"]),
         last_heartbeat=row["last_heartbeat"], created_at=row["created_at"],
-        terminated_at=row["terminated_at"], current_run_id=row["current_run_id"])
+        terminated_at=row["terminated_at"], current_run_id=row["current_run_id"],
+        incarnation=row.get("incarnation"))
 
 
 def patch_from_row(row: Mapping[str, Any]) -> PatchArtifact:

@@ -17,6 +17,7 @@ from uet.state.ids import new_ulid, normalize_timestamp, utc_now
 from uet.state.machines import RUN, STEP_ATTEMPT, Machine
 
 TEXT, INT, JSON, TIMESTAMP, STATE = "text", "integer", "json", "timestamp", "state"
+NUMBER = "number"  # a finite real number (an int or a float; stored as a float)
 INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
 # SQLite's default limit on one string is 1e9 bytes, and it stores a whole row as one
 # record under the same limit (PostgreSQL's limit on one message is about 1 GiB); refuse
@@ -79,6 +80,11 @@ RUNS = Table("runs", "run", "run_id", (
     Column("metadata", JSON),
     # Beyond the seed: the worker holding the run (set by WorkerLifecycle.claim_run).
     Column("worker_id", TEXT, managed_by="WorkerLifecycle.claim_run"),
+    # The run's place in the work queue (`uet submit`): higher first, then oldest first.
+    # None (the default) for a run no worker pool takes.
+    Column("priority", INT, minimum=-1_000_000, maximum=1_000_000),
+    # How many times the pool re-queued the run after its owner was lost.
+    Column("recoveries", INT, nullable=False, minimum=0, managed_by="the reaper"),
 ), machine=RUN)
 
 STEP_ATTEMPTS = Table("step_attempts", "step_attempt", "step_attempt_id", (
@@ -102,6 +108,13 @@ STEP_ATTEMPTS = Table("step_attempts", "step_attempt", "step_attempt_id", (
     Column("attempt", INT, nullable=False, minimum=1),
     # The worker running the attempt; by default the worker holding the run.
     Column("worker_id", TEXT, updatable=False),
+    # The workstream task the attempt belongs to (workstream runs).
+    Column("task_id", TEXT),
+    # What the tool reported it used ($UET_USAGE_FILE): summed by `uet usage`.
+    Column("model", TEXT),
+    Column("input_tokens", INT, minimum=0),
+    Column("output_tokens", INT, minimum=0),
+    Column("cost_usd", NUMBER),
 ), machine=STEP_ATTEMPT)
 
 RUN_EVENTS = Table("run_events", "event", "event_id", (
@@ -167,6 +180,20 @@ def encode_value(table: Table, column: Column, value: object, *,
         if not filtering:  # a filter may look for rows written before a range applied
             _check_range(table, column, value)
         return value
+    if kind == NUMBER:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValidationError(
+                f"{table.entity} field {column.name!r} must be a number, got "
+                f"{type(value).__name__}", field=column.name)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = float("inf")
+        if not 0 <= number < float("inf"):
+            raise ValidationError(
+                f"{table.entity} field {column.name!r} must be a finite number >= 0, got "
+                f"{value!r}", field=column.name)
+        return number
     if kind == JSON:
         return encode_json(value, f"{table.entity} field {column.name!r}", column.name)
     if kind == TIMESTAMP:

@@ -8,9 +8,11 @@
 
 -- name: insert_run
 INSERT INTO runs (run_id, project_id, phase_id, workstream_id, execution_request_id,
-                  created_at, started_at, ended_at, state, exit_code, error_message, metadata)
+                  created_at, started_at, ended_at, state, exit_code, error_message, metadata,
+                  priority)
 VALUES (:run_id, :project_id, :phase_id, :workstream_id, :execution_request_id,
-        :created_at, :started_at, :ended_at, :state, :exit_code, :error_message, :metadata);
+        :created_at, :started_at, :ended_at, :state, :exit_code, :error_message, :metadata,
+        :priority);
 
 -- name: get_run
 SELECT * FROM runs WHERE run_id = ?;
@@ -25,13 +27,15 @@ DELETE FROM runs WHERE run_id = ?;
 INSERT INTO step_attempts (step_attempt_id, run_id, sequence, tool_id, tool_run_id,
                            execution_request_id, prompt_id, started_at, ended_at, state,
                            exit_code, input_prompt, output_patch_id, error_log, metadata,
-                           attempt, worker_id)
+                           attempt, worker_id, task_id, model, input_tokens, output_tokens,
+                           cost_usd)
 VALUES (:step_attempt_id, :run_id, :sequence, :tool_id, :tool_run_id,
         :execution_request_id, :prompt_id, :started_at, :ended_at, :state,
         :exit_code, :input_prompt, :output_patch_id, :error_log, :metadata,
         coalesce(:attempt, (SELECT coalesce(max(attempt), 0) + 1 FROM step_attempts
                              WHERE run_id = :run_id AND sequence = :sequence)),
-        coalesce(:worker_id, (SELECT worker_id FROM runs WHERE run_id = :run_id)))
+        coalesce(:worker_id, (SELECT worker_id FROM runs WHERE run_id = :run_id)),
+        :task_id, :model, :input_tokens, :output_tokens, :cost_usd)
 RETURNING attempt;
 
 -- name: get_step_attempt
@@ -56,8 +60,16 @@ SELECT coalesce(max(seq), 0) AS seq FROM run_events;
 SELECT * FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?;
 
 -- name: insert_worker
-INSERT INTO workers (worker_id, worker_type, state, affinity, created_at)
-VALUES (?, ?, 'SPAWNING', ?, ?)
+INSERT INTO workers (worker_id, worker_type, state, affinity, created_at, incarnation)
+VALUES (?, ?, 'SPAWNING', ?, ?, ?)
+RETURNING *;
+
+-- name: respawn_worker
+-- a TERMINATED id registered again by a new incarnation: it starts over in SPAWNING
+UPDATE workers SET worker_type = :worker_type, state = 'SPAWNING', affinity = :affinity,
+                   incarnation = :incarnation, created_at = :now, last_heartbeat = NULL,
+                   terminated_at = NULL, current_run_id = NULL
+ WHERE worker_id = :worker_id AND state = 'TERMINATED'
 RETURNING *;
 
 -- name: get_worker
@@ -83,11 +95,21 @@ RETURNING *;
 UPDATE workers SET last_heartbeat = ? WHERE worker_id = ? AND state != 'TERMINATED'
 RETURNING worker_id;
 
+-- name: heartbeat_incarnation
+UPDATE workers SET last_heartbeat = ?
+ WHERE worker_id = ? AND state != 'TERMINATED' AND incarnation = ?
+RETURNING worker_id;
+
 -- name: stale_workers
 -- DRAINING workers still hold work and heartbeat like BUSY ones
 SELECT * FROM workers
  WHERE state IN ('IDLE', 'BUSY', 'DRAINING') AND coalesce(last_heartbeat, created_at) < ?
  ORDER BY created_at, worker_id;
+
+-- name: next_queued_run
+-- the work queue: the highest priority first, then the oldest (idx_runs_queue)
+SELECT run_id FROM runs WHERE state = 'pending' AND priority IS NOT NULL
+ ORDER BY priority DESC, created_at, run_id LIMIT 1;
 
 -- name: oldest_pending_run
 SELECT run_id FROM runs WHERE state = 'pending' ORDER BY created_at, run_id LIMIT 1;

@@ -81,6 +81,12 @@ SELECT g.*, (SELECT coalesce(json_agg(depends_on), '[]') FROM gate_dependencies 
 
 -- Claimers run at once on many machines here (SQLite's writer holds the whole database).
 
+-- name: next_queued_run
+-- a run another claimer has locked is passed over, not waited for
+SELECT run_id FROM runs WHERE state = 'pending' AND priority IS NOT NULL
+ ORDER BY priority DESC, created_at, run_id LIMIT 1
+   FOR NO KEY UPDATE SKIP LOCKED;
+
 -- name: oldest_pending_run
 -- a run another claimer has locked is passed over, not waited for
 SELECT run_id FROM runs WHERE state = 'pending' ORDER BY created_at, run_id LIMIT 1
