@@ -110,6 +110,23 @@ class DuplicateTransitionError(InvalidTransitionError, ConcurrentUpdateError):
         self.actual = state
 
 
+class StaleWorkerError(ValidationError):
+    """A write by a worker process that is no longer the live incarnation of its worker id:
+    it was reaped as lost (a paused process that woke up), stopped, or replaced by a newer
+    process registered under the same id. Nothing was written; the process must stop
+    working (its runs have been handed to others). A ValidationError, as any write by a
+    TERMINATED worker is."""
+
+    def __init__(self, worker_id: str, incarnation: str | None, why: str) -> None:
+        self.worker_id = worker_id
+        self.incarnation = incarnation
+        ValidationError.__init__(
+            self, f"worker {worker_id!r}" + (f" (incarnation {incarnation})" if incarnation
+                                             else "")
+            + f" is fenced off: {why}; it must stop working (its work was failed or handed "
+            "to another worker)", field="incarnation")
+
+
 class SchemaVersionError(UetError):
     """The ledger's schema is newer than this code knows; nothing was changed."""
 
@@ -134,6 +151,7 @@ __all__ = [
     "UetError", "NotFoundError", "AmbiguousIdError", "ValidationError", "AlreadyExistsError",
     "ConstraintViolation",
     "InvalidTransitionError", "ConcurrentUpdateError", "DuplicateTransitionError",
+    "StaleWorkerError",
     "SchemaVersionError",
     "NotALedgerError", "MigrationError", "DatabaseBusyError", "StorageError",
 ]

@@ -223,6 +223,7 @@ PLAUSIBLE: dict[str, list] = {
     "exit_code": [0, 1], "stdout": ["out"], "stderr": ["err"],
     "heartbeat_interval_s": [30, 0.001], "now": [datetime(2100, 1, 1, tzinfo=timezone.utc)],
     "last_heartbeat": [None, "2026-01-01T00:00:00.000000Z"],
+    "incarnation": [None, "inc-1"], "queued": [False, True],
 }
 # a legal move from where _v2_records leaves each record (w1 IDLE, entry created, LINT PENDING)
 LEGAL_MOVE = {"workers": "BUSY", "patches": "validated", "gates": "RUNNING"}

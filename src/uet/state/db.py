@@ -7,6 +7,8 @@ change is written inside the same transaction as the change.
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from typing import Any, Callable, ContextManager, Iterator, Mapping
 
 from uet.errors import AlreadyExistsError, AmbiguousIdError, NotFoundError, ValidationError
@@ -21,8 +23,8 @@ from uet.state.names import (DEFAULT_PATH, ENV_VAR, display_name, is_postgres_ur
                              resolve_path)
 from uet.state.statements import list_runs_sql
 from uet.state.tables import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
-from uet.state.transitions import (change_row, check_worker_can_work, record_event,
-                                   redrive_row, stamp)
+from uet.state.transitions import (change_row, check_incarnation, check_worker_can_work,
+                                   record_event, redrive_run_row, stamp)
 
 # names other modules read from here (kept for callers of earlier releases)
 __all__ = ["Database", "get_db", "init_db", "DEFAULT_PATH", "ENV_VAR", "MEMORY", "resolve_path", "display_name",
@@ -78,6 +80,7 @@ class Database:
         self.durability = durability
         self.busy_timeout = float(busy_timeout)
         self.read_only = bool(read_only)
+        self._fences = threading.local()  # the fence of each thread (`fenced`)
         self._backend = self._open()
 
     def _open(self) -> Backend:
@@ -91,7 +94,31 @@ class Database:
         except BaseException:
             backend.close()
             raise
+        backend.on_begin = self._check_fence
         return backend
+
+    @contextmanager
+    def fenced(self, worker_id: str, incarnation: str) -> Iterator["Database"]:
+        """A block whose writes, made by the calling thread, are writes of `incarnation` of
+        worker `worker_id`: each write transaction (every call, every `atomic()` block)
+        first locks the worker's row and goes on only while that incarnation holds the id
+        and is not TERMINATED, else raises StaleWorkerError and writes nothing. A process
+        that was paused past its lease and reaped, or replaced under its id, thus cannot
+        change what its successor now owns. Enter it once the worker is registered (and in
+        each thread that works for it); other threads are not fenced; reads never are."""
+        fence = (tables.text(worker_id, "worker_id"), tables.text(incarnation, "incarnation"))
+        previous = getattr(self._fences, "fence", None)
+        self._fences.fence = fence
+        try:
+            yield self
+        finally:
+            self._fences.fence = previous
+
+    def _check_fence(self, tx: Any) -> None:
+        fence = getattr(self._fences, "fence", None)
+        if fence is not None:
+            found = tx.rows("lock_worker", (fence[0],))
+            check_incarnation(found[0] if found else None, *fence)
 
     @property
     def backend(self) -> Backend:
@@ -299,15 +326,7 @@ class Database:
         run_id = tables.text(run_id, "run_id")
         reason = tables.text(reason, "reason")
         with self._backend.transaction() as tx:
-            run = redrive_row(tx, RUNS, run_id, "pending", reason, expected=expected)
-            # attempts still running belong to the ending that is undone: they were
-            # interrupted, and the run's next owner starts new ones (a refused re-drive
-            # above raised before this, and the transaction undoes nothing else)
-            for step in tx.rows("list_step_attempts", (run_id,)):
-                if step["state"] == "running":
-                    change_row(tx, STEP_ATTEMPTS, step["step_attempt_id"], {
-                        "state": "failed", "error_log": f"interrupted: {reason}"})
-            return run
+            return redrive_run_row(tx, run_id, reason, expected=expected)
 
     def delete_run(self, run_id: str) -> None:
         """Remove the run with its step attempts and events, in one transaction."""

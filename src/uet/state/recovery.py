@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
-from uet.errors import ConcurrentUpdateError, NotFoundError, UetError, ValidationError
+from uet.errors import (ConcurrentUpdateError, NotFoundError, StaleWorkerError, UetError,
+                        ValidationError)
 from uet.state.contracts import positive_seconds
 from uet.state.db import Database
 from uet.state.events import RUN_CANCEL_REQUESTED
@@ -178,8 +179,8 @@ def _abandoned_pending(db: Database, workers: Any) -> list[Recovered]:
     for run in db.list_runs({"state": "pending"}, limit=None):
         meta = run["metadata"] if isinstance(run["metadata"], dict) else {}
         owner = meta.get("uet_owner")
-        if not isinstance(owner, str):
-            continue
+        if not isinstance(owner, str) or run["priority"] is not None:
+            continue  # a queued run is the pool's to take, whoever queued it
         worker = workers.get_worker(owner)
         if worker is None or worker.state != "TERMINATED":
             continue
@@ -266,11 +267,13 @@ class Owner:
     `close()` when the process is done. The one mechanism every owner uses."""
 
     def __init__(self, db: Database, worker_type: str = "cli", *,
-                 heartbeat_s: float = DEFAULT_HEARTBEAT_S) -> None:
+                 heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+                 worker_id: str | None = None) -> None:
         self.db, self.workers = db, WorkerLifecycle(db)
         self.heartbeat_s = positive_seconds(heartbeat_s, "heartbeat_s")
         self.incarnation = new_ulid()
-        self.worker_id = f"{worker_type}-{self.incarnation}"
+        # a given id is kept across restarts (each process a new incarnation of it)
+        self.worker_id = worker_id or f"{worker_type}-{self.incarnation}"
         self.worker_type = worker_type
         self.lost: str | None = None  # why the ledger says we are gone (reaped), if it does
         self._stop = threading.Event()
@@ -278,15 +281,43 @@ class Owner:
         self._retired = False
 
     def register(self) -> str:
-        """Record this process as an IDLE worker; returns its worker_id."""
+        """Record this process as an IDLE worker; returns its worker_id.
+
+        A given worker id that a process still holds is taken over only when that owner is
+        gone (`owner_lost`: its process ended, or it missed two heartbeats — a paused
+        process too): it is terminated first (its runs failed or re-queued) and this
+        process becomes the id's new incarnation, so the old one's writes are refused from
+        then on. An owner that is alive keeps its id: ValidationError naming it."""
+        existing = self.workers.get_worker(self.worker_id)
+        if existing is not None and existing.state != "TERMINATED":
+            why = owner_lost(existing)
+            if why is None:
+                raise ValidationError(
+                    f"worker {self.worker_id} is already running (process "
+                    f"{existing.affinity.get('pid')} on {existing.affinity.get('host')}, "
+                    f"{existing.state}); stop it first or choose another id",
+                    field="worker_id")
+            self.workers.terminate_lost(
+                self.worker_id, f"owner {self.worker_id} is gone ({why}): a new process "
+                "registered under its id", last_heartbeat=existing.last_heartbeat)
         self.workers.spawn_worker(self.worker_id, self.worker_type, {
-            **identity(), "incarnation": self.incarnation, "heartbeat_s": self.heartbeat_s})
-        self.workers.transition_state(self.worker_id, "IDLE")
+            **identity(), "incarnation": self.incarnation, "heartbeat_s": self.heartbeat_s},
+            incarnation=self.incarnation)
+        self.workers.transition_state(self.worker_id, "IDLE", incarnation=self.incarnation)
         return self.worker_id
 
     def claim(self, run_id: str) -> dict[str, Any]:
         """Take the pending run: it goes running with this owner recorded."""
-        return self.workers.claim_run(self.worker_id, run_id)
+        return self.workers.claim_run(self.worker_id, run_id, incarnation=self.incarnation)
+
+    def claim_next(self) -> dict[str, Any] | None:
+        """Take the next run of the work queue (highest priority, then oldest), or None."""
+        return self.workers.claim_run(self.worker_id, incarnation=self.incarnation,
+                                      queued=True)
+
+    def release(self) -> None:
+        """Back to IDLE once the run held is finished or handed back."""
+        self.workers.release(self.worker_id, incarnation=self.incarnation)
 
     def start_heartbeat(self) -> None:
         """Heartbeat every interval from a daemon thread until `close()`. Start it after any
@@ -299,8 +330,8 @@ class Owner:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                self.workers.heartbeat(self.worker_id)
-            except (ValidationError, NotFoundError) as exc:  # reaped, stopped or removed
+                self.workers.heartbeat(self.worker_id, incarnation=self.incarnation)
+            except (ValidationError, NotFoundError) as exc:  # reaped, replaced or removed
                 self.lost = str(exc)
                 return
             except UetError:
@@ -321,13 +352,18 @@ class Owner:
         if self._retired:
             return
         worker = self.workers.get_worker(self.worker_id)
-        if worker is None or worker.state == "TERMINATED":
-            return
-        if worker.state == "BUSY":
-            run = self.db.get_run(worker.current_run_id) if worker.current_run_id else None
-            if run is None or run["state"] != "running":
-                self.workers.release(self.worker_id)
-        self.workers.transition_state(self.worker_id, "TERMINATED")
+        if (worker is None or worker.state == "TERMINATED"
+                or worker.incarnation not in (None, self.incarnation)):
+            return  # reaped, or the id belongs to a newer process: nothing is ours
+        try:
+            if worker.state == "BUSY":
+                run = self.db.get_run(worker.current_run_id) if worker.current_run_id else None
+                if run is None or run["state"] != "running":
+                    self.workers.release(self.worker_id, incarnation=self.incarnation)
+            self.workers.transition_state(self.worker_id, "TERMINATED",
+                                          incarnation=self.incarnation)
+        except StaleWorkerError:
+            pass  # reaped meanwhile
 
 
 __all__ = ["DEFAULT_HEARTBEAT_S", "Owner", "RUN_CANCEL_REQUESTED", "Recovered",

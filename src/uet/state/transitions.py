@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from uet.errors import ConcurrentUpdateError, NotFoundError, ValidationError
+from uet.errors import (ConcurrentUpdateError, NotFoundError, StaleWorkerError,
+                        ValidationError)
 from uet.state import tables
 from uet.state.events import (RUN_STATE_CHANGED, RUN_UPDATED, STEP_ATTEMPT_STATE_CHANGED,
                               STEP_ATTEMPT_UPDATED)
@@ -85,23 +86,62 @@ def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
 
 
 def redrive_row(tx, table: Table, entity_id: str, target: str, reason: str, *,
-                expected: object = None) -> dict[str, Any]:
+                expected: object = None, also: Mapping[str, object] | None = None,
+                event_data: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Move a record back to `target` under its machine's re-drive table, inside the caller's
-    transaction; returns the new row. The columns the machine clears are emptied, and the
-    state-change event (`redrive: true`) keeps their previous values and the reason."""
+    transaction; returns the new row. The columns the machine clears are emptied (and those
+    of `also`, known columns set by the ledger itself, set), and the state-change event
+    (`redrive: true`) keeps their previous values, the reason and `event_data`."""
     machine = table.machine
     current = locked_row(tx, table, entity_id, expected)
     machine.check_redrive(entity_id, current["state"], target)
     cleared = {name: current[name] for name in machine.redrive_clears
                if current[name] is not None}
-    changes: dict[str, object] = {"state": target, **dict.fromkeys(machine.redrive_clears)}
+    changes: dict[str, object] = {"state": target, **dict.fromkeys(machine.redrive_clears),
+                                  **(also or {})}
     columns = tuple(name for name in table.names if name in changes)
     row = tx.query(update_sql(table, columns, tx.placeholder),
                    [changes[name] for name in columns] + [entity_id])[0]
     record_event(tx, row["run_id"], RUN_STATE_CHANGED, {
         "from": current["state"], "to": target, "redrive": True, "reason": reason,
-        "cleared": {name: tables.shown(value) for name, value in cleared.items()}})
+        "cleared": {name: tables.shown(value) for name, value in cleared.items()},
+        **(event_data or {})})
     return row
+
+
+def redrive_run_row(tx, run_id: str, reason: str, *, expected: object = None,
+                    also: Mapping[str, object] | None = None,
+                    event_data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Send a run back to pending inside the caller's transaction (`Database.redrive_run`):
+    its step attempts still running are failed as interrupted with it."""
+    run = redrive_row(tx, RUNS, run_id, "pending", reason, expected=expected, also=also,
+                      event_data=event_data)
+    # attempts still running belong to the ending that is undone: they were interrupted,
+    # and the run's next owner starts new ones (a refused re-drive above raised before this,
+    # and the transaction undoes nothing else)
+    for step in tx.rows("list_step_attempts", (run_id,)):
+        if step["state"] == "running":
+            change_row(tx, STEP_ATTEMPTS, step["step_attempt_id"], {
+                "state": "failed", "error_log": f"interrupted: {reason}"})
+    return run
+
+
+def check_incarnation(worker: Mapping[str, Any] | None, worker_id: str,
+                      incarnation: str | None) -> None:
+    """Fencing: a write made as `incarnation` of `worker_id` (a locked read of the worker
+    row, or None when there is none) is refused with StaleWorkerError unless that
+    incarnation still holds the id and is not TERMINATED. None checks nothing."""
+    if incarnation is None:
+        return
+    if worker is None:
+        raise StaleWorkerError(worker_id, incarnation, "its worker record is gone")
+    if worker["incarnation"] != incarnation:
+        raise StaleWorkerError(worker_id, incarnation, "the id now belongs to incarnation "
+                               f"{worker['incarnation']} (a newer process registered it)")
+    if worker["state"] in WORKER.terminal:
+        raise StaleWorkerError(worker_id, incarnation,
+                               f"it is TERMINATED since {worker['terminated_at']} "
+                               "(stopped, or reaped as lost after missing its heartbeats)")
 
 
 def check_worker_can_work(tx, worker_id: str) -> None:

@@ -6,12 +6,14 @@ step attempts it held, in the same transaction, with an error that names the wor
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
-from typing import Any
+from typing import Any, Mapping
 
-from uet.errors import AlreadyExistsError, ConstraintViolation, NotFoundError, ValidationError
+from uet.errors import (AlreadyExistsError, ConstraintViolation, NotFoundError,
+                        StaleWorkerError, ValidationError)
 from uet.state.db import Database
-from uet.state.transitions import change_row, record_event
+from uet.state.transitions import check_incarnation, change_row, record_event, redrive_run_row
 from uet.state.events import WORKER_SPAWNED, WORKER_STATE_CHANGED
 from uet.state.ids import utc_now
 from uet.state.machines import WORKER
@@ -19,6 +21,7 @@ from uet.state.contracts import (WorkerRecord, json_object, moment, positive_sec
                               state_value, text, worker_from_row)
 from uet.state.tables import RUNS, STEP_ATTEMPTS
 
+DEFAULT_MAX_RECOVERIES = 3
 
 
 class WorkerLifecycle:
@@ -38,74 +41,114 @@ class WorkerLifecycle:
     # -- registration and state ----------------------------------------------------------
 
     def spawn_worker(self, worker_id: str, worker_type: str,
-                     affinity: dict[str, Any] | None = None) -> WorkerRecord:
+                     affinity: dict[str, Any] | None = None, *,
+                     incarnation: str | None = None) -> WorkerRecord:
         """Register a worker in SPAWNING. An existing worker_id raises AlreadyExistsError (a
         ValidationError). `affinity` (e.g. {"language": "python"}) is fixed once it leaves
-        SPAWNING."""
+        SPAWNING.
+
+        `incarnation` names the process holding the id (fencing: every later call made with
+        it is refused once another incarnation holds the id or the worker is TERMINATED). A
+        new incarnation may register an id that is TERMINATED again (a restarted worker
+        under the same id): the record starts over in SPAWNING, and `worker.spawned` says
+        which incarnation it replaced.
+        """
         worker_id = text(worker_id, "worker_id")
         worker_type = text(worker_type, "worker_type")
+        if incarnation is not None:
+            incarnation = text(incarnation, "incarnation")
         affinity_json = json_object({} if affinity is None else affinity, "affinity")
+        event = {"worker_id": worker_id, "worker_type": worker_type,
+                 "affinity": affinity or {}, "state": "SPAWNING"}
+        if incarnation is not None:
+            event["incarnation"] = incarnation
         try:
             with self._backend.transaction() as tx:
-                row = tx.rows("insert_worker",
-                              (worker_id, worker_type, affinity_json, utc_now()))[0]
-                record_event(tx, None, WORKER_SPAWNED, {
-                    "worker_id": worker_id, "worker_type": worker_type,
-                    "affinity": affinity or {}, "state": "SPAWNING"})
+                found = tx.rows("lock_worker", (worker_id,)) if incarnation else []
+                if found and (found[0]["state"] != "TERMINATED"
+                              or found[0]["incarnation"] == incarnation):
+                    raise AlreadyExistsError("worker", worker_id)
+                if found:
+                    row = tx.rows("respawn_worker", {
+                        "worker_id": worker_id, "worker_type": worker_type,
+                        "affinity": affinity_json, "incarnation": incarnation,
+                        "now": utc_now()})[0]
+                    event.update(respawn=True,
+                                 previous_incarnation=found[0]["incarnation"])
+                else:
+                    row = tx.rows("insert_worker", (worker_id, worker_type, affinity_json,
+                                                    utc_now(), incarnation))[0]
+                record_event(tx, None, WORKER_SPAWNED, event)
         except ConstraintViolation as exc:
             if exc.kind == "unique":
                 raise AlreadyExistsError("worker", worker_id) from None
             raise  # pragma: no cover - every other constraint is checked above
         return worker_from_row(row)
 
-    def transition_state(self, worker_id: str, new_state: object) -> bool:
+    def transition_state(self, worker_id: str, new_state: object, *,
+                         incarnation: str | None = None) -> bool:
         """Move a worker under its machine; returns True. Entering TERMINATED fails the work
-        it still held; BUSY → IDLE is refused while it holds a running run."""
+        it still held; BUSY → IDLE is refused while it holds a running run. With
+        `incarnation`, a call by a stale incarnation raises StaleWorkerError."""
         worker_id = text(worker_id, "worker_id")
         target = state_value(WORKER, new_state, "new_state")
         with self._backend.transaction() as tx:
-            self._transition(tx, self._fetch(tx, worker_id), target)
+            self._transition(tx, self._fetch(tx, worker_id, incarnation), target)
         return True
 
-    def terminate_worker(self, worker_id: str) -> WorkerRecord:
+    def terminate_worker(self, worker_id: str, *,
+                         incarnation: str | None = None) -> WorkerRecord:
         """Stop a worker gracefully: a BUSY one drains (finishes its run, then terminates);
         any other goes to TERMINATED."""
         worker_id = text(worker_id, "worker_id")
         with self._backend.transaction() as tx:
-            worker = self._fetch(tx, worker_id)
+            worker = self._fetch(tx, worker_id, incarnation)
             target = "DRAINING" if worker["state"] == "BUSY" else "TERMINATED"
             return worker_from_row(self._transition(tx, worker, target))
 
-    def heartbeat(self, worker_id: str) -> None:
+    def heartbeat(self, worker_id: str, *, incarnation: str | None = None) -> None:
         """Record that the worker is alive (updates its row only; writes no event).
 
-        A TERMINATED worker (reaped or stopped) gets a ValidationError: it must stop working.
+        A TERMINATED worker (reaped or stopped) gets a StaleWorkerError (a ValidationError):
+        it must stop working; so does, with `incarnation`, an incarnation that no longer
+        holds the id.
         """
         worker_id = text(worker_id, "worker_id")
+        if incarnation is not None:
+            incarnation = text(incarnation, "incarnation")
         with self._backend.transaction() as tx:
-            if tx.run("heartbeat", (utc_now(), worker_id)).fetchone() is None:
-                self._fetch(tx, worker_id)  # NotFoundError for an unknown worker
-                raise ValidationError(
-                    f"worker {worker_id!r} is TERMINATED (stopped or reaped as stale); it must "
-                    "not keep working: its runs have been failed", field="worker_id")
+            if incarnation is None:
+                beat = tx.run("heartbeat", (utc_now(), worker_id)).fetchone()
+            else:
+                beat = tx.run("heartbeat_incarnation",
+                              (utc_now(), worker_id, incarnation)).fetchone()
+            if beat is None:
+                worker = self._fetch(tx, worker_id, incarnation)  # NotFound, or fenced
+                raise StaleWorkerError(worker_id, worker["incarnation"],
+                                       "it is TERMINATED (stopped, or reaped as lost)")
 
     # -- work ----------------------------------------------------------------------------
 
-    def claim_run(self, worker_id: str, run_id: str | None = None) -> dict[str, Any] | None:
-        """Atomically take a pending run for an IDLE worker: the given one, else the oldest.
+    def claim_run(self, worker_id: str, run_id: str | None = None, *,
+                  incarnation: str | None = None,
+                  queued: bool = False) -> dict[str, Any] | None:
+        """Atomically take a pending run for an IDLE worker: the given one, else the oldest
+        (with `queued`, the next run of the work queue: runs submitted with a priority, the
+        highest first, then the oldest; other pending runs are left alone).
 
         The run goes to running with the worker recorded, the worker IDLE → BUSY — all or
         nothing. Returns the run, or None when no run is pending. A given run that is no
-        longer pending raises ConcurrentUpdateError (another worker took it).
+        longer pending raises ConcurrentUpdateError (another worker took it). On PostgreSQL
+        a run another claimer is taking is passed over (SKIP LOCKED), never waited for.
         """
         worker_id = text(worker_id, "worker_id")
         if run_id is not None:
             run_id = text(run_id, "run_id")
         with self._backend.transaction() as tx:
-            worker = self._fetch(tx, worker_id)
+            worker = self._fetch(tx, worker_id, incarnation)
             WORKER.check_transition(worker_id, worker["state"], "BUSY")  # IDLE only
             if run_id is None:
-                found = tx.run("oldest_pending_run").fetchone()
+                found = tx.run("next_queued_run" if queued else "oldest_pending_run").fetchone()
                 if found is None:
                     return None
                 run_id = found[0]
@@ -114,11 +157,12 @@ class WorkerLifecycle:
             self._transition(tx, worker, "BUSY", run_id=run_id)
             return run
 
-    def release(self, worker_id: str) -> WorkerRecord:
-        """Return a BUSY worker to IDLE once its run is finished."""
+    def release(self, worker_id: str, *, incarnation: str | None = None) -> WorkerRecord:
+        """Return a BUSY worker to IDLE once its run is finished (or handed back)."""
         worker_id = text(worker_id, "worker_id")
         with self._backend.transaction() as tx:
-            return worker_from_row(self._transition(tx, self._fetch(tx, worker_id), "IDLE"))
+            return worker_from_row(self._transition(
+                tx, self._fetch(tx, worker_id, incarnation), "IDLE"))
 
     # -- staleness -----------------------------------------------------------------------
 
@@ -196,10 +240,12 @@ class WorkerLifecycle:
                                   field="now") from None
 
     @staticmethod
-    def _fetch(tx, worker_id: str) -> dict[str, Any]:
+    def _fetch(tx, worker_id: str, incarnation: str | None = None) -> dict[str, Any]:
         rows = tx.rows("lock_worker", (worker_id,))
         if not rows:
             raise NotFoundError("worker", worker_id)
+        if incarnation is not None:
+            check_incarnation(rows[0], worker_id, text(incarnation, "incarnation"))
         return rows[0]
 
     def _transition(self, tx, worker: dict[str, Any], target: str, *, run_id: str | None = None,
@@ -234,13 +280,57 @@ class WorkerLifecycle:
 
     @staticmethod
     def _fail_held_work(tx, worker_id: str, reason: str) -> None:
+        """The work of a worker that is terminated: its running step attempts failed, and
+        each running run either re-queued for the pool (`requeue_verdict`) or failed."""
         steps = [r[0] for r in tx.run("running_steps_of_worker", {"worker_id": worker_id})]
         for step_id in steps:
             change_row(tx, STEP_ATTEMPTS, step_id, {"state": "failed", "error_log": reason},
                        event_data={"worker_id": worker_id})
         for (held_run,) in tx.run("running_runs_of_worker", (worker_id,)).fetchall():
-            change_row(tx, RUNS, held_run, {"state": "failed", "error_message": reason},
-                       event_data={"worker_id": worker_id})
+            run = tx.rows("lock_run", (held_run,))[0]
+            requeue, why_not = requeue_verdict(run)
+            if requeue:
+                redrive_run_row(tx, held_run, f"re-queued: {reason}",
+                                also={"recoveries": run["recoveries"] + 1},
+                                event_data={"worker_id": worker_id, "requeued": True,
+                                            "recoveries": run["recoveries"] + 1})
+            else:
+                change_row(tx, RUNS, held_run, {
+                    "state": "failed",
+                    "error_message": reason + (f" ({why_not})" if why_not else "")},
+                    event_data={"worker_id": worker_id})
 
 
-__all__ = ["WorkerLifecycle", "WORKER_SPAWNED", "WORKER_STATE_CHANGED"]
+def queue_settings(run: Mapping[str, Any]) -> dict[str, Any]:
+    """How the pool recovers a submitted run (`metadata.queue`, written by `uet submit`
+    from its workstream): {"resume": "auto" | "manual", "max_recoveries": int}."""
+    meta = run["metadata"]
+    if isinstance(meta, str):  # a locked row read inside a transaction: not decoded
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            meta = {}
+    queue = meta.get("queue") if isinstance(meta, dict) else None
+    queue = queue if isinstance(queue, dict) else {}
+    limit = queue.get("max_recoveries")
+    return {"resume": "manual" if queue.get("resume") == "manual" else "auto",
+            "max_recoveries": limit if isinstance(limit, int) and not isinstance(limit, bool)
+            and limit >= 0 else DEFAULT_MAX_RECOVERIES}
+
+
+def requeue_verdict(run: Mapping[str, Any]) -> tuple[bool, str | None]:
+    """Whether a running run whose owner was lost goes back to the queue for another worker
+    to resume (True, None), or is failed (False, why not re-queued; None for a run that was
+    never queued: `uet run`'s and the API's runs are failed, as before)."""
+    if run["priority"] is None:
+        return False, None
+    settings = queue_settings(run)
+    if settings["resume"] != "auto":
+        return False, "its workstream says resume: manual; `uet resume` it"
+    if run["recoveries"] >= settings["max_recoveries"]:
+        return False, (f"not re-queued: recovered {run['recoveries']} times already, "
+                       f"max_recoveries {settings['max_recoveries']}")
+    return True, None
+
+
+__all__ = ["WorkerLifecycle", "queue_settings", "requeue_verdict", "DEFAULT_MAX_RECOVERIES", "WORKER_SPAWNED", "WORKER_STATE_CHANGED"]

@@ -32,6 +32,9 @@ class Backend(Protocol):
     busy_timeout: float
     placeholder: str              # the parameter mark of statements built from whitelists
     no_limit: Any                 # the LIMIT parameter that means "every row"
+    # called with each outermost write transaction once it began, before the block's
+    # statements (an exception rolls it back): the Database's fence
+    on_begin: Callable[["Transaction"], None] | None
     queries: Mapping[str, str]    # the named statements, in this engine's parameter style
 
     @property

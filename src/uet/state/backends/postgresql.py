@@ -103,6 +103,8 @@ class PostgresBackend:
         self._own: psycopg.Connection | None = None
         self._own_lock = threading.Lock()
         self._begin = ""       # BEGIN and the ledger's write lock, once the schema is known
+        # called with each outermost write transaction once it began (the Database's fence)
+        self.on_begin: Callable[[Any], None] | None = None
         self._channel = ""     # the LISTEN channel of the ledger's event trail
         # per thread: the connection of its open write transaction and the nesting depth
         self._local = threading.local()
@@ -280,7 +282,10 @@ class PostgresBackend:
                 # a lock timeout or a Ctrl-C while waiting for the lock is rolled back too
                 conn.execute(self._begin or self._begin_statement(conn))
                 local["conn"], local["depth"], local["callbacks"] = conn, 1, [callbacks]
-                yield PostgresTx(conn)
+                tx = PostgresTx(conn)
+                if self.on_begin is not None:
+                    self.on_begin(tx)
+                yield tx
                 conn.execute("COMMIT")
             except BaseException as exc:
                 callbacks = []  # rolled back: none of the block's after-commit work

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -96,6 +97,8 @@ class SQLiteBackend:
         self._immutable = False  # opened as the file it is (nothing can be writing it)
         self._closed = False
         self._depth = 0  # nesting of the open write transaction (its thread holds _lock)
+        # called with each outermost write transaction once it began (the Database's fence)
+        self.on_begin: Callable[[Any], None] | None = None
         self._tx_thread = 0  # the thread of that transaction
         self._callbacks: list[list[Callable[[], None]]] = []  # per level: run after commit
         _live_backends.add(self)
@@ -377,7 +380,14 @@ class _Transaction:
         backend._depth = depth + 1
         backend._callbacks.append([])
         self._conn, self._savepoint, self._depth = conn, savepoint, depth
-        return SQLiteTx(conn)
+        tx = SQLiteTx(conn)
+        if not depth and backend.on_begin is not None:
+            try:
+                backend.on_begin(tx)
+            except BaseException:
+                self.__exit__(*sys.exc_info())
+                raise
+        return tx
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None,
                  traceback: object) -> None:
