@@ -12,12 +12,22 @@ instruction, the lines after it its text:
 An instruction prefixed `first` applies only on a first attempt (the feedback file is empty
 or absent), one prefixed `retry` only on a later attempt (uet wrote the failing gate's output
 to the feedback file): a tool that "learns" from the feedback.
+
+When uet names a usage file in $UET_USAGE_FILE, the stand-in reports what it "used" there,
+as an AI tool would (`uet show` and `uet usage` sum it): model "stand-in-editor", input
+tokens = the prompt's length in characters, output tokens = the bytes it wrote, and a cost
+at a made-up price of $3 per million input and $15 per million output tokens.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+
+MODEL = "stand-in-editor"
+USD_PER_INPUT_TOKEN = 3 / 1_000_000   # made up: the stand-in costs nothing
+USD_PER_OUTPUT_TOKEN = 15 / 1_000_000
 
 
 def main(argv: list[str]) -> int:
@@ -26,6 +36,27 @@ def main(argv: list[str]) -> int:
         return 2
     with open(argv[1], encoding="utf-8") as f:
         prompt = f.read()
+    written = [0]  # bytes written to files: the "output tokens"
+    try:
+        return edit(prompt, argv, written)
+    finally:
+        report_usage(len(prompt), written[0])
+
+
+def report_usage(input_tokens: int, output_tokens: int) -> None:
+    """Write the usage JSON to $UET_USAGE_FILE, when uet names one."""
+    path = os.environ.get("UET_USAGE_FILE")
+    if not path:
+        return
+    cost = input_tokens * USD_PER_INPUT_TOKEN + output_tokens * USD_PER_OUTPUT_TOKEN
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"model": MODEL, "input_tokens": input_tokens,
+                   "output_tokens": output_tokens, "cost_usd": round(cost, 8)}, f)
+
+
+def edit(prompt: str, argv: list[str], written: list[int]) -> int:
+    """Apply the prompt's sections; returns the exit code. `written[0]` counts the bytes
+    written."""
     feedback = ""
     if len(argv) == 3 and os.path.exists(argv[2]):
         with open(argv[2], encoding="utf-8") as f:
@@ -47,8 +78,10 @@ def main(argv: list[str]) -> int:
             folder = os.path.dirname(target)
             if folder:
                 os.makedirs(folder, exist_ok=True)
+            text = body + ("\n" if body and not body.endswith("\n") else "")
             with open(target, "a" if action == "append" else "w", encoding="utf-8") as f:
-                f.write(body + ("\n" if body and not body.endswith("\n") else ""))
+                f.write(text)
+            written[0] += len(text.encode("utf-8"))
         elif action == "delete":
             os.remove(target)
         else:

@@ -54,8 +54,10 @@ def runs(ctx: Context, project, phase, workstream, state, since, limit) -> None:
                                        for r in shown_rows))
 
 
-def parse_since(value: str | None) -> str | None:
-    """`--since`: an ISO timestamp, or an age like 30m, 2h, 7d (seconds to weeks)."""
+def parse_since(value: str | None, *,
+                selects: str = "the runs created_at or after it") -> str | None:
+    """`--since`: an ISO timestamp, or an age like 30m, 2h, 7d (seconds to weeks); None
+    when not given. `selects` says, in the error about a bad value, what the option keeps."""
     if value is None:
         return None
     match = _SINCE.match(value.strip())
@@ -72,8 +74,8 @@ def parse_since(value: str | None) -> str | None:
     except ValueError:
         raise ValidationError(
             f"--since {value!r} is neither an age (a number and a unit: 30s, 15m, 2h, 7d, "
-            "1w) nor an ISO timestamp (2026-01-31, 2026-01-31T12:00:00Z); it selects the "
-            "runs created_at or after it", field="since") from None
+            f"1w) nor an ISO timestamp (2026-01-31, 2026-01-31T12:00:00Z); it selects {selects}",
+            field="since") from None
 
 
 def duration(row: dict[str, Any]) -> str | None:
@@ -98,7 +100,11 @@ def _owner_lost(db, rows: list) -> dict[str, str]:
     for row in rows:
         if row["state"] == "running" and row.get("worker_id"):
             worker = workers.get_worker(row["worker_id"])
-            why = owner_lost(worker) if worker is not None else "its owner is not recorded"
+            try:  # a stored value may be anything (raw SQL): then it cannot be judged
+                why = (owner_lost(worker) if worker is not None
+                       else "its owner is not recorded")
+            except (TypeError, ValueError, AttributeError, OverflowError):
+                why = None
             if why:
                 lost[row["run_id"]] = why
     return lost
@@ -111,23 +117,30 @@ def _owner_lost(db, rows: list) -> dict[str, str]:
 @click.argument("run_id", required=False)
 def show(ctx: Context, run_id: str | None) -> None:
     """Show a run (a unique prefix of its id will do; none: the newest run): its step
-    attempts with durations, its events, patches and gates."""
+    attempts with durations, its events, patches and gates, and the usage (tokens, cost)
+    its tools reported."""
     from uet.state import GateLedger, PatchLedger
+    from uet.state.usage import usage_of_run
     with ctx.open() as db:
         run_id = _run_or_newest(db, run_id)
         document = {"run": db.get_run(run_id), "step_attempts": db.list_step_attempts(run_id),
                     "events": db.list_events(run_id),
                     "patches": PatchLedger(db).history_of_run(run_id),
                     "gates": GateLedger(db).list_gates(run_id=run_id)}
+        usage = usage_of_run(db, run_id)
         lost = {} if ctx.as_json else _owner_lost(db, [document["run"]])
+    if usage["attempts"]:  # what the run's tools reported they used, when any did
+        document["usage"] = usage
     if ctx.as_json:
         emit_json(document)
         return
     run_row = _summarised(document["run"])
     if run_id in lost:  # shown, not written: the next reaper pass fails it
         run_row = {**run_row, "state": f"running (owner lost: {lost[run_id]})"}
-    emit_fields(f"run {run_id}", [(k, v) for k, v in run_row.items() if k != "run_id"]
-                + [("duration", duration(run_row))])
+    emit_fields(f"run {run_id}", [(k, v) for k, v in run_row.items()
+                                  if k != "run_id" and not _queue_default(k, v)]
+                + [("duration", duration(run_row))]
+                + ([("usage", usage_line(usage))] if usage["attempts"] else []))
     emit_table("step attempts", ["sequence", "attempt", "step_attempt_id", "tool_id", "state",
                                  "exit_code", "duration"],
                ([s["sequence"], s["attempt"], s["step_attempt_id"], s["tool_id"], s["state"],
@@ -149,6 +162,40 @@ def show(ctx: Context, run_id: str | None) -> None:
     emit_table("events", ["seq", "timestamp", "event_type", "data"],
                ([e["seq"], e["timestamp"], e["event_type"], e["data"]]
                 for e in document["events"]), state_column=None)
+
+
+def usage_line(usage: dict[str, Any]) -> str:
+    """A usage total (`uet.state.usage.usage_totals`) as one short line: "3 attempts,
+    1,234 in / 567 out tokens, $0.0123, models: x" (what was not reported is left out)."""
+    parts = [f"{usage['attempts']:,} attempt{'' if usage['attempts'] == 1 else 's'}"]
+    if usage["input_tokens"] is not None or usage["output_tokens"] is not None:
+        parts.append(f"{tokens(usage['input_tokens'])} in / "
+                     f"{tokens(usage['output_tokens'])} out tokens")
+    if usage["cost_usd"] is not None:
+        parts.append(dollars(usage["cost_usd"]))
+    if usage["models"]:
+        parts.append(f"model{'' if len(usage['models']) == 1 else 's'}: "
+                     f"{joined(usage['models'])}")
+    return ", ".join(parts)
+
+
+def tokens(count: int | None) -> str:
+    """A token count with thousands separators ("-" when not reported)."""
+    return "-" if count is None else f"{count:,}"
+
+
+def dollars(cost: float | None) -> str | None:
+    """A cost in US dollars as shown to people: $0.0123 (a tiny cost as <$0.0001)."""
+    if cost is None:
+        return None
+    if 0 < cost < 0.0001:
+        return "<$0.0001"
+    return f"${cost:,.4f}"
+
+
+def _queue_default(name: str, value: object) -> bool:
+    """Queue fields of a run that was never queued: not worth a line."""
+    return (name == "priority" and value is None) or (name == "recoveries" and value == 0)
 
 
 def _summarised(run: dict[str, Any]) -> dict[str, Any]:
@@ -287,21 +334,71 @@ def _print_event(ctx: Context, event: dict[str, Any]) -> None:
 
 # -- the V2 records: workers, patches, gates -------------------------------------------
 
-@command("workers", epilog="\b\nExample:\n  uet workers --state BUSY")
+@command("workers", epilog="\b\nExample:\n  uet workers --state BUSY\n\nheartbeat_age: "
+                          "seconds since its last heartbeat (or since it registered); "
+                          "stale: yes when its process is gone or it missed two heartbeat "
+                          "intervals (the next reaper pass retires it), - when it declared "
+                          "no interval.")
 @click.option("--state", help="Only workers in this state (SPAWNING, IDLE, BUSY, DRAINING, "
                               "TERMINATED).")
 def workers(ctx: Context, state: str | None) -> None:
-    """List workers."""
+    """List workers: host, pid, state, current run, heartbeat age, and whether each is
+    stale."""
     from uet.state import WorkerLifecycle
     with ctx.open() as db:
         rows = WorkerLifecycle(db).list_workers(state)
+    now = datetime.now(timezone.utc)
+    shown_rows = [worker_view(w, now) for w in rows]
     if ctx.as_json:
-        emit_json(rows)
+        emit_json(shown_rows)
     else:
-        emit_table(None, ["worker_id", "worker_type", "state", "current_run_id",
-                          "last_heartbeat", "affinity"],
-                   ([w.worker_id, w.worker_type, w.state, w.current_run_id, w.last_heartbeat,
-                     w.affinity] for w in rows))
+        emit_table(None, ["worker_id", "worker_type", "state", "host", "pid", "current_run_id",
+                          "heartbeat_age", "stale"],
+                   ([w["worker_id"], w["worker_type"], w["state"], w["host"], w["pid"],
+                     w["current_run_id"], _age_text(w["heartbeat_age_s"]),
+                     {True: "yes", False: "no", None: None}[w["stale"]]]
+                    for w in shown_rows))
+
+
+def worker_view(worker: Any, now: datetime) -> dict[str, Any]:
+    """A worker record as `uet workers` shows it: its fields, plus `host` and `pid` (from
+    its affinity), `heartbeat_age_s` (seconds since its last heartbeat, or since it
+    registered), `stale` (True when its owner is lost — `uet.state.recovery.owner_lost` —,
+    False when not, None when it cannot be judged: a worker that declared no heartbeat
+    interval) and `stale_reason`."""
+    import dataclasses
+    from uet.state.recovery import is_owner, owner_lost
+    view = {f.name: getattr(worker, f.name) for f in dataclasses.fields(worker)}
+    view["state"] = getattr(worker.state, "value", worker.state)
+    affinity = worker.affinity if isinstance(worker.affinity, dict) else {}
+    view["host"] = affinity.get("host") if isinstance(affinity.get("host"), str) else None
+    pid = affinity.get("pid")
+    view["pid"] = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+    view["heartbeat_age_s"] = _age(worker.last_heartbeat or worker.created_at, now)
+    reason = None
+    try:  # a stored value may be anything (raw SQL): then it cannot be judged
+        reason = owner_lost(worker, now)
+        judged = view["state"] == "TERMINATED" or is_owner(affinity)
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        judged = False
+    view["stale"] = (reason is not None) if judged else None
+    view["stale_reason"] = reason
+    return view
+
+
+def _age(stamp: Any, now: datetime) -> float | None:
+    """Seconds from a stored timestamp to `now` (None when it is not one)."""
+    try:
+        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        if then.tzinfo is None:
+            then = then.replace(tzinfo=timezone.utc)
+        return round((now - then).total_seconds(), 3)
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return None
+
+
+def _age_text(seconds: float | None) -> str | None:
+    return None if seconds is None else f"{seconds:,.1f}s"
 
 
 @command("patches", epilog="\b\nExample:\n  uet patches --state quarantined")

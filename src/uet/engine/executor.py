@@ -11,6 +11,10 @@ heartbeats while the command runs. Were this process killed outright (SIGKILL), 
 dies with it (a parent-death signal set in the child), and the next reaper pass (any uet
 process that writes to the ledger, or `uet recover`) fails the run and stops what the
 command left in its process group.
+
+The command may report what it used (model, tokens, cost) by writing JSON to the file named
+by `$UET_USAGE_FILE` (`uet.engine.usage`): a fresh path in a private temporary folder,
+removed afterwards; what it wrote is stored on the step attempt with its end.
 """
 
 from __future__ import annotations
@@ -18,14 +22,17 @@ from __future__ import annotations
 import ctypes
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
+from uet.engine.usage import read_usage
 from uet.errors import DatabaseBusyError, StorageError, UetError, ValidationError
 from uet.state import Database
 from uet.state.tables import RUNS, prepare_insert
@@ -170,6 +177,11 @@ def run_command(db: Database, argv: list[str], *, project_id: str, phase_id: str
     The run is owned by this process (a `cli` worker heartbeating every `heartbeat_s`);
     one reaper pass runs first, failing runs whose owners are gone. The final write is
     retried for up to `finish_timeout` seconds while the ledger is out of reach.
+
+    The command finds in `$UET_USAGE_FILE` the path of a file it may write its usage to
+    (`uet.engine.usage.read_usage`); the valid values are stored in the step attempt's
+    `model`, `input_tokens`, `output_tokens` and `cost_usd`, and a problem with the file
+    in its `metadata.usage_error`.
     """
     if not argv or not isinstance(argv[0], str) or not argv[0]:
         raise ValidationError("uet run needs a command to run", field="command")
@@ -195,18 +207,29 @@ def run_command(db: Database, argv: list[str], *, project_id: str, phase_id: str
             except UetError:
                 db.transition_run(run_id, "canceled", error_message="could not record the step")
                 raise
-            started = time.monotonic()
-            state, code, error, outcome, pumps = _execute(
-                db, owner, run_id, step_id, argv, command_line, timeout, signals, stdout,
-                stderr, tail_bytes)
-            duration = round(time.monotonic() - started, 6)
+            usage_dir, usage_error = _usage_folder()
+            usage_file = None if usage_dir is None else os.path.join(usage_dir, "usage.json")
+            try:
+                started = time.monotonic()
+                state, code, error, outcome, pumps = _execute(
+                    db, owner, run_id, step_id, argv, command_line, timeout, signals, stdout,
+                    stderr, tail_bytes, usage_file)
+                duration = round(time.monotonic() - started, 6)
+                usage = {}
+                if usage_file is not None:
+                    usage, usage_error = read_usage(usage_file)
+            finally:
+                if usage_dir is not None:
+                    shutil.rmtree(usage_dir, ignore_errors=True)
             metadata = {"command": argv, "duration_sec": duration}
+            if usage_error is not None:
+                metadata["usage_error"] = usage_error
             error_log = error
             if pumps is not None:
                 metadata["stdout_tail"] = pumps[0].text()
                 metadata["stderr_tail"] = pumps[1].text()
                 error_log = "\n".join(p for p in (pumps[1].text(), error) if p) or None
-            _finish(db, run_id, step_id, state, code, error, error_log, metadata,
+            _finish(db, run_id, step_id, state, code, error, error_log, metadata, usage,
                     finish_timeout)
         except RunNotClosedError:
             owner.stop_heartbeat()  # the ledger is out of reach: the reaper retires it later
@@ -219,16 +242,32 @@ def run_command(db: Database, argv: list[str], *, project_id: str, phase_id: str
     return CommandResult(run_id, step_id, state, outcome, duration, error)
 
 
+def _usage_folder() -> tuple[str | None, str | None]:
+    """A fresh private folder (0700, in the system's temporary folder: not the command's
+    working directory, so nothing of it is taken for the command's work) to hold
+    `$UET_USAGE_FILE`; (None, why) when none can be made: the command then runs without."""
+    try:
+        return tempfile.mkdtemp(prefix="uet-usage-"), None
+    except OSError as exc:
+        return None, ("no $UET_USAGE_FILE was offered: no temporary folder could be made "
+                      f"({exc.strerror or exc})")
+
+
 def _execute(db, owner, run_id, step_id, argv, command_line, timeout, signals, stdout,
-             stderr, tail_bytes):
-    """Run the command; (state, recorded exit code, error, uet's exit code, pumps)."""
+             stderr, tail_bytes, usage_file):
+    """Run the command (with `$UET_USAGE_FILE` naming `usage_file`); (state, recorded exit
+    code, error, uet's exit code, pumps)."""
     if signals.received is not None:
         name = signal.Signals(signals.received).name
         return "canceled", None, f"canceled by {name} before it started", \
             128 + signals.received, None
     own_group = not os.isatty(0)
+    env = {k: v for k, v in os.environ.items() if k != "UET_USAGE_FILE"}
+    if usage_file is not None:  # never an outer tool's file, inherited
+        env["UET_USAGE_FILE"] = usage_file
     try:
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env=env,
                                  process_group=0 if own_group else None,
                                  preexec_fn=_die_with_parent())
     except FileNotFoundError:
@@ -315,11 +354,12 @@ class RunNotClosedError(UetError):
     """The run's end could not be written within the finish timeout."""
 
 
-def _finish(db, run_id, step_id, state, code, error, error_log, metadata,
+def _finish(db, run_id, step_id, state, code, error, error_log, metadata, usage,
             finish_timeout: float) -> None:
-    """Record the end, retrying with backoff while the ledger is busy or out of reach: a run
-    must not stay running. Past `finish_timeout`, RunNotClosedError (the reaper fails the
-    run once the ledger is reachable again)."""
+    """Record the end (with the `usage` columns the command reported), retrying with
+    backoff while the ledger is busy or out of reach: a run must not stay running. Past
+    `finish_timeout`, RunNotClosedError (the reaper fails the run once the ledger is
+    reachable again)."""
     deadline = time.monotonic() + finish_timeout
     pause = 0.1
     while True:
@@ -327,7 +367,8 @@ def _finish(db, run_id, step_id, state, code, error, error_log, metadata,
             with db.atomic():  # the step and its run end in one commit
                 step = db.get_step_attempt(step_id)
                 if step["state"] == "running":
-                    db.update_step_attempt(step_id, {"state": state, "exit_code": code,
+                    db.update_step_attempt(step_id, {**usage, "state": state,
+                                                     "exit_code": code,
                                                      "error_log": error_log,
                                                      "metadata": metadata})
                 if db.get_run(run_id)["state"] == "running":

@@ -31,3 +31,8 @@ ALTER TABLE step_attempts ADD COLUMN output_tokens bigint
 ALTER TABLE step_attempts ADD COLUMN cost_usd double precision
     CHECK (cost_usd IS NULL OR cost_usd >= 0);
 CREATE INDEX idx_steps_started ON step_attempts (started_at);
+-- `uet usage` without a filter: the attempts that reported usage, read from the index alone
+CREATE INDEX idx_steps_usage
+    ON step_attempts (tool_id, model, task_id, input_tokens, output_tokens, cost_usd)
+    WHERE (model IS NOT NULL OR input_tokens IS NOT NULL OR output_tokens IS NOT NULL
+           OR cost_usd IS NOT NULL);

@@ -39,3 +39,8 @@ ALTER TABLE step_attempts ADD COLUMN cost_usd REAL
     CHECK (cost_usd IS NULL OR (typeof(cost_usd) = 'real' AND cost_usd >= 0));
 -- `uet usage --since`: the attempts started in a window, without scanning the table
 CREATE INDEX idx_steps_started ON step_attempts (started_at);
+-- `uet usage` without a filter: the attempts that reported usage, read from the index alone
+CREATE INDEX idx_steps_usage
+    ON step_attempts (tool_id, model, task_id, input_tokens, output_tokens, cost_usd)
+    WHERE (model IS NOT NULL OR input_tokens IS NOT NULL OR output_tokens IS NOT NULL
+           OR cost_usd IS NOT NULL);
