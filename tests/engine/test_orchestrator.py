@@ -568,3 +568,76 @@ def test_what_a_killed_orchestrator_left_running_is_stopped_by_the_reaper(tmp_pa
                 break  # a zombie: dead, waiting for its (gone) parent to be reaped
         assert time.monotonic() < deadline, f"the {left} outlived the reaper pass"
         time.sleep(0.05)
+
+
+# -- usage, task ids and fencing (issue 15) -----------------------------------------------
+
+USAGE_TOOL = ("import json, os, pathlib, sys; "
+              "pathlib.Path('src/app.py').write_text('VALUE = 2\\n'); "
+              "usage = sys.argv[1]; "
+              "open(os.environ['UET_USAGE_FILE'], 'w').write(usage)")
+
+
+@pytest.mark.parametrize("usage, stored, problem", [
+    ('{"model": "m-1", "input_tokens": 120, "output_tokens": 30, "cost_usd": 0.25}',
+     ("m-1", 120, 30, 0.25), None),
+    ('{"input_tokens": 7}', (None, 7, None, None), None),
+    ('{"model": "m", "input_tokens": -1, "cost_usd": "free"}', ("m", None, None, None),
+     "input_tokens"),
+    ("not json", (None, None, None, None), "JSON"),
+])
+def test_a_tools_reported_usage_is_stored_on_its_attempt(tmp_path, repo, usage, stored,
+                                                          problem):
+    path = workstream(tmp_path, repo, [{"task_id": "T1", "tool": "writer", "prompt": "x"}],
+                      gates=[])
+    data = json.loads(path.read_text())
+    escaped = usage.replace("{", "{{").replace("}", "}}")  # literal braces in a template
+    data["tools"]["writer"] = {"command": [sys.executable, "-c", USAGE_TOOL, escaped]}
+    path.write_text(json.dumps(data))
+    with init_db(str(tmp_path / "ledger.db")) as db:
+        result = run(db, path)
+        assert result.state == "succeeded"
+        (step,) = db.list_step_attempts(result.run_id)
+        assert (step["model"], step["input_tokens"], step["output_tokens"],
+                step["cost_usd"]) == stored
+        assert step["task_id"] == "T1"
+        if problem is None:
+            assert "usage_error" not in step["metadata"]
+        else:
+            assert problem in step["metadata"]["usage_error"]
+
+
+def test_an_orchestrator_reaped_mid_run_stops_and_writes_nothing_more(tmp_path, repo):
+    """Its owner is reaped while the tool runs (as when the process was paused past its
+    lease): it stops the tool, records nothing after the reap, and never moves the branch."""
+    gate = tmp_path / "gate-started"
+    path = workstream(tmp_path, repo, [
+        {"task_id": "T1", "tool": "editor", "prompt": "append src/app.py\nFIRST = 1"},
+        {"task_id": "T2", "tool": "editor", "prompt": "append src/app.py\nSECOND = 2",
+         "depends_on": ["T1"]}],
+        gates=[{"name": "slow", "type": "UNIT", "command": [
+            sys.executable, "-c", f"import pathlib, time; pathlib.Path({str(gate)!r})"
+            ".touch(); time.sleep(60)"]}])
+    with init_db(str(tmp_path / "ledger.db")) as db:
+        from uet.state import WorkerLifecycle
+        outcome = {}
+        thread = threading.Thread(target=lambda: outcome.update(result=run(db, path)))
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not gate.exists():
+            assert time.monotonic() < deadline, "the gate never started"
+            time.sleep(0.05)
+        run_row = db.list_runs({"state": "running"})[0]
+        WorkerLifecycle(db).terminate_lost(run_row["worker_id"], "reaped by the test")
+        cursor = db.latest_event_seq()
+        thread.join(60)
+        assert not thread.is_alive()
+        result = outcome["result"]
+        assert "reaped by the test" in result.fenced_off or "fenced off" in result.fenced_off
+        assert result.state == "failed"  # as the reaper left it
+        after = db.events_since(cursor, limit=10_000)
+        assert after == []  # not one write after the reap
+        run_row = db.get_run(run_row["run_id"])
+        assert run_row["state"] == "failed" and "reaped by the test" in run_row["error_message"]
+        # the gate's patch was never committed: the branch is still at its base
+        assert git(repo, "rev-parse", result.branch) == result.base

@@ -74,7 +74,7 @@ def run(ctx: Context, project: str, phase: str, workstream: str | None, tool: st
 
 
 WORKSTREAM_SUFFIXES = (".yaml", ".yml", ".json")
-EXIT_FAILED, EXIT_CANCELED = 1, 130
+EXIT_FAILED, EXIT_CANCELED, EXIT_LOST = 1, 130, 3
 
 
 def _is_workstream(argv: tuple[str, ...]) -> bool:
@@ -127,7 +127,10 @@ def _report(ctx: Context, result: Any) -> None:
     if ctx.as_json:
         emit_json({"run_id": result.run_id, "state": result.state, "branch": result.branch,
                    "base": result.base, "head": result.head, "error": result.error,
+                   "fenced_off": result.fenced_off,
                    "tasks": {t: vars(o) for t, o in result.tasks.items()}})
+    if result.fenced_off is not None:  # reaped while paused: the run is not ours to report
+        sys.exit(EXIT_LOST)
     sys.exit({"succeeded": 0, "canceled": EXIT_CANCELED}.get(result.state, EXIT_FAILED))
 
 

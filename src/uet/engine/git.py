@@ -3,6 +3,8 @@ repository, a tool's change captured as one diff, applied, and committed with it
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import os
 import re
@@ -596,10 +598,11 @@ def commit_change(worktree: str | os.PathLike[str], message: str, entry_id: str,
 def commit_index(worktree: str | os.PathLike[str], message: str, entry_id: str, *,
                  parent: str | None = None, parent_tree: str | None = None,
                  identity: tuple[str, str] = DEFAULT_IDENTITY,
-                 allow_empty: bool = False) -> tuple[str, str]:
+                 allow_empty: bool = False, move: bool = True) -> tuple[str, str]:
     """`commit_change`, returning (the commit's sha, its tree's sha); a caller that knows
     `parent` and its tree (`parent_tree`: the tree this function returned for it) saves
-    the git call that reads them."""
+    the git call that reads them. With `move` False the commit is made but the branch is
+    left where it is: `advance_branch` moves it (e.g. inside a ledger transaction)."""
     if not isinstance(message, str) or not message.strip():
         raise ValidationError("a commit message must be non-empty text", field="message")
     _trailer_value(entry_id)
@@ -621,11 +624,19 @@ def commit_index(worktree: str | os.PathLike[str], message: str, entry_id: str, 
     text = f"{message.strip()}\n\n{ENTRY_TRAILER}: {entry_id}\n"
     sha = _out(worktree, ["commit-tree", tree, "-p", head, "-F", "-"],
                input=text.encode("utf-8"), env=ident)
-    # HEAD is the branch (symbolic) in the integration worktree, so this moves the branch;
-    # it fails, and nothing moves, unless the branch is still at `head`
+    if move:
+        advance_branch(worktree, sha, head, entry_id)
+    return sha, tree
+
+
+def advance_branch(worktree: str | os.PathLike[str], sha: str, head: str,
+                   entry_id: str) -> None:
+    """Move the branch checked out in `worktree` from `head` to its child commit `sha`
+    (made by `commit_index(move=False)`): compare-and-set, it fails (GitError) and nothing
+    moves unless the branch is still at `head`."""
+    # HEAD is the branch (symbolic) in the integration worktree, so this moves the branch
     run_git(worktree, ["update-ref", "-m", f"uet: commit {ENTRY_TRAILER} {entry_id}",
                        "HEAD", sha, head])
-    return sha, tree
 
 
 # -- the repository ---------------------------------------------------------------------------
@@ -838,7 +849,8 @@ class Repository:
         if not _SHA.fullmatch(commit):      # a full sha is used as is: one git call less
             commit = self.resolve_commit(commit)
         path = self._new_worktree_path(name, replace)
-        self.git(["worktree", "add", "--detach", "--quiet", os.fspath(path), commit])
+        with self.worktree_lock():
+            self.git(["worktree", "add", "--detach", "--quiet", os.fspath(path), commit])
         return Worktree(path=path, head=commit, branch=None)
 
     def add_integration_worktree(self, name: str, branch: str, *,
@@ -848,8 +860,20 @@ class Repository:
         `replace` removes a leftover of a crash first, so it is rebuilt from the branch."""
         ref = branch_ref(branch)
         path = self._new_worktree_path(name, replace)
-        self.git(["worktree", "add", "--quiet", os.fspath(path), branch])
+        with self.worktree_lock():
+            self.git(["worktree", "add", "--quiet", os.fspath(path), branch])
         return Worktree(path=path, head=self.branch_head(branch), branch=ref)
+
+    @contextlib.contextmanager
+    def worktree_lock(self):
+        """Held while uet adds, removes or lists worktrees: git's own bookkeeping of
+        worktrees is not safe against a concurrent add or remove (`git worktree list` fails
+        reading a record another process is writing), and several `uet worker` processes
+        (or threads) run in one repository. An advisory lock on a file of the common git
+        dir, for processes and threads alike."""
+        with open(self.common_dir / "uet-worktrees.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def _new_worktree_path(self, name: str, replace: bool) -> Path:
         path = self._worktree_path(name)
@@ -893,11 +917,12 @@ class Repository:
         # twice --force: also when dirty or locked; it also forgets a registered worktree
         # whose folder is already gone
         command = ["worktree", "remove", "--force", "--force", os.fspath(path)]
-        if self.git(command, ok_codes=range(256)).returncode != 0:
-            # not registered, or not removable by git (a broken .git file): it is still
-            # uet's own folder, so its files go, then git's record of it, if any
-            shutil.rmtree(path, ignore_errors=True)
-            self.git(command, ok_codes=range(256))
+        with self.worktree_lock():
+            if self.git(command, ok_codes=range(256)).returncode != 0:
+                # not registered, or not removable by git (a broken .git file): it is
+                # still uet's own folder, so its files go, then git's record of it, if any
+                shutil.rmtree(path, ignore_errors=True)
+                self.git(command, ok_codes=range(256))
         if path.exists():
             raise GitError(f"could not remove worktree folder {path}")
 
@@ -907,12 +932,14 @@ class Repository:
         own worktrees whose folder is missing for a while (an unmounted drive)."""
         gone = [w.path for w in self.uet_worktrees() if w.prunable]
         for path in gone:
-            self.git(["worktree", "remove", "--force", "--force", os.fspath(path)])
+            with self.worktree_lock():
+                self.git(["worktree", "remove", "--force", "--force", os.fspath(path)])
         return gone
 
     def worktrees(self) -> list[Worktree]:
         """Every worktree git knows for this repository, the main one first."""
-        data = self.git(["worktree", "list", "--porcelain", "-z"]).stdout
+        with self.worktree_lock():
+            data = self.git(["worktree", "list", "--porcelain", "-z"]).stdout
         found, current = [], {}
         for token in data.split(b"\0") + [b""]:
             if token:
@@ -925,6 +952,17 @@ class Repository:
                                       prunable="prunable" in current))
             current = {}
         return found
+
+    def remove_worktrees_named(self, prefix: str, *, keep: tuple[str, ...] = ()) -> list[Path]:
+        """Remove uet's worktrees whose name starts with `prefix` (a run's leftovers of
+        earlier sessions: a crashed or replaced owner's), but those named in `keep`."""
+        removed = []
+        for worktree in self.uet_worktrees():
+            name = worktree.path.name
+            if name.startswith(prefix) and name not in keep:
+                self.remove_worktree(worktree.path)
+                removed.append(worktree.path)
+        return removed
 
     def uet_worktrees(self) -> list[Worktree]:
         """The worktrees uet made (those under `worktree_root`), including ones whose

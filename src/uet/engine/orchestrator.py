@@ -29,19 +29,20 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from uet.engine import git
 from uet.engine.bus import EventBus
 from uet.engine.policy import judge_change
+from uet.engine.usage import read_usage
 from uet.engine.workstream import Gate, Task, Workstream, render_template
-from uet.errors import UetError, ValidationError
+from uet.errors import StaleWorkerError, UetError, ValidationError
 from uet.state.db import Database
 from uet.state.gates import GateLedger
 from uet.state.ids import new_ulid
 from uet.state.patches import PatchLedger
-from uet.state.recovery import (DEFAULT_HEARTBEAT_S, Owner, cancel_requested, process_start,
-                                recover)
+from uet.state.events import RUN_CANCEL_REQUESTED, RUN_STATE_CHANGED
+from uet.state.recovery import DEFAULT_HEARTBEAT_S, Owner, process_start, recover
 
 TAIL_CHARS = 4000          # of a tool's or gate's output kept in the ledger
 EXIT_TIMEOUT, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND = 124, 126, 127
@@ -81,6 +82,9 @@ class WorkstreamResult:
     head: str | None
     tasks: dict[str, TaskOutcome] = field(default_factory=dict)
     error: str | None = None
+    # why this process stopped without finishing: it no longer owned the run (reaped while
+    # paused, or replaced); `state` is then the run's state as another process left it
+    fenced_off: str | None = None
 
 
 @dataclass
@@ -98,6 +102,10 @@ class _Process:
 
 class _Canceled(Exception):
     """The run was asked to stop (a signal, or `uet cancel`)."""
+
+
+class _HandBack(Exception):
+    """The owner drains: the tasks that had started are done, the rest is handed back."""
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -174,19 +182,40 @@ def _stop_group(child: subprocess.Popen) -> None:
 
 # -- the run ------------------------------------------------------------------------------------
 
+def run_record(ws: Workstream, run_id: str, repo: git.Repository, base: str,
+               **metadata: Any) -> dict[str, Any]:
+    """The run of `ws` as `create_run` records it: its metadata keeps what a later session
+    (`uet resume`, a `uet worker`) needs to go on — the exact workstream file (content and
+    hash: later edits of the file change nothing), the repository, base commit and
+    branch — and `metadata`'s other keys."""
+    return {"run_id": run_id, "project_id": ws.project_id, "phase_id": ws.phase_id,
+            "workstream_id": ws.workstream_id,
+            "metadata": {"workstream": {"id": ws.workstream_id, "sha256": ws.sha256,
+                                        "source": ws.source, "format": ws.format,
+                                        "content": ws.content.decode("utf-8")},
+                         "repo": str(repo.toplevel), "base": base,
+                         "branch": ws.branch_name(run_id), **metadata}}
+
+
 class Orchestrator:
     """Runs one workstream as one run of the ledger. Use `run()` once."""
 
     def __init__(self, db: Database, workstream: Workstream, *, parallel: int = 1,
                  keep_failed: bool = False, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
-                 bus: EventBus | None = None, out: Callable[[str], None] | None = None) -> None:
+                 bus: EventBus | None = None, out: Callable[[str], None] | None = None,
+                 owner: Owner | None = None) -> None:
         if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
             raise ValidationError(f"parallel must be an integer >= 1, got {parallel!r}",
                                   field="parallel")
         self.db, self.ws, self.parallel, self.keep_failed = db, workstream, parallel, keep_failed
         self.patches, self.gates = PatchLedger(db), GateLedger(db)
         self.bus = bus if bus is not None else EventBus(db)
-        self.owner = Owner(db, "orchestrator", heartbeat_s=heartbeat_s)
+        # a given owner (a `uet worker` slot) is registered, heartbeating and closed by its
+        # pool; otherwise this orchestrator owns the run through an owner of its own
+        self._own_owner = owner is None
+        self.owner = owner or Owner(db, "orchestrator", heartbeat_s=heartbeat_s)
+        self._draining = threading.Event()
+        self._lost: str | None = None  # why this owner was fenced off, once it was
         self.out = out or (lambda line: None)
         self.repo = git.open_repository(workstream.repo)
         self.outcomes = {t.task_id: TaskOutcome(t.task_id) for t in workstream.tasks}
@@ -211,20 +240,51 @@ class Orchestrator:
         self._stop_reason = self._stop_reason or reason
         self._stop.set()
 
+    def drain(self) -> None:
+        """Finish the tasks that have started, start no other, and hand the run back to the
+        queue (pending, resumable by any worker) when tasks are left."""
+        self._draining.set()
+
+    def _fenced_off(self, why: str) -> None:
+        """This owner was reaped or replaced: stop everything and write nothing more."""
+        self._lost = self._lost or why
+        self._stop.set()
+
     def _stopped(self) -> bool:
         if self._stop.is_set():
+            return True
+        if self.owner.lost is not None:  # the heartbeat learnt the ledger reaped us
+            self._fenced_off(self.owner.lost)
             return True
         now = time.monotonic()
         if self.run_id and now - self._cancel_checked >= CANCEL_POLL_S:
             self._cancel_checked = now
             try:
-                who, self._cancel_cursor = cancel_requested(self.db, self.run_id,
-                                                            self._cancel_cursor)
+                who, taken = self._look_at_the_run()
             except UetError:
-                who = None  # the ledger is out of reach for a moment: ask again later
-            if who:
+                who = taken = None  # the ledger is out of reach for a moment: look later
+            if taken:
+                self._fenced_off(taken)
+            elif who:
                 self.stop(f"canceled ({who})")
         return self._stop.is_set()
+
+    def _look_at_the_run(self) -> tuple[str | None, str | None]:
+        """The run's new events: (who asked to cancel it, or None; why it is no longer
+        ours — another process ended or re-queued it, e.g. the reaper of a paused owner —
+        or None)."""
+        who = None
+        for event in self.db.events_since(self._cancel_cursor, run_id=self.run_id):
+            self._cancel_cursor = event["seq"]
+            data = event["data"] if isinstance(event["data"], dict) else {}
+            if event["event_type"] == RUN_CANCEL_REQUESTED:
+                who = who or f"requested by {data.get('by', 'uet cancel')}"
+            elif event["event_type"] == RUN_STATE_CHANGED and data.get("to") != "running":
+                run = self.db.get_run(self.run_id) or {}
+                why = data.get("reason") or run.get("error_message") or "see its events"
+                return who, (f"the run went {data.get('from')} -> {data.get('to')} by "
+                             f"another process (this one is fenced off): {why}")
+        return who, None
 
     def run(self) -> WorkstreamResult:
         """Run every task; returns how the run ended (the run's state is in the ledger)."""
@@ -235,19 +295,12 @@ class Orchestrator:
         try:
             run_id = new_ulid()
             self.branch = ws.branch_name(run_id)
-            self.run_id = self.db.create_run({
-                "run_id": run_id, "project_id": ws.project_id, "phase_id": ws.phase_id,
-                "workstream_id": ws.workstream_id,
-                # what `uet resume` needs to go on: the exact file, where it ran
-                "metadata": {"workstream": {"id": ws.workstream_id, "sha256": ws.sha256,
-                                            "source": ws.source, "format": ws.format,
-                                            "content": ws.content.decode("utf-8")},
-                             "repo": str(self.repo.toplevel), "base": self.base,
-                             "branch": self.branch, "uet_owner": self.owner.worker_id}})
+            self.run_id = self.db.create_run(run_record(
+                ws, run_id, self.repo, self.base, uet_owner=self.owner.worker_id))
             self.owner.claim(self.run_id)
             self.owner.start_heartbeat()
             self.out(f"run {self.run_id}: workstream {ws.workstream_id}, branch {self.branch}")
-            return self._drive()
+            return self._fenced_drive()
         finally:
             self._close_owner()
 
@@ -258,8 +311,6 @@ class Orchestrator:
         attempt count, the others run with the attempts they have left, on the branch as
         it is."""
         self.run_id, self.base, self.branch, self._resuming = run_id, base, branch, True
-        # a cancel asked of an earlier session of the run is not one of this session
-        self._cancel_cursor = self.db.latest_event_seq()
         for task_id, outcome in done.items():
             self.outcomes[task_id] = outcome
         self.owner.register()
@@ -269,17 +320,42 @@ class Orchestrator:
                 self.db.update_run(run_id, {"metadata": {
                     **run["metadata"], "uet_owner": self.owner.worker_id}})
             self.owner.claim(run_id)
+            # what happened to the run before this session (its re-drive, a cancel asked
+            # of an earlier session) is not for this session to act on
+            self._cancel_cursor = self.db.latest_event_seq()
             self.owner.start_heartbeat()
             self.out(f"run {run_id} resumed: branch {branch}")
-            return self._drive()
+            return self._fenced_drive()
         finally:
             self._close_owner()
 
+    def run_claimed(self, run: Mapping[str, Any], done: Mapping[str, TaskOutcome]) -> \
+            WorkstreamResult:
+        """Run (or go on with) a run of the work queue that this orchestrator's owner — a
+        `uet worker` slot, registered and heartbeating — has just claimed; `done` are the
+        outcomes `uet.engine.resume.reconcile` found for a run that ran before."""
+        meta = run["metadata"]
+        self.run_id, self.base, self.branch = run["run_id"], meta["base"], meta["branch"]
+        self._resuming = bool(done) or self.repo.branch_head(self.branch) is not None
+        self._cancel_cursor = self.db.latest_event_seq()
+        for task_id, outcome in done.items():
+            self.outcomes[task_id] = outcome
+        self.out(f"run {self.run_id}: workstream {self.ws.workstream_id}, branch "
+                 f"{self.branch}" + (" (resumed)" if self._resuming else ""))
+        return self._fenced_drive()
+
     def _close_owner(self) -> None:
+        if not self._own_owner:
+            return
         try:
             self.owner.close()
         except UetError:
             pass  # out of reach: the reaper retires the worker later
+
+    def _fenced_drive(self) -> WorkstreamResult:
+        """`_drive`, every write of it fenced by the owner's incarnation."""
+        with self.db.fenced(self.owner.worker_id, self.owner.incarnation):
+            return self._drive()
 
     def _drive(self) -> WorkstreamResult:
         self.scratch = tempfile.mkdtemp(prefix=f"uet-{self.run_id}-")
@@ -290,12 +366,18 @@ class Orchestrator:
             # rather than read back from git before every attempt
             self._head = self.repo.branch_head(self.branch)
             self._head_tree = self.repo.resolve_tree(self._head)
+            # an earlier owner's worktrees go (a crashed one's, or a paused one's that was
+            # reaped: it finds them gone, and its ledger writes are fenced off); ours are
+            # named by our incarnation, so that one never touches another's
+            self.repo.remove_worktrees_named(f"{self.run_id}-")
             self.integration = self.repo.add_integration_worktree(
-                f"{self.run_id}-integration", self.branch, replace=True)
+                self._worktree_name("integration"), self.branch, replace=True)
             self._commit_verified()
             self._schedule()
-        except _Canceled:
+        except (_Canceled, _HandBack):
             pass
+        except StaleWorkerError as exc:
+            self._fenced_off(str(exc))
         except UetError as exc:
             error = f"{type(exc).__name__}: {exc}"
         finally:
@@ -304,8 +386,22 @@ class Orchestrator:
             _remove_tree(self.scratch)
         return self._finish(error)
 
+    def _worktree_name(self, what: str) -> str:
+        return f"{self.run_id}-{self.owner.incarnation[-6:].lower()}-{what}"
+
     def _finish(self, error: str | None) -> WorkstreamResult:
+        if self._lost is not None:  # fenced off: whatever is written now is the new owner's
+            self.out(f"run {self.run_id}: this process no longer owns it ({self._lost}); "
+                     "stopped without writing")
+            run = self.db.get_run(self.run_id)  # a read: reads are never fenced
+            return WorkstreamResult(self.run_id, run["state"] if run else "unknown",
+                                    self.branch, self.base, None, self.outcomes, self._lost,
+                                    fenced_off=self._lost)
         failed = [o for o in self.outcomes.values() if not o.done]
+        unstarted = [o for o in self.outcomes.values() if o.outcome == "pending"]
+        if self._draining.is_set() and unstarted and not self._stop.is_set() \
+                and error is None:
+            return self._hand_back(unstarted)
         if self._stop.is_set():
             state, error = "canceled", self._stop_reason
         elif error is None and not failed:
@@ -319,15 +415,33 @@ class Orchestrator:
             if outcome.outcome == "pending":
                 outcome.outcome = "canceled" if state == "canceled" else "skipped"
         run = self.db.get_run(self.run_id)
-        if run["state"] == "running":
-            self.db.transition_run(self.run_id, state, exit_code=0 if state == "succeeded"
-                                   else 1, error_message=error)
+        if run["state"] == "running" and run["worker_id"] == self.owner.worker_id:
+            try:
+                self.db.transition_run(self.run_id, state, exit_code=0 if state == "succeeded"
+                                       else 1, error_message=error)
+            except StaleWorkerError as exc:
+                self._fenced_off(str(exc))
+                return self._finish(None)
         else:  # the reaper or a cancel got there first
             state, error = run["state"], run["error_message"]
         head = self.repo.branch_head(self.branch) if self.branch else None
         self.out(f"run {self.run_id} {state}" + (f": {error}" if error else ""))
         return WorkstreamResult(self.run_id, state, self.branch, self.base, head,
                                 self.outcomes, error)
+
+    def _hand_back(self, unstarted: list[TaskOutcome]) -> WorkstreamResult:
+        """Draining: the run goes back to the queue (pending, its committed tasks kept) for
+        any worker to resume."""
+        reason = (f"handed back by {self.owner.worker_id} (draining); "
+                  f"{len(unstarted)} task(s) not started")
+        try:
+            self.db.redrive_run(self.run_id, reason, expected="running")
+        except StaleWorkerError as exc:
+            self._fenced_off(str(exc))
+            return self._finish(None)
+        self.out(f"run {self.run_id} handed back to the queue: {len(unstarted)} task(s) left")
+        return WorkstreamResult(self.run_id, "pending", self.branch, self.base,
+                                self.repo.branch_head(self.branch), self.outcomes, reason)
 
     def _commit_verified(self) -> None:
         """Resuming: commit the patches whose gates passed before a crash stopped their
@@ -342,13 +456,13 @@ class Orchestrator:
             patch = self.patches.get_patch(outcome.patch_id)
             task = self.ws.task(outcome.task_id)
             git.apply_patch(integration.path, patch.diff)
-            sha, self._head_tree = git.commit_index(
+            sha, tree = git.commit_index(
                 integration.path, f"{task.name or task.task_id}\n\nuet: workstream "
                 f"{self.ws.workstream_id}, task {task.task_id}, run {self.run_id} (committed "
                 "when the run was resumed)", outcome.ledger_id, parent=self._head,
-                parent_tree=self._head_tree)
-            self._head = sha
-            with self.db.atomic():
+                parent_tree=self._head_tree, move=False)
+            with self.db.atomic():  # fenced: a reaped owner never moves the branch
+                self._advance(integration, sha, tree, outcome.ledger_id)
                 self.patches.transition_state(outcome.ledger_id, "committed",
                                               f"commit {sha} (when the run was resumed)")
                 self.bus.publish("task.finished", {
@@ -356,6 +470,15 @@ class Orchestrator:
                     "ledger_id": outcome.ledger_id}, run_id=self.run_id)
             outcome.outcome, outcome.commit = "committed", sha
             self.out(f"task {task.task_id} committed {sha[:12]} (verified before the stop)")
+
+    def _advance(self, integration: git.Worktree, sha: str, tree: str, ledger_id: str) -> None:
+        """Move the run's branch to its new commit `sha` — inside the caller's ledger
+        transaction, whose fence check at its start holds this owner's worker row: an owner
+        that was reaped (a paused process that woke up) cannot move the branch its
+        successor now works on. Compare-and-set on git's side too."""
+        assert self._head is not None
+        git.advance_branch(integration.path, sha, self._head, ledger_id)
+        self._head, self._head_tree = sha, tree
 
     # -- scheduling -----------------------------------------------------------------------
 
@@ -374,18 +497,24 @@ class Orchestrator:
                         waiting.remove(task)
                         self._skip(task, [d.task_id for d in deps if not d.done])
                     elif all(d.done for d in deps) and len(running) < self.parallel \
-                            and not self._stopped():
+                            and not self._stopped() and not self._draining.is_set():
                         waiting.remove(task)
-                        running[pool.submit(self._run_task, task)] = task
+                        running[pool.submit(self._run_fenced_task, task)] = task
                 if not running:
                     if waiting and self._stopped():
                         raise _Canceled()
+                    if waiting and self._draining.is_set():
+                        raise _HandBack()
                     continue
                 finished, _ = wait(running, timeout=CANCEL_POLL_S,
                                    return_when=FIRST_COMPLETED)
                 for future in finished:
                     running.pop(future)
-                    future.result()  # a UetError of a task ends the run (failed)
+                    try:
+                        future.result()  # a UetError of a task ends the run (failed)
+                    except StaleWorkerError as exc:
+                        self._fenced_off(str(exc))  # the other tasks' tools stop too
+                        raise
                 if self._stopped() and not running:
                     raise _Canceled()
 
@@ -398,6 +527,10 @@ class Orchestrator:
         self.out(f"task {task.task_id} skipped: {outcome.reason}")
 
     # -- one task -------------------------------------------------------------------------
+
+    def _run_fenced_task(self, task: Task) -> None:
+        with self.db.fenced(self.owner.worker_id, self.owner.incarnation):
+            self._run_task(task)
 
     def _run_task(self, task: Task) -> None:
         outcome = self.outcomes[task.task_id]
@@ -420,7 +553,7 @@ class Orchestrator:
         head = self._head
         assert head is not None
         worktree = self.repo.add_attempt_worktree(
-            f"{self.run_id}-{task.task_id}-{attempt}", head, replace=True)
+            self._worktree_name(f"{task.task_id}-{attempt}"), head, replace=True)
         values = {"task_id": task.task_id, "run_id": self.run_id, "attempt": str(attempt),
                   "feedback_file": files["feedback"], "worktree": str(worktree.path)}
         failed = True
@@ -429,7 +562,7 @@ class Orchestrator:
             with self.db.atomic():
                 step_id = self.db.create_step_attempt({
                     "run_id": self.run_id, "sequence": task.index + 1, "attempt": attempt,
-                    "tool_id": task.tool, "input_prompt": prompt,
+                    "tool_id": task.tool, "input_prompt": prompt, "task_id": task.task_id,
                     "metadata": {"task_id": task.task_id, "start": head}})
                 self.bus.publish("task.started", {
                     "task_id": task.task_id, "attempt": attempt, "step_attempt_id": step_id},
@@ -471,6 +604,14 @@ class Orchestrator:
         duration = round(time.monotonic() - started, 3)
         meta = {"task_id": task.task_id, "command": argv, "duration_sec": duration,
                 "stdout_tail": result.stdout, "stderr_tail": result.stderr}
+        # what the tool says it used ($UET_USAGE_FILE) goes with the attempt's end
+        usage, problem = read_usage(files["usage"])
+        if problem:
+            meta["usage_error"] = problem
+
+        def end_step(*args: Any, **kwargs: Any) -> None:
+            self._end_step(*args, usage=usage, **kwargs)
+
         # the tool shares the target's branches and tags through its worktree: what it did
         # to them is said (the run's own branch moves with merges meanwhile, not by it)
         touched = self.repo.changed_refs(refs, ignore=[git.branch_ref(self.branch)])
@@ -481,24 +622,24 @@ class Orchestrator:
             self.out(f"task {task.task_id}: the tool changed the repository's refs: "
                      + "; ".join(touched))
         if result.canceled:
-            self._end_step(step_id, "canceled", result.exit_code, "canceled", meta)
+            end_step(step_id, "canceled", result.exit_code, "canceled", meta)
             return False, "", True
         if result.exit_code != 0 or result.error:
             why = result.error or f"the tool exited with {result.exit_code}"
-            self._end_step(step_id, "failed", result.exit_code, why, meta)
+            end_step(step_id, "failed", result.exit_code, why, meta)
             self.out(f"task {task.task_id}: {why}")
             outcome.reason = why
             return False, result.output(), True
         change = git.capture_change(worktree.path, worktree.head)
         if change.is_empty:
             if task.allow_empty:
-                self._end_step(step_id, "succeeded", 0, None, meta)
+                end_step(step_id, "succeeded", 0, None, meta)
                 outcome.outcome, outcome.reason = "empty", None
                 self.bus.publish("task.finished", {"task_id": task.task_id, "outcome": "empty"},
                                  run_id=self.run_id)
                 return True, "", False
             why = "the tool changed nothing (the task does not allow_empty)"
-            self._end_step(step_id, "failed", 0, why, meta)
+            end_step(step_id, "failed", 0, why, meta)
             outcome.reason = why
             return False, why, True
         with self.db.atomic():
@@ -512,20 +653,23 @@ class Orchestrator:
                 run_id=self.run_id)
         outcome.ledger_id = entry.ledger_id
         with self._merge_lock:
-            ok, why, feedback, sha = self._merge(task, step_id, entry.ledger_id, change,
-                                                 values)
+            ok, why, feedback, (sha, tree) = self._merge(task, step_id, entry.ledger_id,
+                                                         change, values)
+            if ok:  # the branch moves with the ledger's record of it, fenced
+                with self.db.atomic():
+                    self._advance(self.integration, sha, tree, entry.ledger_id)
+                    self.patches.transition_state(entry.ledger_id, "committed",
+                                                  f"commit {sha}")
+                    end_step(step_id, "succeeded", 0, None, meta,
+                                   output_patch_id=patch.patch_id)
+                    self.bus.publish("task.finished", {
+                        "task_id": task.task_id, "outcome": "committed", "commit": sha,
+                        "ledger_id": entry.ledger_id}, run_id=self.run_id)
         if ok:
-            with self.db.atomic():
-                self.patches.transition_state(entry.ledger_id, "committed", f"commit {sha}")
-                self._end_step(step_id, "succeeded", 0, None, meta,
-                               output_patch_id=patch.patch_id)
-                self.bus.publish("task.finished", {
-                    "task_id": task.task_id, "outcome": "committed", "commit": sha,
-                    "ledger_id": entry.ledger_id}, run_id=self.run_id)
             outcome.outcome, outcome.commit, outcome.reason = "committed", sha, None
             self.out(f"task {task.task_id} committed {sha[:12]}")
             return True, "", False
-        self._end_step(step_id, "failed", 0, why, meta, output_patch_id=patch.patch_id)
+        end_step(step_id, "failed", 0, why, meta, output_patch_id=patch.patch_id)
         outcome.reason = why
         self.out(f"task {task.task_id}: {why}")
         return False, feedback, True
@@ -542,8 +686,10 @@ class Orchestrator:
         return record
 
     def _end_step(self, step_id: str, state: str, exit_code: int | None, why: str | None,
-                  meta: dict[str, Any], *, output_patch_id: str | None = None) -> None:
-        changes: dict[str, Any] = {"state": state, "exit_code": exit_code, "metadata": meta}
+                  meta: dict[str, Any], *, output_patch_id: str | None = None,
+                  usage: Mapping[str, Any] | None = None) -> None:
+        changes: dict[str, Any] = {"state": state, "exit_code": exit_code, "metadata": meta,
+                                   **(usage or {})}
         if why:
             changes["error_log"] = why
         if output_patch_id:
@@ -553,8 +699,9 @@ class Orchestrator:
     # -- validation, apply, gates, commit (one patch at a time) ---------------------------
 
     def _merge(self, task: Task, step_id: str, ledger_id: str, change: git.CapturedChange,
-               values: dict[str, str]) -> tuple[bool, str, str, str]:
-        """Steps 3-5 for one entry; (committed, why not, feedback, commit sha)."""
+               values: dict[str, str]) -> tuple[bool, str, str, tuple[str, str]]:
+        """Steps 3-5 for one entry, up to the commit (made, the branch not yet moved):
+        (True, "", "", (the commit's sha, its tree)), or (False, why not, feedback, ("", ""))."""
         integration = self.integration
         assert integration is not None
         verdict = judge_change(change.files, task.files_scope, self.ws.policy)
@@ -562,7 +709,7 @@ class Orchestrator:
             with self.db.atomic():
                 self.patches.set_validation(ledger_id, scope=False, constraints=False)
                 self._quarantine(ledger_id, verdict.reason)
-            return False, verdict.reason, verdict.reason, ""
+            return False, verdict.reason, verdict.reason, ("", "")
         # The format check is the apply itself: under the merge lock the integration
         # worktree is clean at the branch head, so `git apply --3way --index` there applies
         # exactly when `git apply --check` against the head would, and a failure is undone
@@ -576,7 +723,7 @@ class Orchestrator:
                 self.patches.set_validation(ledger_id, format=False, scope=True,
                                             constraints=True)
                 self._quarantine(ledger_id, why)
-            return False, why, f"{why}\n{exc.stderr}", ""
+            return False, why, f"{why}\n{exc.stderr}", ("", "")
         with self.db.atomic():
             self.patches.set_validation(ledger_id, format=True, scope=True, constraints=True)
             self.patches.transition_state(ledger_id, "validated", "format, scope and policy")
@@ -589,13 +736,12 @@ class Orchestrator:
             name, code, output = failed
             why = f"gate {name} failed (exit {code})"
             self._quarantine(ledger_id, why)
-            return False, why, f"{why}\n{output}", ""
+            return False, why, f"{why}\n{output}", ("", "")
         message = (f"{task.name or task.task_id}\n\nuet: workstream {self.ws.workstream_id}, "
                    f"task {task.task_id}, attempt {values['attempt']}, run {self.run_id}")
-        sha, self._head_tree = git.commit_index(integration.path, message, ledger_id,
-                                                parent=self._head, parent_tree=self._head_tree)
-        self._head = sha
-        return True, "", "", sha
+        sha, tree = git.commit_index(integration.path, message, ledger_id, parent=self._head,
+                                     parent_tree=self._head_tree, move=False)
+        return True, "", "", (sha, tree)
 
     def _quarantine(self, ledger_id: str, why: str) -> None:
         self.patches.quarantine(ledger_id, why)
@@ -699,17 +845,30 @@ def run_workstream(db: Database, workstream: Workstream, *, parallel: int = 1,
     tools and gates and end the run canceled, as a `uet cancel` of the run does."""
     orchestrator = Orchestrator(db, workstream, parallel=parallel, keep_failed=keep_failed,
                                 heartbeat_s=heartbeat_s, bus=bus, out=out)
-    if not handle_signals or threading.current_thread() is not threading.main_thread():
+    if not handle_signals:
         return orchestrator.run()
+    return with_stop_signals(
+        lambda name: orchestrator.stop(f"canceled by {name}"), orchestrator.run)
+
+
+T = TypeVar("T")
+
+
+def with_stop_signals(on_signal: Callable[[str], None], body: Callable[[], T]) -> T:
+    """`body()` with SIGINT and SIGTERM handled by `on_signal(signal name)` (then the
+    previous handlers restored); called from another thread than the main one, where
+    Python cannot install handlers, just `body()`."""
+    if threading.current_thread() is not threading.main_thread():
+        return body()
     previous = {}
 
-    def on_signal(signum: int, frame: object) -> None:
-        orchestrator.stop(f"canceled by {signal.Signals(signum).name}")
+    def handler(signum: int, frame: object) -> None:
+        on_signal(signal.Signals(signum).name)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, on_signal)
+        previous[sig] = signal.signal(sig, handler)
     try:
-        return orchestrator.run()
+        return body()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)

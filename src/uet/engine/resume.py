@@ -21,7 +21,7 @@ from uet.engine.workstream import Workstream, parse_workstream
 from uet.errors import NotFoundError, UetError, ValidationError
 from uet.state.db import Database
 from uet.state.patches import PatchLedger
-from uet.state.recovery import DEFAULT_HEARTBEAT_S, recover
+from uet.state.recovery import DEFAULT_HEARTBEAT_S, Owner, recover
 
 # how an entry a crash left half way is quarantined as interrupted, along its machine
 # (a verified entry is not among them: its gates passed, so resuming commits it)
@@ -46,29 +46,74 @@ def resume_run(db: Database, run_id: str, *, parallel: int = 1, keep_failed: boo
     run = db.get_run(run_id)
     if run is None:
         raise NotFoundError("run", run_id)
-    meta = run["metadata"] if isinstance(run["metadata"], dict) else {}
-    spec = meta.get("workstream")
-    if not isinstance(spec, dict) or not isinstance(spec.get("content"), str):
+    if _recorded_spec(run) is None:
         raise ResumeError(f"run {run_id} is not a workstream run (it records no workstream "
                           "file); only `uet run WORKSTREAM.yaml` runs can be resumed")
     if run["state"] not in ("failed", "canceled"):
         raise ResumeError(f"run {run_id} is {run['state']}: only a failed or canceled run "
                           "is resumed (a running one whose owner is gone is failed by the "
                           "reaper first; `uet recover`)")
-    ws = parse_workstream(spec["content"], format=spec.get("format", "yaml"),
-                          repo=meta.get("repo"), source=spec.get("source"))
-    branch, base = meta.get("branch"), meta.get("base")
-    committed = [entry for patch in PatchLedger(db).history_of_run(run_id)
-                 for entry in patch["entries"] if entry["state"] == "committed"]
-    repo = _usable_repository(run_id, meta, branch, base, bool(committed))
     # reconciled before the re-drive, so that a refusal leaves the run as it was
-    done = reconcile(db, run_id, ws, repo, branch, base)
+    ws, branch, base, done = _reconciled(db, run)
     for outcome in done.values():
         if outcome.outcome == "committed":
             say(f"task {outcome.task_id} already committed ({outcome.commit[:12]})")
     orchestrator = Orchestrator(db, ws, parallel=parallel, keep_failed=keep_failed,
                                 heartbeat_s=heartbeat_s, out=out)
     return orchestrator.resume(run_id, base, branch, done, "resumed by uet resume")
+
+
+def _recorded_spec(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The workstream file a run recorded (`metadata.workstream`), or None."""
+    meta = run["metadata"] if isinstance(run["metadata"], dict) else {}
+    spec = meta.get("workstream")
+    return spec if isinstance(spec, dict) and isinstance(spec.get("content"), str) else None
+
+
+def _reconciled(db: Database, run: dict[str, Any]) -> \
+        tuple[Workstream, str, str, dict[str, TaskOutcome]]:
+    """The run's recorded workstream, branch and base, and the outcomes of its tasks once
+    the ledger agrees with the branch (`reconcile`); ResumeError when it cannot go on."""
+    run_id, meta, spec = run["run_id"], run["metadata"], _recorded_spec(run)
+    assert spec is not None
+    ws = parse_workstream(spec["content"], format=spec.get("format", "yaml"),
+                          repo=meta.get("repo"), source=spec.get("source"))
+    branch, base = meta.get("branch"), meta.get("base")
+    committed = [entry for patch in PatchLedger(db).history_of_run(run_id)
+                 for entry in patch["entries"] if entry["state"] == "committed"]
+    repo = _usable_repository(run_id, meta, branch, base, bool(committed))
+    return ws, branch, base, reconcile(db, run_id, ws, repo, branch, base)
+
+
+def run_queued(db: Database, run: dict[str, Any], owner: Owner, *, parallel: int = 1,
+               keep_failed: bool = False, out: Callable[[str], None] | None = None,
+               started: Callable[[Orchestrator], None] | None = None) -> WorkstreamResult:
+    """Run a queued run that `owner` (a `uet worker` slot) has just claimed: from its start,
+    or — one that ran before (re-queued after its owner was lost, or handed back by a
+    draining worker) — reconciled as `uet resume` does, so that no committed task is done
+    again and no patch is committed twice. `started(orchestrator)` is called once it runs
+    (to drain or stop it). A run that cannot run (its workstream or repository is unusable)
+    is failed with the reason."""
+    run_id = run["run_id"]
+    meta = run["metadata"] if isinstance(run["metadata"], dict) else {}
+    try:
+        if _recorded_spec(run) is None:
+            raise ResumeError(f"run {run_id} carries no workstream file; submit runs with "
+                              "`uet submit WORKSTREAM.yaml`")
+        ws, _, _, done = _reconciled(db, run)
+        orchestrator = Orchestrator(db, ws, parallel=parallel, keep_failed=keep_failed,
+                                    out=out, owner=owner)
+    except UetError as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        with db.fenced(owner.worker_id, owner.incarnation):
+            failed = db.transition_run(run_id, "failed", expected="running", exit_code=1,
+                                       error_message=why)
+        (out or (lambda line: None))(f"run {run_id} failed: {why}")
+        return WorkstreamResult(run_id, failed["state"], str(meta.get("branch") or ""),
+                                str(meta.get("base") or ""), None, {}, why)
+    if started is not None:
+        started(orchestrator)
+    return orchestrator.run_claimed(run, done)
 
 
 def _usable_repository(run_id: str, meta: dict[str, Any], branch: Any, base: Any,

@@ -132,8 +132,11 @@ def owner_lost(worker: Any, now: datetime | None = None) -> str | None:
     interval = _heartbeat_s(affinity)
     last = worker.last_heartbeat or worker.created_at
     now = now or datetime.now(timezone.utc)
-    if now - datetime.fromisoformat(last.replace("Z", "+00:00")) > timedelta(
-            seconds=2 * interval):
+    try:
+        beat = datetime.fromisoformat(last.replace("Z", "+00:00"))
+    except (AttributeError, ValueError):  # only raw SQL can store such a time
+        return f"its last heartbeat time {last!r} cannot be read"
+    if now - beat > timedelta(seconds=2 * interval):
         return (f"no heartbeat since {last}: two heartbeat intervals ({interval:g} s each) "
                 "missed")
     return None
@@ -295,7 +298,7 @@ class Owner:
                 raise ValidationError(
                     f"worker {self.worker_id} is already running (process "
                     f"{existing.affinity.get('pid')} on {existing.affinity.get('host')}, "
-                    f"{existing.state}); stop it first or choose another id",
+                    f"{existing.state.value}); stop it first or choose another id",
                     field="worker_id")
             self.workers.terminate_lost(
                 self.worker_id, f"owner {self.worker_id} is gone ({why}): a new process "

@@ -111,6 +111,10 @@ SELECT * FROM workers
 SELECT run_id FROM runs WHERE state = 'pending' AND priority IS NOT NULL
  ORDER BY priority DESC, created_at, run_id LIMIT 1;
 
+-- name: queued_run_waiting
+-- a plain read (no lock, no write transaction): whether an idle worker should try to claim
+SELECT run_id FROM runs WHERE state = 'pending' AND priority IS NOT NULL LIMIT 1;
+
 -- name: oldest_pending_run
 SELECT run_id FROM runs WHERE state = 'pending' ORDER BY created_at, run_id LIMIT 1;
 
