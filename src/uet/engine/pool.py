@@ -191,8 +191,24 @@ class WorkerPool:
         try:
             for found in recover(db):
                 self.out(f"recovered {', '.join(found.runs) or 'no run'}: {found.reason}")
+                for run_id in found.runs:
+                    self._clean_up(db, run_id)
         except UetError as exc:
             self.out(f"reaper pass skipped: {exc}")  # the ledger is out of reach: next time
+
+    @staticmethod
+    def _clean_up(db: Database, run_id: str) -> None:
+        """The worktrees a lost owner left of a run that will not go on (failed, not
+        re-queued: a poison run, `resume: manual`); a re-queued run's next owner removes
+        them itself, and `uet resume` rebuilds what it needs."""
+        run = db.get_run(run_id)
+        meta = run["metadata"] if run and isinstance(run["metadata"], dict) else {}
+        if run is None or run["state"] == "pending" or not isinstance(meta.get("repo"), str):
+            return
+        try:
+            git.open_repository(meta["repo"]).remove_worktrees_named(f"{run_id}-")
+        except UetError:
+            pass  # the repository is gone or busy: nothing of ours to keep clean there
 
     def _mark_draining(self, db: Database, marked: set[int]) -> None:
         """Busy slots show DRAINING while their run finishes (`uet workers`)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, ContextManager, Iterator, Mapping
 
@@ -94,7 +95,16 @@ class Database:
         except BaseException:
             backend.close()
             raise
-        backend.on_begin = self._check_fence
+        # weakly: the backend must not keep its Database alive (a Database dropped without
+        # close() is then freed at once, its connections and transaction with it)
+        check = weakref.WeakMethod(self._check_fence)
+
+        def on_begin(tx: Any) -> None:
+            method = check()
+            if method is not None:
+                method(tx)
+
+        backend.on_begin = on_begin
         return backend
 
     @contextmanager

@@ -323,15 +323,18 @@ class Owner:
         self.workers.release(self.worker_id, incarnation=self.incarnation)
 
     def start_heartbeat(self) -> None:
-        """Heartbeat every interval from a daemon thread until `close()`. Start it after any
-        fork the process makes (a child must not inherit a thread that holds a lock)."""
+        """Heartbeat twice per interval from a daemon thread until `close()`. Start it
+        after any fork the process makes (a child must not inherit a thread that holds a
+        lock)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._beat, name="uet-heartbeat",
                                             daemon=True)
             self._thread.start()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
+        # twice per interval: the owner is judged lost after two intervals without a beat,
+        # so one beat delayed by a busy ledger (a writer holding the lock) costs nothing
+        while not self._stop.wait(self.heartbeat_s / 2):
             try:
                 self.workers.heartbeat(self.worker_id, incarnation=self.incarnation)
             except (ValidationError, NotFoundError) as exc:  # reaped, replaced or removed

@@ -6,7 +6,6 @@ step attempts it held, in the same transaction, with an error that names the wor
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import Any, Mapping
 
@@ -305,11 +304,6 @@ def queue_settings(run: Mapping[str, Any]) -> dict[str, Any]:
     """How the pool recovers a submitted run (`metadata.queue`, written by `uet submit`
     from its workstream): {"resume": "auto" | "manual", "max_recoveries": int}."""
     meta = run["metadata"]
-    if isinstance(meta, str):  # a locked row read inside a transaction: not decoded
-        try:
-            meta = json.loads(meta)
-        except ValueError:
-            meta = {}
     queue = meta.get("queue") if isinstance(meta, dict) else None
     queue = queue if isinstance(queue, dict) else {}
     limit = queue.get("max_recoveries")
@@ -333,4 +327,5 @@ def requeue_verdict(run: Mapping[str, Any]) -> tuple[bool, str | None]:
     return True, None
 
 
-__all__ = ["WorkerLifecycle", "queue_settings", "requeue_verdict", "DEFAULT_MAX_RECOVERIES", "WORKER_SPAWNED", "WORKER_STATE_CHANGED"]
+__all__ = ["WorkerLifecycle", "queue_settings", "requeue_verdict", "DEFAULT_MAX_RECOVERIES",
+           "WORKER_SPAWNED", "WORKER_STATE_CHANGED"]
