@@ -53,6 +53,8 @@ WORKERS = "tests/state/test_workers.py"
 CONCURRENCY = "tests/state/test_concurrency.py"
 BAD_INPUT = "tests/state/test_bad_input_properties.py"
 CLI = "tests/test_cli.py"
+# check 11 of the reliability suite (bench/reliability_suite/pool.py) in its quick mode
+POOL_CHECK = "tests/test_reliability.py::test_quick_check_finds_nothing_wrong[pool]"
 
 TEST_TIMEOUT_S = 120  # pytest-timeout, per test (setup, call and teardown together)
 WALL_CLOCK_S = 900  # one mutant's whole pytest run, targeted selection
@@ -204,6 +206,30 @@ MUTANTS: tuple[Mutant, ...] = (
               "    if own_group:  # what the command left behind in its group goes with it",
               "    if False:  # mutant: what the command left behind keeps running"),),
         (CLI,),
+    ),
+    Mutant(
+        "reaper_fails_queued",
+        "the reaper fails queued runs instead of re-queueing them",
+        "When a worker of the pool dies, the reaper fails the queued run it held even though "
+        "its workstream says `resume: auto` and recoveries are left: no other worker "
+        "resumes it.",
+        (Edit(f"{STATE}/workers.py",
+              "            if requeue:\n"
+              "                redrive_run_row(tx, held_run, f\"re-queued: {reason}\",",
+              "            if False:  # mutant: never re-queued\n"
+              "                redrive_run_row(tx, held_run, f\"re-queued: {reason}\","),),
+        (POOL_CHECK,),
+    ),
+    Mutant(
+        "requeue_ignores_cap",
+        "max_recoveries is ignored: a poison run loops",
+        "`requeue_verdict` no longer compares a run's recoveries with its workstream's "
+        "`max_recoveries`: a run whose tool kills every worker that takes it is re-queued "
+        "forever instead of failed.",
+        (Edit(f"{STATE}/workers.py",
+              "    if run[\"recoveries\"] >= settings[\"max_recoveries\"]:",
+              "    if False:  # mutant: max_recoveries is ignored"),),
+        (POOL_CHECK,),
     ),
 )
 BY_NAME = {m.name: m for m in MUTANTS}

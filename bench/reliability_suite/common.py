@@ -21,7 +21,8 @@ MUTANT_VAR = "UET_RELIABILITY_MUTANT"
 
 # The keys of the final RELIABILITY line, in order.
 SUMMARY_KEYS = ("corrupt", "lost", "missing_events", "double", "locked", "partial", "untyped",
-                "half_migrated", "stranded", "stuck", "orphans", "dup_commits")
+                "half_migrated", "stranded", "stuck", "orphans", "dup_commits",
+                "requeue_lost", "claimed_twice")
 
 
 @dataclass(frozen=True)
@@ -361,6 +362,10 @@ def trail_violations(path: str) -> list[str]:
             body = json.loads(data) if data else {}
             key = (table, run_id if data_field is None else body.get(data_field))
             if is_creation:
+                if body.get("respawn") and explained.get(key) == "TERMINATED":
+                    # a new incarnation of a retired worker id: its record starts over
+                    explained[key] = body.get("state")
+                    continue
                 created_count[key] = created_count.get(key, 0) + 1
                 explained.setdefault(key, body.get("state"))
             else:

@@ -139,7 +139,8 @@ def no_whitelist() -> None:
         row = tables.prepare_insert(tables.RUNS, {k: v for k, v in data.items()
                                                     if k not in extra})
         row.update(extra)
-        columns = list(row)
+        # a known column left out goes by its default (recoveries: 0), as in the real INSERT
+        columns = [c for c in row if row[c] is not None or c not in tables.RUNS.by_name]
         # the bug: caller-supplied names in SQL text
         sql = (f"INSERT INTO runs ({', '.join(columns)}) "
                f"VALUES ({', '.join('?' for _ in columns)})")
@@ -244,6 +245,18 @@ def pg_lazy_commit() -> None:
         conn.execute(self._begin or self._begin_statement(conn))
         yield m.PostgresTx(conn)
     m.PostgresBackend.transaction = transaction
+    original_close = m.PostgresBackend.close
+
+    def close(self):
+        # the lazy connection goes with its backend (its open transaction rolled back, as a
+        # driver does on close), not only once the garbage collector frees the backend: a
+        # Database and its backend refer to each other (the fence check), and a transaction
+        # left open would hold its locks, so that dropping the check's schema waits forever
+        conn = self.__dict__.pop("_lazy_conn", None)
+        if conn is not None:
+            conn.close()
+        original_close(self)
+    m.PostgresBackend.close = close
 
 
 def reaper_ignores_pids() -> None:
@@ -287,6 +300,24 @@ def resume_ignores_branch() -> None:
     resume.reconcile = reconcile
 
 
+def reaper_fails_queued() -> None:
+    """The reaper fails every run of a lost owner, also a queued one whose workstream says
+    `resume: auto`: nothing is re-queued, no other worker resumes it."""
+    from uet.state import workers as m
+    m.requeue_verdict = lambda run: (False, None)
+
+
+def requeue_ignores_cap() -> None:
+    """Re-queueing ignores `max_recoveries`: a poison run that kills every worker that
+    takes it is re-queued forever."""
+    from uet.state import workers as m
+    original = m.requeue_verdict
+
+    def requeue_verdict(run):
+        return original({**run, "recoveries": 0})
+    m.requeue_verdict = requeue_verdict
+
+
 MUTANTS = {
     "deferred_begin": deferred_begin,
     "split_event": split_event,
@@ -306,6 +337,8 @@ MUTANTS = {
     "reaper_ignores_pids": reaper_ignores_pids,
     "reaper_forgets_groups": reaper_forgets_groups,
     "resume_ignores_branch": resume_ignores_branch,
+    "reaper_fails_queued": reaper_fails_queued,
+    "requeue_ignores_cap": requeue_ignores_cap,
 }
 
 # Which checks must report a non-zero figure against each mutant.
@@ -328,6 +361,8 @@ CAUGHT_BY = {
     "reaper_ignores_pids": ("owners",),
     "reaper_forgets_groups": ("owners",),
     "resume_ignores_branch": ("engine",),
+    "reaper_fails_queued": ("pool",),
+    "requeue_ignores_cap": ("pool",),
 }
 
 

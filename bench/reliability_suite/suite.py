@@ -31,6 +31,7 @@ CHECKS = {
     "races_pg": "reliability_suite.races",
     "owners_pg": "reliability_suite.owners",
     "engine": "reliability_suite.engine",
+    "pool": "reliability_suite.pool",
 }
 TITLES = {
     "crash": "1. crash safety (random SIGKILL)",
@@ -46,6 +47,7 @@ TITLES = {
     "races_pg": "2. races on PostgreSQL (8 processes)",
     "owners_pg": "9. owners through a PostgreSQL outage",
     "engine": "10. workstream runs killed and resumed (uet run, uet resume)",
+    "pool": "11. worker pool killed and replaced (uet submit, uet worker)",
 }
 
 
