@@ -180,8 +180,10 @@ def cancel(ctx: Context, run_id: str, wait: float) -> None:
 @command("recover", epilog="\b\nExample:\n  uet recover --db /srv/ledger/framework.db")
 def recover_command(ctx: Context) -> None:
     """Fail the runs whose owner is gone (its process ended, or it missed two heartbeats),
-    with their running step attempts, and stop what their commands left running on this
-    host; prints what it recovered. Every `uet run` does this once on its own."""
+    with their running step attempts — or, for queued runs (`uet submit`) within their
+    max_recoveries, re-queue them for the worker pool — and stop what their commands left
+    running on this host; prints what it recovered. Every `uet run` does this once on its
+    own, every `uet worker` each heartbeat interval."""
     with ctx.open(write=True) as db:
         found = reap(db)
     if ctx.as_json:
