@@ -744,3 +744,32 @@ def test_claims_follow_priority_then_age_then_id_and_take_each_run_once(where, r
                                       and state == "pending" else state)
         finally:
             db.close()
+
+
+def test_a_worker_waits_out_a_busy_ledger_instead_of_giving_up(tmp_path, repo):
+    """Another process holds SQLite's write lock past the worker's busy timeout: the idle
+    worker says so, tries again, and runs the queued run once the lock is free."""
+    import sqlite3
+    import threading
+    from uet.engine.pool import WorkerPool
+    ledger = str(tmp_path / "framework.db")
+    path = workstream(tmp_path, repo, [
+        {"task_id": "T1", "tool": "editor", "prompt": "append app.txt\nmore"}])
+    with Database(ledger) as db:
+        run_id = submit(db, load_workstream(path))["run_id"]
+    holder = sqlite3.connect(ledger, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, held by another connection
+    lines: list[str] = []
+    release = threading.Timer(2.5, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        report = WorkerPool(ledger, once=True, busy_timeout=0.2, heartbeat_s=5,
+                            out=lines.append).run(handle_signals=False)
+    finally:
+        release.join()
+        holder.close()
+    assert any("busy or out of reach" in line for line in lines), lines
+    assert [r.run_id for r in report.results] == [run_id]
+    assert report.exit_code(once=True) == 0 and report.error is None
+    with Database(ledger) as db:
+        assert db.get_run(run_id)["state"] == "succeeded"

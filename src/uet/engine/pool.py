@@ -36,7 +36,8 @@ from uet.engine.orchestrator import (Orchestrator, WorkstreamResult, run_record,
                                      with_stop_signals)
 from uet.engine.resume import run_queued
 from uet.engine.workstream import Workstream
-from uet.errors import InvalidTransitionError, StaleWorkerError, UetError, ValidationError
+from uet.errors import (DatabaseBusyError, InvalidTransitionError, StaleWorkerError,
+                        StorageError, UetError, ValidationError)
 from uet.state.db import Database
 from uet.state.ids import new_ulid
 from uet.state.recovery import DEFAULT_HEARTBEAT_S, Owner, recover
@@ -239,7 +240,9 @@ class WorkerPool:
         owner = Owner(db, self.worker_type, heartbeat_s=self.heartbeat_s,
                       worker_id=self._slot_id(k))
         try:
-            owner.register()
+            while not self._register(owner):
+                if self._drain.is_set():
+                    return
             with self._lock:
                 self._owners[k] = owner
             owner.start_heartbeat()
@@ -256,6 +259,18 @@ class WorkerPool:
             except UetError:
                 pass  # out of reach: the reaper retires the record once we are gone
             db.close()
+
+    def _register(self, owner: Owner) -> bool:
+        """Register the slot's worker; False (after a pause) when the ledger was busy or
+        out of reach: a worker started while another process holds the ledger waits."""
+        try:
+            owner.register()
+            return True
+        except (DatabaseBusyError, StorageError) as exc:
+            self.out(f"worker {owner.worker_id}: the ledger is busy or out of reach ({exc}); "
+                     "trying again")
+            time.sleep(max(self.poll_s, 1.0))
+            return False
 
     def _failed(self, error: UetError) -> None:
         """A slot stopped on an error: the process drains and exits non-zero."""
@@ -274,13 +289,22 @@ class WorkerPool:
                 if owner.lost is not None:
                     self._lost(owner, owner.lost)
                     return
-                if not db.backend.read("queued_run_waiting"):  # a read: no write lock
+                try:
+                    waiting = bool(db.backend.read("queued_run_waiting"))  # no write lock
+                    run = owner.claim_next() if waiting else None
+                except (DatabaseBusyError, StorageError) as exc:
+                    # a writer held the ledger past the busy timeout, or PostgreSQL is
+                    # out of reach for a moment: the worker waits, it does not give up
+                    self.out(f"worker {owner.worker_id}: the ledger is busy or out of reach "
+                              f"({exc}); trying again")
+                    wait(max(self.poll_s, 1.0))
+                    continue
+                if not waiting:
                     if self.once:
                         self.out("no queued run: nothing to do")
                         return
                     wait(self.poll_s)
                     continue
-                run = owner.claim_next()
                 if run is None:
                     continue  # another worker took it first
                 self.out(f"worker {owner.worker_id} took run {run['run_id']}")

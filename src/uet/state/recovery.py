@@ -292,6 +292,10 @@ class Owner:
         process becomes the id's new incarnation, so the old one's writes are refused from
         then on. An owner that is alive keeps its id: ValidationError naming it."""
         existing = self.workers.get_worker(self.worker_id)
+        if (existing is not None and existing.incarnation == self.incarnation
+                and existing.state == "SPAWNING"):  # a first try that stopped half way
+            self.workers.transition_state(self.worker_id, "IDLE", incarnation=self.incarnation)
+            return self.worker_id
         if existing is not None and existing.state != "TERMINATED":
             why = owner_lost(existing)
             if why is None:
