@@ -1,7 +1,8 @@
 """Speed of the PostgreSQL backend against raw psycopg doing the same statements, side by
-side in one process, on one server.
+side, on one server.
 
     .venv/bin/python bench/bench_postgres.py [--quick] [--url postgresql://...]
+                                             [--writers-only] [--seconds 4]
 
 Without --url (or $UET_TEST_POSTGRES_URL) it starts a private PostgreSQL server with the
 server's default durability (fsync on, synchronous commit), as a real ledger runs.
@@ -14,11 +15,22 @@ server's default durability (fsync on, synchronous commit), as a real ledger run
    UPDATE, UPDATE and event INSERT in one transaction.
 Blocks of each alternate so that machine noise hits both; medians are compared. The
 target is >= 60 % of raw throughput.
+3. writers (issue 16; alone with --writers-only): N writer processes (1, 2, 4, 8), each
+   calling create_event in a loop for --seconds, vs N processes of raw psycopg each running
+   the ledger's event INSERT into the same ledger's run_events table in its own transaction
+   (autocommit off, BEGIN, INSERT, COMMIT: one commit per event); aggregate events/s. Every
+   connection of this table sets synchronous_commit=on for its session (the URL's options),
+   whatever the server's default. Raw writers take `seq` from a sequence of their own,
+   negated (seq is unique and raw writers hold no lock, so max(seq) + 1 would collide), so
+   that uet's max(seq) + 1 is unaffected. Processes are spawned, connect and write once,
+   then start together at a barrier; each configuration alternates which side goes first.
+   The issue's targets: >= 0.8x raw with 1 writer, >= 0.7x raw with 8.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import sys
@@ -35,6 +47,14 @@ from uet.state.backends.postgresql import QUERIES  # noqa: E402
 
 TRANSITION_UPDATE = ("UPDATE runs SET state = %s, started_at = %s WHERE run_id = %s "
                      "RETURNING *")
+WRITER_COUNTS = (1, 2, 4, 8)
+WRITERS_SCHEMA = "bench_writers"
+RAW_SEQ = "bench_raw_event_seq"
+# the ledger's insert_event (same columns, same values), except that seq comes from a
+# sequence of the raw writers' own: below zero, so never one uet's max(seq) + 1 hands out
+RAW_INSERT = QUERIES["insert_event"].split("VALUES")[0] + (
+    "VALUES (%(event_id)s, %(run_id)s, %(timestamp)s, %(event_type)s, %(data)s, "
+    f"-nextval('{RAW_SEQ}'))")
 
 
 def _event_row(run_id: str, i: int) -> dict:
@@ -60,7 +80,7 @@ def _measure(uet_url: str, raw_url: str, blocks: int,
             "run_id": run_id, "project_id": "bench", "phase_id": "ph", "workstream_id": None,
             "execution_request_id": None, "created_at": utc_now(), "started_at": None,
             "ended_at": None, "state": "pending", "exit_code": None, "error_message": None,
-            "metadata": None})
+            "metadata": None, "priority": None})
     rates: dict[str, tuple[list, list]] = {"create_event": ([], []), "transition": ([], [])}
 
     def timed(call, count: int) -> float:
@@ -110,36 +130,151 @@ def _measure(uet_url: str, raw_url: str, blocks: int,
             for name, (u, r) in rates.items()}
 
 
+def _writer(kind: str, url: str, run_id: str, seconds: float, barrier, results) -> None:
+    """One writer process: connect, write once (warm-up, not counted), wait for the others
+    at the barrier, then write events one transaction each for `seconds`; reports
+    (events, elapsed seconds)."""
+    try:
+        if kind == "uet":
+            db = Database(url)
+            event = {"run_id": run_id, "event_type": "tick", "data": {"i": 0}}
+
+            def write(i: int) -> None:
+                event["data"] = {"i": i}
+                db.create_event(event)
+
+            def close() -> None:
+                db.close()
+        else:
+            conn = psycopg.connect(url)  # autocommit off: BEGIN is sent before the INSERT
+
+            def write(i: int) -> None:
+                conn.execute(RAW_INSERT, _event_row(run_id, i))
+                conn.commit()
+
+            def close() -> None:
+                conn.close()
+        write(-1)
+        barrier.wait(timeout=300)
+        count = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            write(count)
+            count += 1
+        elapsed = time.perf_counter() - start
+        close()
+        results.put((count, elapsed, None))
+    except BaseException as exc:  # reported to the parent, which fails the run
+        barrier.abort()
+        results.put((0, 0.0, f"{type(exc).__name__}: {exc}"))
+
+
+def _writers_round(ctx, kind: str, url: str, run_ids: list[str], seconds: float) -> float:
+    """Aggregate events/s of len(run_ids) writer processes of `kind`, one run each."""
+    barrier = ctx.Barrier(len(run_ids))
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(kind, url, run, seconds, barrier, results))
+             for run in run_ids]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=300 + 2 * seconds) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    errors = [error for _, _, error in outcomes if error]
+    if errors:
+        raise RuntimeError(f"{kind} writer failed: {errors[0]}")
+    return sum(count / elapsed for count, elapsed, _ in outcomes)
+
+
+def bench_writers(url: str, seconds: float,
+                  counts: tuple[int, ...] = WRITER_COUNTS) -> list[tuple[int, float, float]]:
+    """(writers, uet events/s, raw events/s) per writer count, both sides writing into one
+    ledger (its own schema) with synchronous_commit=on set per session."""
+    ctx = multiprocessing.get_context("spawn")
+    with pgserver.schema(url, WRITERS_SCHEMA) as ledger_url:
+        ledger_url += "%20-csynchronous_commit%3Don"  # appended to the URL's options
+        db = Database(ledger_url)
+        run_ids = [db.create_run({"project_id": "bench", "phase_id": "ph"})
+                   for _ in range(max(counts))]
+        db.close()
+        with psycopg.connect(ledger_url, autocommit=True) as conn:
+            conn.execute(f"CREATE SEQUENCE {RAW_SEQ}")
+            setting = conn.execute("SHOW synchronous_commit").fetchone()[0]
+        assert setting == "on", setting
+        rows = []
+        for index, count in enumerate(counts):
+            order = ("uet", "raw") if index % 2 == 0 else ("raw", "uet")
+            rates = {kind: _writers_round(ctx, kind, ledger_url, run_ids[:count], seconds)
+                     for kind in order}
+            rows.append((count, rates["uet"], rates["raw"]))
+            print(f"  {count} writers done ({' then '.join(order)})", file=sys.stderr)
+        return rows
+
+
+def print_writers(rows: list[tuple[int, float, float]]) -> bool:
+    """The issue's table and the one-line summary; whether the issue's targets are met."""
+    print("| writers | uet on PostgreSQL | raw psycopg | ratio |")
+    print("|---|---|---|---|")
+    for count, uet_rate, raw_rate in rows:
+        print(f"| {count} | {uet_rate:,.0f}/s | {raw_rate:,.0f}/s | {uet_rate / raw_rate:.2f} |")
+    print("PG_WRITERS " + " ".join(f"{count}:{uet_rate / raw_rate:.2f}"
+                                   for count, uet_rate, raw_rate in rows))
+    ratios = {count: uet_rate / raw_rate for count, uet_rate, raw_rate in rows}
+    ok = ratios.get(1, 1.0) >= 0.8 and ratios.get(8, 1.0) >= 0.7
+    print(f"targets (issue 16): 1 writer >= 0.80x raw, 8 writers >= 0.70x raw: "
+          f"{'met' if ok else 'not met'}")
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter blocks")
     parser.add_argument("--url", default=os.environ.get(pgserver.ENV_VAR),
                         help="a PostgreSQL server to use instead of a private one")
+    parser.add_argument("--writers-only", action="store_true",
+                        help="only the table of 1, 2, 4, 8 writer processes")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="how long each writer round writes (default 4, 2 with --quick)")
     args = parser.parse_args()
     blocks, per_block = (3, 200) if args.quick else (9, 500)
+    seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 4.0)
+    if not seconds > 0:
+        parser.error("--seconds must be > 0")
     server = None
     url = args.url
     if not url:
         server = pgserver.Server()
-        url = server.start(durable=True)
+        url = server.start(durable=True)  # fsync on, synchronous_commit on: no test settings
+    results: dict[str, tuple[float, float]] = {}
     try:
         with psycopg.connect(url) as conn:
             version = conn.execute("SHOW server_version").fetchone()[0]
             durability = conn.execute("SHOW synchronous_commit").fetchone()[0]
-        print(f"postgresql {version} (synchronous_commit={durability}), psycopg "
-              f"{psycopg.__version__}, python {sys.version.split()[0]}")
-        print(f"{blocks} alternating blocks of {per_block} calls each, medians")
-        results = bench(url, blocks, per_block)
+            fsync = conn.execute("SHOW fsync").fetchone()[0]
+        print(f"postgresql {version} (synchronous_commit={durability}, fsync={fsync}), "
+              f"psycopg {psycopg.__version__}, python {sys.version.split()[0]}, "
+              f"{os.cpu_count()} cpus")
+        if not args.writers_only:
+            print(f"{blocks} alternating blocks of {per_block} calls each, medians")
+            results = bench(url, blocks, per_block)
+            for name, (uet_rate, raw_rate) in results.items():
+                ratio = uet_rate / raw_rate
+                print(f"{name:<13} uet {uet_rate:8,.0f}/s   raw psycopg {raw_rate:8,.0f}/s   "
+                      f"ratio {ratio:6.1%}   (target >= 60 %)")
+            print()
+        print(f"writers: N processes each writing events for {seconds:g} s, one commit per "
+              f"event, aggregate events/s; synchronous_commit=on set per session"
+              f"{'' if server is None else ' (private server: its durable defaults)'}, "
+              f"fsync={fsync}")
+        rows = bench_writers(url, seconds)
     finally:
         if server is not None:
             server.stop()
-    ok = True
-    for name, (uet_rate, raw_rate) in results.items():
-        ratio = uet_rate / raw_rate
-        ok = ok and ratio >= 0.6
-        print(f"{name:<13} uet {uet_rate:8,.0f}/s   raw psycopg {raw_rate:8,.0f}/s   "
-              f"ratio {ratio:6.1%}   (target >= 60 %)")
-    return 0 if ok else 1
+    writers_ok = print_writers(rows)
+    if args.writers_only:
+        return 0 if writers_ok else 1
+    return 0 if all(u / r >= 0.6 for u, r in results.values()) else 1
 
 
 if __name__ == "__main__":
