@@ -82,6 +82,9 @@ class Database:
         self.busy_timeout = float(busy_timeout)
         self.read_only = bool(read_only)
         self._fences = threading.local()  # the fence of each thread (`fenced`)
+        self._fenced_blocks = 0  # open `fenced` blocks of all threads (under _fence_lock)
+        self._fence_lock = threading.Lock()
+        self._on_begin = self._fence_hook()
         self._backend = self._open()
 
     def _open(self) -> Backend:
@@ -95,17 +98,20 @@ class Database:
         except BaseException:
             backend.close()
             raise
-        # weakly: the backend must not keep its Database alive (a Database dropped without
-        # close() is then freed at once, its connections and transaction with it)
+        backend.on_begin = self._on_begin if self._fenced_blocks else None
+        return backend
+
+    def _fence_hook(self) -> Callable[[Any], None]:
+        """The backend's `on_begin` while a fence is up. It holds its Database weakly: the
+        backend must not keep the Database alive (one dropped without close() is then freed
+        at once, its connections and transaction with it)."""
         check = weakref.WeakMethod(self._check_fence)
 
         def on_begin(tx: Any) -> None:
             method = check()
             if method is not None:
                 method(tx)
-
-        backend.on_begin = on_begin
-        return backend
+        return on_begin
 
     @contextmanager
     def fenced(self, worker_id: str, incarnation: str) -> Iterator["Database"]:
@@ -119,10 +125,18 @@ class Database:
         fence = (tables.text(worker_id, "worker_id"), tables.text(incarnation, "incarnation"))
         previous = getattr(self._fences, "fence", None)
         self._fences.fence = fence
+        # the check runs only while some thread is fenced: other writes pay nothing for it
+        with self._fence_lock:
+            self._fenced_blocks += 1
+            self._backend.on_begin = self._on_begin
         try:
             yield self
         finally:
             self._fences.fence = previous
+            with self._fence_lock:
+                self._fenced_blocks -= 1
+                if not self._fenced_blocks:
+                    self._backend.on_begin = None
 
     def _check_fence(self, tx: Any) -> None:
         fence = getattr(self._fences, "fence", None)
