@@ -32,8 +32,9 @@ from uet.errors import UetError
               help="Seconds after which the command is killed and the run failed.")
 @click.option("--heartbeat", type=click.FloatRange(min=0.05, max=3600), default=10.0,
               show_default=True, callback=finite,
-              help="Seconds between the heartbeats of this process, the run's owner; a "
-                   "reaper fails the run once two are missed.")
+              help="The heartbeat interval of this process, the run's owner (it beats "
+                   "twice per interval); a reaper fails the run once two intervals pass "
+                   "without a beat.")
 @click.option("--finish-timeout", type=click.FloatRange(min=0, max=86_400), default=60.0,
               show_default=True, callback=finite,
               help="Seconds the run's end is retried while the ledger is out of reach.")
@@ -107,7 +108,8 @@ def _run_workstream(ctx: Context, path: str, project: str, phase: str, repo: str
               help="Keep the worktrees of failed attempts for inspection.")
 @click.option("--heartbeat", type=click.FloatRange(min=0.05, max=3600), default=10.0,
               show_default=True, callback=finite,
-              help="Seconds between the heartbeats of this process, the run's owner.")
+              help="The heartbeat interval of this process, the run's owner (it beats "
+                   "twice per interval).")
 def resume(ctx: Context, run_id: str, parallel: int, keep_failed: bool,
            heartbeat: float) -> None:
     """Resume a failed or canceled workstream run (or one whose owner died): tasks whose

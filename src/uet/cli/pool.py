@@ -109,8 +109,9 @@ def _follow(db: Any, run_id: str) -> dict[str, Any]:
               help="How many runs this process runs at once (one worker record each).")
 @click.option("--heartbeat", type=click.FloatRange(min=0.05, max=3600), default=10.0,
               show_default=True, callback=finite,
-              help="Seconds between heartbeats; a worker that misses two is lost, and the "
-                   "reaper (every worker runs it each interval) re-queues or fails its run.")
+              help="The heartbeat interval (a worker beats twice per interval); a worker "
+                   "two intervals without a beat is lost, and the reaper (every worker runs "
+                   "it each interval) re-queues or fails its run.")
 @click.option("--poll", type=click.FloatRange(min=0.01, max=60), default=0.5,
               show_default=True, callback=finite,
               help="Seconds between looks for work while idle (PostgreSQL also wakes on new "
