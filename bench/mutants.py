@@ -55,6 +55,7 @@ BAD_INPUT = "tests/state/test_bad_input_properties.py"
 CLI = "tests/test_cli.py"
 # check 11 of the reliability suite (bench/reliability_suite/pool.py) in its quick mode
 POOL_CHECK = "tests/test_reliability.py::test_quick_check_finds_nothing_wrong[pool]"
+LATE_COMMITS = "tests/state/test_late_commits.py"
 
 TEST_TIMEOUT_S = 120  # pytest-timeout, per test (setup, call and teardown together)
 WALL_CLOCK_S = 900  # one mutant's whole pytest run, targeted selection
@@ -230,6 +231,17 @@ MUTANTS: tuple[Mutant, ...] = (
               "    if run[\"recoveries\"] >= settings[\"max_recoveries\"]:",
               "    if False:  # mutant: max_recoveries is ignored"),),
         (POOL_CHECK,),
+    ),
+    Mutant(
+        "pg_unmarked_seq",
+        "a PostgreSQL event's seq is not marked in flight",
+        "A writer takes its event's seq from the ledger's sequence but no longer marks it in "
+        "flight until its transaction ends: a follower's horizon passes an event that "
+        "commits late, and that event is never delivered.",
+        (Edit(f"{STATE}/sql/postgresql/migrations/0004_concurrent_writers.sql",
+              "        IF coalesce(current_setting('uet.in_flight', true), '') = '' THEN",
+              "        IF false THEN  -- mutant: seqs are never marked in flight"),),
+        (LATE_COMMITS,),
     ),
 )
 BY_NAME = {m.name: m for m in MUTANTS}

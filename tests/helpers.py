@@ -82,7 +82,8 @@ def refused_by(sqlite: str, postgres: str) -> str:
 EMPTY_POSTGRES_LEDGER = ("DELETE FROM gate_dependencies; DELETE FROM test_gates; "
                  "DELETE FROM patch_ledger_entries; DELETE FROM patches; "
                  "DELETE FROM run_events; DELETE FROM step_attempts; DELETE FROM runs; "
-                 "DELETE FROM workers; UPDATE ledger_counters SET value = 0")
+                 "DELETE FROM workers; UPDATE ledger_counters SET value = 0; "
+                 "ALTER SEQUENCE uet_event_seq RESTART")
 
 
 def emptied_postgres_ledger(url: str) -> str:

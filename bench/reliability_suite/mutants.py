@@ -218,19 +218,6 @@ def slow_reaper() -> None:
     m.WorkerLifecycle._cutoff = staticmethod(_cutoff)
 
 
-def pg_no_write_lock() -> None:
-    """PostgreSQL transactions start without the ledger's write lock: row locks still
-    serialise each record, but concurrent event inserts compute the same next seq."""
-    from uet.state.backends import postgresql as m
-    original = m.PostgresBackend._begin_statement
-
-    def _begin_statement(self, conn):
-        original(self, conn)
-        self._begin = "BEGIN"
-        return self._begin
-    m.PostgresBackend._begin_statement = _begin_statement
-
-
 def pg_lazy_commit() -> None:
     """On PostgreSQL a write returns before its COMMIT, which waits for the next write."""
     from uet.state.backends import postgresql as m
@@ -332,7 +319,6 @@ MUTANTS = {
     "migration_autocommit": migration_autocommit,
     "reaper_forgets_work": reaper_forgets_work,
     "slow_reaper": slow_reaper,
-    "pg_no_write_lock": pg_no_write_lock,
     "pg_lazy_commit": pg_lazy_commit,
     "reaper_ignores_pids": reaper_ignores_pids,
     "reaper_forgets_groups": reaper_forgets_groups,
@@ -356,7 +342,6 @@ CAUGHT_BY = {
     "migration_autocommit": ("migration", "boundaries"),
     "reaper_forgets_work": ("stale", "owners_pg"),
     "slow_reaper": ("stale",),
-    "pg_no_write_lock": ("races_pg",),
     "pg_lazy_commit": ("crash_pg",),
     "reaper_ignores_pids": ("owners",),
     "reaper_forgets_groups": ("owners",),

@@ -163,10 +163,12 @@ def test_read_only_opens_refuse_writes_and_never_create(postgres_url):
 
 def test_a_writer_past_the_busy_timeout_gets_a_typed_error_and_writes_nothing(postgres_url):
     holder, writer = init_db(postgres_url), Database(postgres_url, busy_timeout=0.2)
+    holder.create_run({"run_id": "r", "project_id": "p", "phase_id": "ph"})
     holding, release = threading.Event(), threading.Event()
 
     def hold():
-        with holder._backend.transaction():  # the ledger's write lock, held
+        with holder.atomic():  # the run's row, locked by an open block
+            holder.update_run("r", {"exit_code": 1})
             holding.set()
             release.wait(30)
 
@@ -176,13 +178,16 @@ def test_a_writer_past_the_busy_timeout_gets_a_typed_error_and_writes_nothing(po
         assert holding.wait(10)
         with pytest.raises(DatabaseBusyError, match=r"stayed locked by another writer for more "
                                                     r"than 0\.2 s"):
-            writer.create_run({"run_id": "late", "project_id": "p", "phase_id": "ph"})
-        assert writer.get_run("late") is None  # reads never wait for the lock
+            writer.transition_run("r", "running")
+        assert writer.get_run("r")["state"] == "pending"  # reads never wait for the lock
+        # a writer of another record does not wait at all
+        writer.create_run({"run_id": "other", "project_id": "p", "phase_id": "ph"})
     finally:
         release.set()
         thread.join(30)
-    writer.create_run({"run_id": "late", "project_id": "p", "phase_id": "ph"})  # usable again
-    assert [e["event_type"] for e in holder.events_since(0)] == ["run.created"]
+    writer.transition_run("r", "running")  # usable again
+    assert [e["event_type"] for e in holder.events_since(0)] == [
+        "run.created", "run.updated", "run.created", "run.state_changed"]
     holder.close()
     writer.close()
 

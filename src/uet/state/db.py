@@ -379,6 +379,8 @@ class Database:
             with self._backend.transaction() as tx:
                 if row["worker_id"] is not None:
                     check_worker_can_work(tx, row["worker_id"])
+                # the run's row first: attempts of one run are numbered one at a time
+                tx.rows("lock_run", (row["run_id"],))
                 attempt = tx.run("insert_step_attempt", row).fetchone()[0]
                 record_event(tx, row["run_id"], STEP_ATTEMPT_CREATED, {
                     "step_attempt_id": row["step_attempt_id"], "sequence": row["sequence"],

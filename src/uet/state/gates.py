@@ -174,7 +174,7 @@ class GateLedger:
 
     @staticmethod
     def _fetch(tx, gate_id: str) -> dict[str, Any]:
-        rows = tx.rows("get_gate", (gate_id,))
+        rows = tx.rows("lock_gate", (gate_id,))
         if not rows:
             raise NotFoundError("gate", gate_id)
         return rows[0]

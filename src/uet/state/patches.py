@@ -245,7 +245,7 @@ class PatchLedger:
 
     @staticmethod
     def _fetch(tx, ledger_id: str) -> dict[str, Any]:
-        rows = tx.rows("get_patch_entry", (ledger_id,))
+        rows = tx.rows("lock_patch_entry", (ledger_id,))
         if not rows:
             raise NotFoundError("patch_entry", ledger_id)
         return rows[0]

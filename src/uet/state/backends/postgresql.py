@@ -102,7 +102,7 @@ class PostgresBackend:
         self._pool_lock = threading.Lock()
         self._own: psycopg.Connection | None = None
         self._own_lock = threading.Lock()
-        self._begin = ""       # BEGIN and the ledger's write lock, once the schema is known
+        self._begin = ""       # BEGIN of a write transaction, once the schema is checked
         # called with each outermost write transaction once it began (the Database's fence)
         self.on_begin: Callable[[Any], None] | None = None
         self._channel = ""     # the LISTEN channel of the ledger's event trail
@@ -380,21 +380,30 @@ class PostgresBackend:
                 pass  # the connection is broken; the pool discards it and the server rolls back
 
     def _begin_statement(self, conn: psycopg.Connection) -> str:
-        """BEGIN plus the ledger's write lock, in one round trip; learns the ledger's
-        schema (and so the lock's key and the events channel) on first use."""
+        """BEGIN of a write transaction (checking, on first use, that the ledger's schema
+        exists). READ COMMITTED whatever the server's default: each statement sees what was
+        committed before it, and a compare-and-set reads the row it locked as it is. No
+        ledger-wide lock (migration 0004): writers wait only for the rows they change, and
+        followers read events up to the horizon of seqs still in flight."""
+        self._schema_key(conn)
+        self._begin = "BEGIN ISOLATION LEVEL READ COMMITTED"
+        return self._begin
+
+    def _locked_begin(self, conn: psycopg.Connection) -> str:
+        """BEGIN plus the ledger's lock, in one round trip: migrations take it, so that
+        concurrent openers apply each migration once."""
+        return (f"BEGIN ISOLATION LEVEL READ COMMITTED; "
+                f"SELECT pg_advisory_xact_lock({self._schema_key(conn)})")
+
+    def _schema_key(self, conn: psycopg.Connection) -> int:
+        """The advisory key of the ledger's lock: 'uet1' and the oid of its schema."""
         schema = conn.execute(
             "SELECT oid::bigint FROM pg_namespace WHERE nspname = current_schema()").fetchone()
         if schema is None:
             raise StorageError(f"ledger {self.path}: its search_path names no schema that "
                                "exists; create the schema or fix the URL's options")
         key = (_LOCK_CLASS << 32) | schema[0]
-        if key >= 1 << 63:
-            key -= 1 << 64  # the signed bigint the server takes
-        # READ COMMITTED whatever the server's default: each statement must see what was
-        # committed before the lock was granted (a snapshot taken earlier would not)
-        self._begin = (f"BEGIN ISOLATION LEVEL READ COMMITTED; "
-                       f"SELECT pg_advisory_xact_lock({int(key)})")
-        return self._begin
+        return key - (1 << 64) if key >= 1 << 63 else key  # the signed bigint it takes
 
     # -- schema --------------------------------------------------------------------------
 
@@ -445,7 +454,7 @@ class PostgresBackend:
 
         def apply(migration: Migration, known: int | None) -> int:
             try:
-                conn.execute(self._begin_statement(conn))
+                conn.execute(self._locked_begin(conn))
                 current = self._version(conn)
                 schema_versions.refuse_newer(current, LATEST_VERSION, self.path)
                 if current is None or current < migration.version:

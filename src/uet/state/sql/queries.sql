@@ -153,6 +153,12 @@ SELECT e.*, p.run_id AS patch_run_id
   FROM patch_ledger_entries AS e JOIN patches AS p ON p.patch_id = e.patch_id
  WHERE e.ledger_id = ?;
 
+-- name: lock_patch_entry
+-- get_patch_entry, locked for the transaction that decides on it (PostgreSQL)
+SELECT e.*, p.run_id AS patch_run_id
+  FROM patch_ledger_entries AS e JOIN patches AS p ON p.patch_id = e.patch_id
+ WHERE e.ledger_id = ?;
+
 -- name: update_patch_entry
 -- per engine: the larger of two values, and text appended to a JSON value
 
@@ -186,6 +192,9 @@ RETURNING *;
 INSERT INTO gate_dependencies (gate_id, depends_on) VALUES (?, ?);
 
 -- name: get_gate
+SELECT * FROM test_gates WHERE gate_id = ?;
+
+-- name: lock_gate
 SELECT * FROM test_gates WHERE gate_id = ?;
 
 -- name: gate_dependencies

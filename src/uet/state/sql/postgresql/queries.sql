@@ -11,10 +11,19 @@ UPDATE ledger_counters
  WHERE name = 'deleted_event_seq';
 
 -- name: insert_event
+-- seq from the ledger's sequence, marked in flight until the transaction ends (0004)
 INSERT INTO run_events (event_id, run_id, timestamp, event_type, data, seq)
-VALUES (:event_id, :run_id, :timestamp, :event_type, :data,
-        1 + GREATEST(coalesce((SELECT max(seq) FROM run_events), 0),
-                     (SELECT value FROM ledger_counters WHERE name = 'deleted_event_seq')));
+VALUES (:event_id, :run_id, :timestamp, :event_type, :data, uet_next_event_seq());
+
+-- name: events_since
+-- only up to the horizon: no event that commits late is ever passed (0004)
+SELECT * FROM uet_events_since(NULL, ?, ?);
+
+-- name: events_since_run
+SELECT * FROM uet_events_since(?, ?, ?);
+
+-- name: latest_event_seq
+SELECT uet_event_horizon() AS seq;
 
 -- Also GREATEST; state_history is a json column, so the text it is appended to is cast from
 -- and back to json.
@@ -98,6 +107,15 @@ SELECT run_id FROM runs WHERE state = 'pending' ORDER BY created_at, run_id LIMI
 
 -- name: lock_run
 SELECT * FROM runs WHERE run_id = ? FOR NO KEY UPDATE;
+
+-- name: lock_patch_entry
+SELECT e.*, p.run_id AS patch_run_id
+  FROM patch_ledger_entries AS e JOIN patches AS p ON p.patch_id = e.patch_id
+ WHERE e.ledger_id = ?
+   FOR NO KEY UPDATE OF e;
+
+-- name: lock_gate
+SELECT * FROM test_gates WHERE gate_id = ? FOR NO KEY UPDATE;
 
 -- name: lock_step_attempt
 SELECT * FROM step_attempts WHERE step_attempt_id = ? FOR NO KEY UPDATE;
