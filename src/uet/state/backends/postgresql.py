@@ -6,12 +6,13 @@ the SQLite backend's interface (`read`, `query`, `query_value`, `transaction`, `
 `check_current`, `diagnostics`, `listen`, `close`), so every public call returns the same
 records on both engines.
 
-Writes: every write transaction takes one transaction-level advisory lock of the ledger
-(the ledger's write lock, keyed by its schema) before its first statement and holds it to
-COMMIT, as SQLite's BEGIN IMMEDIATE does. Event `seq` is therefore handed out in commit
-order and a follower reading `seq > cursor` never skips an event that commits late, and
-transactions that change several records can never deadlock each other. Row locks (FOR
-UPDATE, SKIP LOCKED when claiming) sit underneath as a second guard.
+Writes: no ledger-wide lock (migration 0004). Writers wait only for the rows they change
+(compare-and-set reads lock their row, FOR UPDATE SKIP LOCKED when claiming), so their
+commits share WAL flushes. Event `seq` comes from a sequence; a transaction's first seq is
+marked in flight (a transaction-level shared advisory lock) until it ends, and followers
+read only up to the horizon below the smallest seq in flight: a follower reading
+`seq > cursor` never skips an event that commits late. The ledger's advisory lock (keyed
+by its schema) now serves migrations only.
 """
 
 from __future__ import annotations
