@@ -218,6 +218,16 @@ def slow_reaper() -> None:
     m.WorkerLifecycle._cutoff = staticmethod(_cutoff)
 
 
+def pg_unlocked_reads() -> None:
+    """On PostgreSQL the compare-and-set reads of runs and patch entries lock no row: with
+    no ledger-wide lock (0004), two writers both read the old state and both move it."""
+    from uet.state.backends import postgresql as m
+    unlocked = {name: m.QUERIES[name].replace(" FOR NO KEY UPDATE OF e", "")
+                .replace(" FOR NO KEY UPDATE", "") for name in ("lock_run", "lock_patch_entry")}
+    queries = {**m.QUERIES, **unlocked}
+    m.QUERIES = m.PostgresTx.queries = m.PostgresBackend.queries = queries
+
+
 def pg_lazy_commit() -> None:
     """On PostgreSQL a write returns before its COMMIT, which waits for the next write."""
     from uet.state.backends import postgresql as m
@@ -319,6 +329,7 @@ MUTANTS = {
     "migration_autocommit": migration_autocommit,
     "reaper_forgets_work": reaper_forgets_work,
     "slow_reaper": slow_reaper,
+    "pg_unlocked_reads": pg_unlocked_reads,
     "pg_lazy_commit": pg_lazy_commit,
     "reaper_ignores_pids": reaper_ignores_pids,
     "reaper_forgets_groups": reaper_forgets_groups,
@@ -342,6 +353,7 @@ CAUGHT_BY = {
     "migration_autocommit": ("migration", "boundaries"),
     "reaper_forgets_work": ("stale", "owners_pg"),
     "slow_reaper": ("stale",),
+    "pg_unlocked_reads": ("races_pg",),
     "pg_lazy_commit": ("crash_pg",),
     "reaper_ignores_pids": ("owners",),
     "reaper_forgets_groups": ("owners",),
