@@ -239,3 +239,22 @@ def test_concurrent_claimers_never_take_a_run_twice(ledger):
     assert errors == []
     every = [run_id for runs in taken.values() for run_id in runs]
     assert sorted(every) == sorted(run_ids)  # each exactly once
+
+
+def test_run_news_tells_an_owner_of_a_cancel_and_of_its_run_taken_once_each(db):
+    from uet.state.recovery import request_cancel, run_news
+    workers = WorkerLifecycle(db)
+    _registered(workers)
+    run_id = _queued(db)
+    workers.claim_run("w", run_id, incarnation="A")
+    news = run_news(db, run_id)
+    assert (news.canceled_by, news.taken) == (None, None)  # created, then claimed: ours
+    with db.fenced("w", "A"):  # a live owner: the cancel is asked, not done
+        request_cancel(db, run_id, by="a test")
+    news = run_news(db, run_id, news.after)
+    assert (news.canceled_by, news.taken) == ("requested by a test", None)
+    assert run_news(db, run_id, news.after) == (None, None, news.after)  # read once
+    workers.terminate_lost("w", "reaped by the test")  # re-queued: no longer the owner's
+    taken = run_news(db, run_id, news.after)
+    assert taken.canceled_by is None and "running -> pending" in taken.taken
+    assert "reaped by the test" in taken.taken

@@ -41,8 +41,7 @@ from uet.state.db import Database
 from uet.state.gates import GateLedger
 from uet.state.ids import new_ulid
 from uet.state.patches import PatchLedger
-from uet.state.events import RUN_CANCEL_REQUESTED, RUN_STATE_CHANGED
-from uet.state.recovery import DEFAULT_HEARTBEAT_S, Owner, process_start, recover
+from uet.state.recovery import DEFAULT_HEARTBEAT_S, Owner, process_start, recover, run_news
 
 TAIL_CHARS = 4000          # of a tool's or gate's output kept in the ledger
 EXIT_TIMEOUT, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND = 124, 126, 127
@@ -260,31 +259,15 @@ class Orchestrator:
         if self.run_id and now - self._cancel_checked >= CANCEL_POLL_S:
             self._cancel_checked = now
             try:
-                who, taken = self._look_at_the_run()
+                who, taken, self._cancel_cursor = run_news(self.db, self.run_id,
+                                                           self._cancel_cursor)
             except UetError:
                 who = taken = None  # the ledger is out of reach for a moment: look later
             if taken:
-                self._fenced_off(taken)
+                self._fenced_off(f"{taken} (this process is fenced off)")
             elif who:
                 self.stop(f"canceled ({who})")
         return self._stop.is_set()
-
-    def _look_at_the_run(self) -> tuple[str | None, str | None]:
-        """The run's new events: (who asked to cancel it, or None; why it is no longer
-        ours — another process ended or re-queued it, e.g. the reaper of a paused owner —
-        or None)."""
-        who = None
-        for event in self.db.events_since(self._cancel_cursor, run_id=self.run_id):
-            self._cancel_cursor = event["seq"]
-            data = event["data"] if isinstance(event["data"], dict) else {}
-            if event["event_type"] == RUN_CANCEL_REQUESTED:
-                who = who or f"requested by {data.get('by', 'uet cancel')}"
-            elif event["event_type"] == RUN_STATE_CHANGED and data.get("to") != "running":
-                run = self.db.get_run(self.run_id) or {}
-                why = data.get("reason") or run.get("error_message") or "see its events"
-                return who, (f"the run went {data.get('from')} -> {data.get('to')} by "
-                             f"another process (this one is fenced off): {why}")
-        return who, None
 
     def run(self) -> WorkstreamResult:
         """Run every task; returns how the run ended (the run's state is in the ledger)."""

@@ -26,13 +26,13 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from uet.errors import (ConcurrentUpdateError, NotFoundError, StaleWorkerError, UetError,
                         ValidationError)
 from uet.state.contracts import positive_seconds
 from uet.state.db import Database
-from uet.state.events import RUN_CANCEL_REQUESTED
+from uet.state.events import RUN_CANCEL_REQUESTED, RUN_STATE_CHANGED
 from uet.state.ids import new_ulid
 from uet.state.tables import RUNS, STEP_ATTEMPTS
 from uet.state.transitions import change_row, record_event
@@ -253,14 +253,36 @@ def request_cancel(db: Database, run_id: str, *, by: str = "uet cancel") -> dict
     return db.get_run(run_id)
 
 
+class RunNews(NamedTuple):
+    """What an owner polling its run's events after a cursor learns (`run_news`)."""
+    canceled_by: str | None  # who asked to cancel it (`request_cancel`), or None
+    taken: str | None        # why the run is no longer its owner's to write, or None
+    after: int               # the seq to pass next time: each event is read once
+
+
+def run_news(db: Database, run_id: str, after: int = 0) -> RunNews:
+    """The run's events after seq `after`, as its owner must act on them: a cancel asked
+    for it, and whether another process moved it out of running (the reaper of a paused
+    owner, `uet cancel` of a lost one, a re-queue) — then this owner no longer owns it."""
+    canceled_by = None
+    for event in db.events_since(after, run_id=run_id):
+        after = event["seq"]
+        data = event["data"] if isinstance(event["data"], dict) else {}
+        if event["event_type"] == RUN_CANCEL_REQUESTED:
+            canceled_by = canceled_by or f"requested by {data.get('by', 'uet cancel')}"
+        elif event["event_type"] == RUN_STATE_CHANGED and data.get("to") != "running":
+            run = db.get_run(run_id) or {}
+            why = data.get("reason") or run.get("error_message") or "see its events"
+            return RunNews(canceled_by, f"the run went {data.get('from')} -> "
+                           f"{data.get('to')} by another process: {why}", after)
+    return RunNews(canceled_by, None, after)
+
+
 def cancel_requested(db: Database, run_id: str, after: int = 0) -> tuple[str | None, int]:
     """Whether the run was asked to stop (`request_cancel`) in an event after seq `after`:
     (who asked, or None; the seq to pass next time), so that polling reads each event once."""
-    for event in db.events_since(after, run_id=run_id):
-        after = event["seq"]
-        if event["event_type"] == RUN_CANCEL_REQUESTED:
-            return f"requested by {event['data'].get('by', 'uet cancel')}", after
-    return None, after
+    news = run_news(db, run_id, after)
+    return news.canceled_by, news.after
 
 
 class Owner:
@@ -377,5 +399,5 @@ class Owner:
 
 
 __all__ = ["DEFAULT_HEARTBEAT_S", "Owner", "RUN_CANCEL_REQUESTED", "Recovered",
-           "cancel_requested", "identity", "is_owner", "owner_lost", "process_start",
+           "RunNews", "cancel_requested", "identity", "run_news", "is_owner", "owner_lost", "process_start",
            "recover", "request_cancel", "why_gone"]
