@@ -80,34 +80,16 @@ def parse_since(value: str | None, *,
 
 def duration(row: dict[str, Any]) -> str | None:
     """A run's or step attempt's duration as text (None until it has ended)."""
+    from uet.state.views import seconds_between
     if not row.get("started_at") or not row.get("ended_at"):
         return None
-    try:  # a stored value may be anything (raw SQL): no duration then, not a crash
-        seconds = (datetime.fromisoformat(row["ended_at"])
-                   - datetime.fromisoformat(row["started_at"])).total_seconds()
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return f"{seconds:.2f}s"
+    seconds = seconds_between(row["started_at"], row["ended_at"])
+    return None if seconds is None else f"{seconds:.2f}s"
 
 
 def _owner_lost(db, rows: list) -> dict[str, str]:
-    """{run_id: why} of the running runs among `rows` whose owner is gone (nothing written:
-    the next reaper pass fails them)."""
-    from uet.state import WorkerLifecycle
-    from uet.state.recovery import owner_lost
-    workers = WorkerLifecycle(db)
-    lost = {}
-    for row in rows:
-        if row["state"] == "running" and row.get("worker_id"):
-            worker = workers.get_worker(row["worker_id"])
-            try:  # a stored value may be anything (raw SQL): then it cannot be judged
-                why = (owner_lost(worker) if worker is not None
-                       else "its owner is not recorded")
-            except (TypeError, ValueError, AttributeError, OverflowError):
-                why = None
-            if why:
-                lost[row["run_id"]] = why
-    return lost
+    from uet.state.views import owners_lost
+    return owners_lost(db, rows)
 
 
 # -- one run ---------------------------------------------------------------------------
@@ -119,18 +101,12 @@ def show(ctx: Context, run_id: str | None) -> None:
     """Show a run (a unique prefix of its id will do; none: the newest run): its step
     attempts with durations, its events, patches and gates, and the usage (tokens, cost)
     its tools reported."""
-    from uet.state import GateLedger, PatchLedger
-    from uet.state.usage import usage_of_run
+    from uet.state.views import run_document
     with ctx.open() as db:
         run_id = _run_or_newest(db, run_id)
-        document = {"run": db.get_run(run_id), "step_attempts": db.list_step_attempts(run_id),
-                    "events": db.list_events(run_id),
-                    "patches": PatchLedger(db).history_of_run(run_id),
-                    "gates": GateLedger(db).list_gates(run_id=run_id)}
-        usage = usage_of_run(db, run_id)
+        document = run_document(db, run_id)
         lost = {} if ctx.as_json else _owner_lost(db, [document["run"]])
-    if usage["attempts"]:  # what the run's tools reported they used, when any did
-        document["usage"] = usage
+    usage = document.get("usage")
     if ctx.as_json:
         emit_json(document)
         return
@@ -140,7 +116,7 @@ def show(ctx: Context, run_id: str | None) -> None:
     emit_fields(f"run {run_id}", [(k, v) for k, v in run_row.items()
                                   if k != "run_id" and not _queue_default(k, v)]
                 + [("duration", duration(run_row))]
-                + ([("usage", usage_line(usage))] if usage["attempts"] else []))
+                + ([("usage", usage_line(usage))] if usage else []))
     emit_table("step attempts", ["sequence", "attempt", "step_attempt_id", "tool_id", "state",
                                  "exit_code", "duration"],
                ([s["sequence"], s["attempt"], s["step_attempt_id"], s["tool_id"], s["state"],
@@ -344,11 +320,9 @@ def _print_event(ctx: Context, event: dict[str, Any]) -> None:
 def workers(ctx: Context, state: str | None) -> None:
     """List workers: host, pid, state, current run, heartbeat age, and whether each is
     stale."""
-    from uet.state import WorkerLifecycle
+    from uet.state.views import workers_document
     with ctx.open() as db:
-        rows = WorkerLifecycle(db).list_workers(state)
-    now = datetime.now(timezone.utc)
-    shown_rows = [worker_view(w, now) for w in rows]
+        shown_rows = workers_document(db, state)
     if ctx.as_json:
         emit_json(shown_rows)
     else:
@@ -358,43 +332,6 @@ def workers(ctx: Context, state: str | None) -> None:
                      w["current_run_id"], _age_text(w["heartbeat_age_s"]),
                      {True: "yes", False: "no", None: None}[w["stale"]]]
                     for w in shown_rows))
-
-
-def worker_view(worker: Any, now: datetime) -> dict[str, Any]:
-    """A worker record as `uet workers` shows it: its fields, plus `host` and `pid` (from
-    its affinity), `heartbeat_age_s` (seconds since its last heartbeat, or since it
-    registered), `stale` (True when its owner is lost — `uet.state.recovery.owner_lost` —,
-    False when not, None when it cannot be judged: a worker that declared no heartbeat
-    interval) and `stale_reason`."""
-    import dataclasses
-    from uet.state.recovery import is_owner, owner_lost
-    view = {f.name: getattr(worker, f.name) for f in dataclasses.fields(worker)}
-    view["state"] = getattr(worker.state, "value", worker.state)
-    affinity = worker.affinity if isinstance(worker.affinity, dict) else {}
-    view["host"] = affinity.get("host") if isinstance(affinity.get("host"), str) else None
-    pid = affinity.get("pid")
-    view["pid"] = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
-    view["heartbeat_age_s"] = _age(worker.last_heartbeat or worker.created_at, now)
-    reason = None
-    try:  # a stored value may be anything (raw SQL): then it cannot be judged
-        reason = owner_lost(worker, now)
-        judged = view["state"] == "TERMINATED" or is_owner(affinity)
-    except (TypeError, ValueError, AttributeError, OverflowError):
-        judged = False
-    view["stale"] = (reason is not None) if judged else None
-    view["stale_reason"] = reason
-    return view
-
-
-def _age(stamp: Any, now: datetime) -> float | None:
-    """Seconds from a stored timestamp to `now` (None when it is not one)."""
-    try:
-        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-        if then.tzinfo is None:
-            then = then.replace(tzinfo=timezone.utc)
-        return round((now - then).total_seconds(), 3)
-    except (TypeError, ValueError, AttributeError, OverflowError):
-        return None
 
 
 def _age_text(seconds: float | None) -> str | None:

@@ -22,7 +22,7 @@ from uet.state.instances import process_instance
 from uet.state.locations import check_location
 from uet.state.names import (DEFAULT_PATH, ENV_VAR, display_name, is_postgres_url,
                              resolve_path)
-from uet.state.statements import list_runs_sql
+from uet.state.statements import count_runs_sql, list_runs_sql
 from uet.state.tables import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
 from uet.state.transitions import (change_row, check_incarnation, check_worker_can_work,
                                    record_event, redrive_run_row, stamp)
@@ -261,27 +261,48 @@ class Database:
         return rows[0] if rows else None
 
     def list_runs(self, filters: Mapping[str, Any] | None = None,
-                  limit: int | None = 100, *, since: object = None) -> list[dict[str, Any]]:
+                  limit: int | None = 100, *, since: object = None,
+                  before: tuple[str, str] | None = None) -> list[dict[str, Any]]:
         """Runs matching every equality filter (a None value matches NULL), newest first.
 
         Filters accept run columns only (anything else raises ValidationError naming it);
-        `since` (a timestamp) keeps runs created at or after it; `limit` None returns every
-        match.
+        `since` (a timestamp) keeps runs created at or after it; `before` (the `created_at`
+        and `run_id` of the last run of a page) keeps the runs that come after it in this
+        order — the next page, read from an index however deep it is; `limit` None returns
+        every match.
         """
-        conditions = tables.prepare_filters(RUNS, filters)
+        conditions, params = self._run_conditions(filters, since)
         if limit is not None:
             _check_int(limit, "limit", 1)
-        since_value = None
-        if since is not None:
-            since_value = tables.encode_value(RUNS, RUNS.by_name["created_at"], since,
-                                               filtering=True)
-        sql = list_runs_sql(tuple((name, value is None) for name, value in conditions),
-                             since_value is not None, self._backend.placeholder)
-        params = [value for _, value in conditions if value is not None]
-        if since_value is not None:
-            params.append(since_value)
+        if before is not None:
+            if (not isinstance(before, (tuple, list)) or len(before) != 2
+                    or not all(isinstance(part, str) for part in before)):
+                raise ValidationError("before must be the (created_at, run_id) of the last "
+                                      "run of the previous page", field="before")
+            params += [tables.text(before[0], "before"), tables.text(before[1], "before")]
+        sql = list_runs_sql(conditions, since is not None, self._backend.placeholder,
+                            before is not None)
         params.append(self._backend.no_limit if limit is None else limit)
         return self._backend.query(sql, params)
+
+    def count_runs(self, filters: Mapping[str, Any] | None = None, *, since: object = None,
+                   cap: int = 10_000) -> int:
+        """How many runs match (filters and `since` as in `list_runs`), counting no further
+        than `cap`: a result equal to `cap` means "cap or more". The cost is at most `cap`
+        index entries, however large the ledger."""
+        _check_int(cap, "cap", 1)
+        conditions, params = self._run_conditions(filters, since)
+        sql = count_runs_sql(conditions, since is not None, self._backend.placeholder)
+        return self._backend.query(sql, [*params, cap])[0]["n"]
+
+    def _run_conditions(self, filters: Mapping[str, Any] | None,
+                        since: object) -> tuple[tuple[tuple[str, bool], ...], list[Any]]:
+        conditions = tables.prepare_filters(RUNS, filters)
+        params = [value for _, value in conditions if value is not None]
+        if since is not None:
+            params.append(tables.encode_value(RUNS, RUNS.by_name["created_at"], since,
+                                              filtering=True))
+        return tuple((name, value is None) for name, value in conditions), params
 
     def resolve_run_id(self, prefix: str) -> str:
         """The run id that `prefix` starts (or is); NotFoundError when none does,
