@@ -148,3 +148,33 @@ def to_json(document: Any, *, indent: int | None = None) -> str:
         text = json.dumps(_finite(document), allow_nan=False, **settings)
     return _UNSAFE_IN_JSON.sub(_json_escape, text)
 
+
+# -- figures ---------------------------------------------------------------------------
+
+def usage_line(usage: dict[str, Any]) -> str:
+    """A usage total (`uet.state.usage.usage_totals`) as one short line: "3 attempts,
+    1,234 in / 567 out tokens, $0.0123, models: x" (what was not reported is left out)."""
+    parts = [f"{usage['attempts']:,} attempt{'' if usage['attempts'] == 1 else 's'}"]
+    if usage["input_tokens"] is not None or usage["output_tokens"] is not None:
+        parts.append(f"{tokens(usage['input_tokens'])} in / "
+                     f"{tokens(usage['output_tokens'])} out tokens")
+    if usage["cost_usd"] is not None:
+        parts.append(dollars(usage["cost_usd"]))
+    if usage["models"]:
+        parts.append(f"model{'' if len(usage['models']) == 1 else 's'}: "
+                     f"{joined(usage['models'])}")
+    return ", ".join(parts)
+
+
+def tokens(count: int | None) -> str:
+    """A token count with thousands separators ("-" when not reported)."""
+    return "-" if count is None else f"{count:,}"
+
+
+def dollars(cost: float | None) -> str | None:
+    """A cost in US dollars as shown to people: $0.0123 (a tiny cost as <$0.0001)."""
+    if cost is None:
+        return None
+    if 0 < cost < 0.0001:
+        return "<$0.0001"
+    return f"${cost:,.4f}"

@@ -4,10 +4,8 @@ They open it read-only, so inspecting never creates, migrates or changes a ledge
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
 import sys
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import click
@@ -15,15 +13,14 @@ import click
 from uet.cli.common import Context, command, display_name, finite
 from uet.cli.output import (FIELD_LIMIT, cell, emit_fields, emit_json, emit_json_line,
                             emit_table, joined, log_text, shown)
-from uet.errors import UetError, ValidationError
+from uet.text import usage_line
+from uet.errors import UetError
 
 RUN_COLUMNS = ["run_id", "project_id", "phase_id", "workstream_id", "state", "exit_code",
                "created_at", "duration"]
 # the states in which a run's work is over: following one run ends when it enters one
 # (`failed` may still become quarantined, but nothing runs any more)
 FINISHED = ("succeeded", "failed", "canceled", "quarantined")
-_SINCE = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 # -- runs ------------------------------------------------------------------------------
@@ -56,26 +53,9 @@ def runs(ctx: Context, project, phase, workstream, state, since, limit) -> None:
 
 def parse_since(value: str | None, *,
                 selects: str = "the runs created_at or after it") -> str | None:
-    """`--since`: an ISO timestamp, or an age like 30m, 2h, 7d (seconds to weeks); None
-    when not given. `selects` says, in the error about a bad value, what the option keeps."""
-    if value is None:
-        return None
-    match = _SINCE.match(value.strip())
-    if match:
-        try:
-            then = datetime.now(timezone.utc) - timedelta(**{_UNITS[match[2]]: int(match[1])})
-        except OverflowError:
-            raise ValidationError(f"--since {value} reaches before the year 1",
-                                  field="since") from None
-        return then.isoformat()
-    from uet.state.ids import normalize_timestamp
-    try:
-        return normalize_timestamp(value, "created_at")
-    except ValueError:
-        raise ValidationError(
-            f"--since {value!r} is neither an age (a number and a unit: 30s, 15m, 2h, 7d, "
-            f"1w) nor an ISO timestamp (2026-01-31, 2026-01-31T12:00:00Z); it selects {selects}",
-            field="since") from None
+    """`--since`: see `uet.state.views.since_timestamp`."""
+    from uet.state.views import since_timestamp
+    return since_timestamp(value, selects=selects)
 
 
 def duration(row: dict[str, Any]) -> str | None:
@@ -138,35 +118,6 @@ def show(ctx: Context, run_id: str | None) -> None:
     emit_table("events", ["seq", "timestamp", "event_type", "data"],
                ([e["seq"], e["timestamp"], e["event_type"], e["data"]]
                 for e in document["events"]), state_column=None)
-
-
-def usage_line(usage: dict[str, Any]) -> str:
-    """A usage total (`uet.state.usage.usage_totals`) as one short line: "3 attempts,
-    1,234 in / 567 out tokens, $0.0123, models: x" (what was not reported is left out)."""
-    parts = [f"{usage['attempts']:,} attempt{'' if usage['attempts'] == 1 else 's'}"]
-    if usage["input_tokens"] is not None or usage["output_tokens"] is not None:
-        parts.append(f"{tokens(usage['input_tokens'])} in / "
-                     f"{tokens(usage['output_tokens'])} out tokens")
-    if usage["cost_usd"] is not None:
-        parts.append(dollars(usage["cost_usd"]))
-    if usage["models"]:
-        parts.append(f"model{'' if len(usage['models']) == 1 else 's'}: "
-                     f"{joined(usage['models'])}")
-    return ", ".join(parts)
-
-
-def tokens(count: int | None) -> str:
-    """A token count with thousands separators ("-" when not reported)."""
-    return "-" if count is None else f"{count:,}"
-
-
-def dollars(cost: float | None) -> str | None:
-    """A cost in US dollars as shown to people: $0.0123 (a tiny cost as <$0.0001)."""
-    if cost is None:
-        return None
-    if 0 < cost < 0.0001:
-        return "<$0.0001"
-    return f"${cost:,.4f}"
 
 
 def _queue_default(name: str, value: object) -> bool:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import click
 
 from uet.cli.common import Context, command
-from uet.cli.inspection import dollars, parse_since, tokens
+from uet.cli.inspection import parse_since
 from uet.cli.output import emit_json, emit_table, joined
+from uet.text import dollars, tokens
 
 # uet.state.usage.BY_CHOICES, spelled out so that `uet --help` does not load the state
 # package (tests/test_usage.py checks that the two agree)

@@ -10,14 +10,43 @@ stored value cannot be judged, never an exception.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+import re
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from uet.errors import ValidationError
 from uet.state.gates import GateLedger
+from uet.state.ids import normalize_timestamp
 from uet.state.patches import PatchLedger
 from uet.state.recovery import is_owner, owner_lost
 from uet.state.usage import usage_of_run
 from uet.state.workers import WorkerLifecycle
+
+_SINCE = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def since_timestamp(value: str | None, *,
+                    selects: str = "the runs created_at or after it") -> str | None:
+    """A `since` filter (`--since`, the dashboard's `since`): an ISO timestamp, or an age
+    like 30m, 2h, 7d (seconds to weeks); None when not given. `selects` says, in the error about a bad value, what the option keeps."""
+    if value is None:
+        return None
+    match = _SINCE.match(value.strip())
+    if match:
+        try:
+            then = datetime.now(timezone.utc) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        except OverflowError:
+            raise ValidationError(f"--since {value} reaches before the year 1",
+                                  field="since") from None
+        return then.isoformat()
+    try:
+        return normalize_timestamp(value, "created_at")
+    except ValueError:
+        raise ValidationError(
+            f"--since {value!r} is neither an age (a number and a unit: 30s, 15m, 2h, 7d, "
+            f"1w) nor an ISO timestamp (2026-01-31, 2026-01-31T12:00:00Z); it selects {selects}",
+            field="since") from None
 
 
 def run_document(db: Any, run_id: str) -> dict[str, Any]:
