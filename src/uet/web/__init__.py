@@ -13,6 +13,7 @@ the one that listens, port 0 included), then runs uvicorn on it.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
 from typing import Any
@@ -58,7 +59,23 @@ def serve(db: Any, sock: socket.socket, *, host: str, token: str | None = None,
                             date_header=False, proxy_headers=False, lifespan="off",
                             timeout_graceful_shutdown=2, ws="none")
     server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the
+    # handler that was there before: ours ends the command normally (exit 0), as a server
+    # stopped on purpose should
+    previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run(sockets=[sock])
+    except _Stopped:
+        pass
     finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
         web_log.removeHandler(handler)
+
+
+class _Stopped(Exception):
+    """A stop signal reached the command after the server had shut down."""
+
+
+def _stopped(signum: int, frame: Any) -> None:
+    raise _Stopped(signum)

@@ -510,9 +510,11 @@ async def stream(request: Request) -> Response:
         return Response(app.scrub(str(exc)), status_code=404 if isinstance(
             exc, NotFoundError) else 400, media_type="text/plain")
 
+    shutdown = anyio.Event()  # set by sse-starlette when the server shuts down
+
     async def messages():
         nonlocal cursor
-        while True:
+        while not shutdown.is_set():
             batch = await anyio.to_thread.run_sync(
                 functools.partial(db.events_since, cursor, run_id=run_id, limit=500))
             for event in batch:
@@ -527,9 +529,11 @@ async def stream(request: Request) -> Response:
                     if run is None or run.get("state") in FINISHED:
                         yield {"event": "end", "data": "finished"}
                         return
-                await anyio.sleep(app.poll_interval)
+                with anyio.move_on_after(app.poll_interval):
+                    await shutdown.wait()
 
     return EventSourceResponse(messages(), ping=15, send_timeout=30,
+                               shutdown_event=shutdown, shutdown_grace_period=1.0,
                                headers={"cache-control": "no-store"})
 
 
