@@ -264,8 +264,14 @@ def test_keyset_pages_and_capped_counts_on_postgresql(postgres_url):
                 assert _page_through(http, {"limit": limit}) == [
                     r["run_id"] for r in db.list_runs(limit=None)]
             counts = http.get("/api/runs").json()["counts"]
+            since = "2026-01-01T00:00:02Z"
+            recent = http.get("/api/runs", params={"since": since, "project": "api",
+                                                   "limit": 500}).json()
         for state, number in counts.items():
             assert number == len(db.list_runs({"state": state}, None))
+        assert [r["run_id"] for r in recent["runs"]] == [
+            r["run_id"] for r in db.list_runs({"project_id": "api"}, None, since=since)]
+        assert sum(recent["counts"].values()) == len(recent["runs"]) > 0
         assert db.count_runs(cap=5) == 5 and db.count_runs({"project_id": "none"}) == 0
 
 
