@@ -120,6 +120,19 @@ def test_in_memory_ledger_enforces_foreign_keys(in_memory_db):
      ("running",), "idx_runs_state"),
     ("SELECT * FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 100", (),
      "idx_runs_created"),
+    # the dashboard's filters, keyset pages and capped counts
+    ("SELECT * FROM runs WHERE phase_id = ? ORDER BY created_at DESC, run_id DESC LIMIT 51",
+     ("PH",), "idx_runs_phase"),
+    ("SELECT * FROM runs WHERE workstream_id = ? AND (created_at, run_id) < (?, ?) "
+     "ORDER BY created_at DESC, run_id DESC LIMIT 51", ("WS", "t", "r"), "idx_runs_workstream"),
+    ("SELECT * FROM runs WHERE workstream_id = ? AND state = ? "
+     "ORDER BY created_at DESC, run_id DESC LIMIT 51", ("WS", "failed"),
+     "idx_runs_workstream_state"),
+    ("SELECT count(*) AS n FROM (SELECT 1 FROM runs WHERE phase_id = ? AND state = ? "
+     "AND created_at >= ? LIMIT ?) AS capped", ("PH", "failed", "t", 10_000),
+     "idx_runs_phase_state"),
+    ("SELECT * FROM runs WHERE (created_at, run_id) < (?, ?) "
+     "ORDER BY created_at DESC, run_id DESC LIMIT 51", ("t", "r"), "idx_runs_created"),
     (QUERIES["list_events"], ("r",), "idx_events_run"),
     (QUERIES["events_since"], (0, 10), "idx_events_seq"),
     (QUERIES["events_since_run"], ("r", 0, 10), "idx_events_run"),
@@ -137,7 +150,13 @@ def test_api_queries_use_an_index_and_never_sort_or_scan(raw, sql, params, index
 
 
 def test_list_runs_queries_are_the_ones_checked_above(file_db):
-    from uet.state.statements import list_runs_sql as _list_runs_sql
+    from uet.state.statements import count_runs_sql, list_runs_sql as _list_runs_sql
     assert _list_runs_sql((("project_id", False), ("state", False)), False, "?") == (
         "SELECT * FROM runs WHERE project_id = ? AND state = ? "
         "ORDER BY created_at DESC, run_id DESC LIMIT ?")
+    assert _list_runs_sql((("workstream_id", False),), False, "?", True) == (
+        "SELECT * FROM runs WHERE workstream_id = ? AND (created_at, run_id) < (?, ?) "
+        "ORDER BY created_at DESC, run_id DESC LIMIT ?")
+    assert count_runs_sql((("phase_id", False), ("state", False)), True, "?") == (
+        "SELECT count(*) AS n FROM (SELECT 1 FROM runs WHERE phase_id = ? AND state = ? "
+        "AND created_at >= ? LIMIT ?) AS capped")
