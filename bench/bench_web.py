@@ -21,7 +21,7 @@ with http.client over one keep-alive connection, after a warm-up:
    filtered by a workstream (it must list that workstream's newest runs), and by one that
    matches no run (the page whose counts once read every run: migration 0005 indexes both).
 2. live updates: a run created `running` through the API (`Database.create_run`) is
-   followed on `GET /runs/{id}/stream` (Server-Sent Events); then, `--live` times, after a
+   followed on `GET /stream/runs/{id}` (Server-Sent Events); then, `--live` times, after a
    random pause, the bench commits an event for it (`create_event`, or `create_step_attempt`
    whose `step_attempt.created` event is the update) and measures the time from the
    commit's return to the arrival of the SSE message whose `id:` is that event's seq.
@@ -362,7 +362,7 @@ class Stream:
         self.messages: "queue.Queue[tuple[float, dict[str, str]]]" = queue.Queue()
         self.conn = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT_S)
         started = time.perf_counter()
-        self.conn.request("GET", f"/runs/{run_id}/stream",
+        self.conn.request("GET", f"/stream/runs/{run_id}",
                           headers={"Accept": "text/event-stream", "Cache-Control": "no-cache"})
         self.response = self.conn.getresponse()
         self.open_ms = (time.perf_counter() - started) * 1000

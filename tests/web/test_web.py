@@ -366,7 +366,7 @@ def test_a_run_page_shows_timeline_retries_patches_gates_and_output(file_db):
     assert html.index(f'data-gate-id="{lint["gate_id"]}"') < html.index(
         f'data-gate-id="{unit["gate_id"]}"')
     assert "E501 &lt;long&gt;" in html and "line one\nline two" in html
-    assert f'data-stream="/runs/{run}/stream"' in html  # open: live
+    assert f'data-stream="/stream/runs/{run}"' in html  # open: live
     assert any("touches <README.md>" in t for t in shape.text)
     db.transition_run(run, "succeeded")
     with client(db) as http:
@@ -619,7 +619,7 @@ def test_a_run_stream_carries_what_another_process_commits_then_ends(web, ledger
         other = db.create_run({"project_id": "p", "phase_id": "ph", "state": "running"})
         first_seq = db.latest_event_seq()
     server = web(ledger, "--interval", "0.05")
-    stream = Stream(server.url + f"runs/{run}/stream?after={first_seq}")
+    stream = Stream(server.url + f"stream/runs/{run}?after={first_seq}")
     whole = Stream(server.url + "stream")
     try:
         assert stream.status == 200
@@ -639,7 +639,7 @@ def test_a_run_stream_carries_what_another_process_commits_then_ends(web, ledger
         assert stream.messages[-1]["event"] == "end"
         whole.wait_for(lambda m: "y.other" in m.get("data", ""))
         # a reconnecting browser sends Last-Event-ID: it gets exactly what followed
-        again = Stream(server.url + f"runs/{run}/stream", **{"last-event-id": str(ids[0])})
+        again = Stream(server.url + f"stream/runs/{run}", **{"last-event-id": str(ids[0])})
         assert again.closed.wait(20)
         assert [int(m["id"]) for m in again.messages if "id" in m] == ids[1:]
     finally:
@@ -652,9 +652,9 @@ def test_the_stream_of_a_finished_or_unknown_run_ends_at_once(web, db_path):
         run = db.create_run({"project_id": "p", "phase_id": "ph", "state": "running"})
         db.transition_run(run, "failed")
     server = web(db_path)
-    done = Stream(server.url + f"runs/{run}/stream?after=999999")
+    done = Stream(server.url + f"stream/runs/{run}?after=999999")
     assert done.closed.wait(20) and done.messages[-1]["event"] == "end"
-    assert _get(server.url + "runs/NOPE/stream").status_code == 404
+    assert _get(server.url + "stream/runs/NOPE").status_code == 404
 
 
 def test_workers_page_marks_stale_workers(file_db):

@@ -26,10 +26,11 @@ _SINCE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-def since_timestamp(value: str | None, *,
-                    selects: str = "the runs created_at or after it") -> str | None:
+def since_timestamp(value: str | None, *, selects: str = "the runs created_at or after it",
+                    option: str = "--since") -> str | None:
     """A `since` filter (`--since`, the dashboard's `since`): an ISO timestamp, or an age
-    like 30m, 2h, 7d (seconds to weeks); None when not given. `selects` says, in the error about a bad value, what the option keeps."""
+    like 30m, 2h, 7d (seconds to weeks); None when not given. `selects` says, in the error
+    about a bad value, what the filter keeps, and `option` how it was named."""
     if value is None:
         return None
     match = _SINCE.match(value.strip())
@@ -37,14 +38,14 @@ def since_timestamp(value: str | None, *,
         try:
             then = datetime.now(timezone.utc) - timedelta(**{_UNITS[match[2]]: int(match[1])})
         except OverflowError:
-            raise ValidationError(f"--since {value} reaches before the year 1",
+            raise ValidationError(f"{option} {value} reaches before the year 1",
                                   field="since") from None
         return then.isoformat()
     try:
         return normalize_timestamp(value, "created_at")
     except ValueError:
         raise ValidationError(
-            f"--since {value!r} is neither an age (a number and a unit: 30s, 15m, 2h, 7d, "
+            f"{option} {value!r} is neither an age (a number and a unit: 30s, 15m, 2h, 7d, "
             f"1w) nor an ISO timestamp (2026-01-31, 2026-01-31T12:00:00Z); it selects {selects}",
             field="since") from None
 

@@ -7,7 +7,7 @@ and every value passes one rule on its way out (`_shown`: the clipping and escap
 string in any field renders as inert, bounded text. The JSON mirrors are the documents the
 command line prints with `--json` (`uet.state.views`).
 
-Live updates are Server-Sent Events: `/stream` (the whole trail) and `/runs/{id}/stream`
+Live updates are Server-Sent Events: `/stream` (the whole trail) and `/stream/runs/{id}`
 (one run's events, ending when the run finishes). Each stream reads the trail by cursor
 (`events_since`), so no event is skipped or repeated; a reconnecting browser resumes from
 `Last-Event-ID`. The small script that listens (`static/live.js`) refreshes the page's live
@@ -252,13 +252,12 @@ def runs_query(request: Request) -> dict[str, Any]:
     if state is not None:
         MACHINES["run"].check_state(state, "state")
     since_text = _one(request, "since")
-    since = since_timestamp(since_text, selects="the runs created at or after it")
+    since = since_timestamp(since_text, selects="the runs created at or after it",
+                            option="since")
     before_text = _one(request, "before")
     limit_text = _one(request, "limit")
-    try:
-        limit = PAGE_SIZE if limit_text is None else int(limit_text)
-    except ValueError:
-        limit = 0
+    limit = (PAGE_SIZE if limit_text is None
+             else int(limit_text) if limit_text.isascii() and limit_text.isdigit() else 0)
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise ValidationError(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}",
                               field="limit")
@@ -397,7 +396,7 @@ def run_page(app: Dashboard, request: Request) -> Response:
         timeline=layout(document["step_attempts"], datetime.now(timezone.utc)),
         steps=steps, events=shown_events, events_left_out=len(events) - len(shown_events),
         patches=_patches_view(db, document["patches"], events), gates=gates,
-        stream=_url("/runs", run_id, "stream") if is_open else None,
+        stream=_url("/stream/runs", run_id) if is_open else None,
         after=events[-1]["seq"] if events else 0, api=_url("/api/runs", run_id))
 
 
@@ -469,6 +468,16 @@ def pygments_css(request: Request) -> Response:
                     media_type="text/css")
 
 
+async def not_found(request: Request, exc: Exception) -> Response:
+    """Any path the dashboard does not serve: its error page (JSON under /api/)."""
+    app: Dashboard = request.app.state.dashboard
+    message = "the dashboard has no such page"
+    if request.url.path.startswith("/api/"):
+        return app.json({"error": message, "status": 404}, 404)
+    return app.html("error.html", 404, title="error 404", page="error", code=404,
+                    message=message, stream=None)
+
+
 async def home(request: Request) -> Response:
     return RedirectResponse("/runs", status_code=307)
 
@@ -478,9 +487,9 @@ async def home(request: Request) -> Response:
 def _wire_event(event: dict[str, Any]) -> str:
     """An event as the browser gets it: what the trail shows, each value one safe clipped
     line (the script sets it as text)."""
-    return to_json({"seq": event["seq"], "run_id": cell(event.get("run_id")),
-                    "timestamp": cell(event.get("timestamp")),
-                    "event_type": cell(event.get("event_type")),
+    return to_json({"seq": event["seq"], "run_id": cell(event.get("run_id"), FIELD_LIMIT),
+                    "timestamp": cell(event.get("timestamp"), FIELD_LIMIT),
+                    "event_type": cell(event.get("event_type"), FIELD_LIMIT),
                     "data": cell(event.get("data"), FIELD_LIMIT)})
 
 
@@ -546,8 +555,9 @@ def create_app(db: Any, *, host: str = "127.0.0.1", token: str | None = None,
     routes = [
         Route("/", home),
         Route("/runs", runs_page), Route("/api/runs", runs_page),
-        Route("/runs/{run_id:str}/stream", stream),
-        Route("/runs/{run_id:str}", run_page), Route("/api/runs/{run_id:str}", run_page),
+        # a run id may hold any character, "/" too: the rest of the path is the id
+        Route("/runs/{run_id:path}", run_page), Route("/api/runs/{run_id:path}", run_page),
+        Route("/stream/runs/{run_id:path}", stream),
         Route("/workers", workers_page), Route("/api/workers", workers_page),
         Route("/patches", patches_page), Route("/api/patches", patches_page),
         Route("/gates", gates_page), Route("/api/gates", gates_page),
@@ -556,6 +566,6 @@ def create_app(db: Any, *, host: str = "127.0.0.1", token: str | None = None,
         Route("/static/pygments.css", pygments_css),
         Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers={404: not_found})
     app.state.dashboard = Dashboard(db, poll_interval=poll_interval)
     return Guard(app, bound_host=host, token=token, allow_hosts=allow_hosts)
