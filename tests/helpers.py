@@ -8,6 +8,7 @@ Run as `python tests/helpers.py COMMAND ARGS...`.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -243,3 +244,23 @@ if __name__ == "__main__":
     {"race": race, "append": append, "open": open_ledger, "patch_race": patch_race,
      "claim": claim, "cancel_pending": cancel_pending, "try_write": try_write,
      "hold_atomic": hold_atomic}[command](*args)
+
+
+# -- a fresh machine's environment, for the demo -----------------------------------------
+
+GIT_LOCATION = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+                "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE",
+                "GIT_CEILING_DIRECTORIES")
+
+
+def fresh_machine_environment(home: Path) -> dict[str, str]:
+    """This environment, with no ledger chosen, no git configuration beyond the repository's
+    own (a fresh machine: no user.name) and no git variables pointing elsewhere."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in GIT_LOCATION and k != "UET_DATABASE"}
+    env.update(HOME=str(home), GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1",
+               PYTHONDONTWRITEBYTECODE="1")
+    if shutil.which("python3", path=env.get("PATH")) is None:
+        # the demo's tool and gates run `python3`: the README expects one on PATH
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env

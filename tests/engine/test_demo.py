@@ -10,7 +10,6 @@ examples/tools/ (aider, codex, claude code) are valid `tools` sections of a work
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import fresh_machine_environment as environment
 from uet.engine.workstream import parse_workstream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,9 +28,6 @@ README = ROOT / "README.md"
 EXAMPLES = ROOT / "examples"
 # the set-up the test leaves out: it runs with the interpreter (and uet) it already has
 SETUP = "python3 -m venv .venv && .venv/bin/pip install -q -e . && "
-GIT_LOCATION = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
-                "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE",
-                "GIT_CEILING_DIRECTORIES")
 RUN_TIMEOUT_S = 120
 
 
@@ -55,19 +52,6 @@ def runnable(line: str) -> str:
     assert ".venv" not in leftover, f"a use of .venv the test cannot replace: {rest}"
     python = shlex.quote(sys.executable)
     return venv.sub(lambda m: f"{python} -m uet" if m.group(1) == "uet" else python, rest)
-
-
-def environment(home: Path) -> dict[str, str]:
-    """This environment, with no ledger chosen, no git configuration beyond the repository's
-    own (a fresh machine: no user.name) and no git variables pointing elsewhere."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in GIT_LOCATION and k != "UET_DATABASE"}
-    env.update(HOME=str(home), GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1",
-               PYTHONDONTWRITEBYTECODE="1")
-    if shutil.which("python3", path=env.get("PATH")) is None:
-        # the demo's tool and gates run `python3`: the README expects one on PATH
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
 
 
 def git(repo: Path, *args: str) -> str:

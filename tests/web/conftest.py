@@ -72,8 +72,9 @@ class WebServer:
 
 
 def start_web(db: str, tmp_path: Path, *args: str, env: dict | None = None,
-              timeout: float = 30.0) -> WebServer:
-    """Start `uet web --db DB --port 0 ARGS...` and wait for the line naming its URL."""
+              cwd: Path | None = None, timeout: float = 30.0) -> WebServer:
+    """Start `uet web --db DB --port 0 ARGS...` (in `cwd`) and wait for the line naming its
+    URL."""
     stderr_path = tmp_path / f"web-{time.monotonic_ns()}.stderr"
     environment = {**os.environ, **(env or {})}
     for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
@@ -82,7 +83,7 @@ def start_web(db: str, tmp_path: Path, *args: str, env: dict | None = None,
     with open(stderr_path, "w") as stderr:  # the child has its own copy
         process = subprocess.Popen(
             [sys.executable, "-m", "uet", "web", "--db", db, "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment)
+            stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment, cwd=cwd)
     lines: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
