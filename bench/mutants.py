@@ -56,6 +56,7 @@ CLI = "tests/test_cli.py"
 # check 11 of the reliability suite (bench/reliability_suite/pool.py) in its quick mode
 POOL_CHECK = "tests/test_reliability.py::test_quick_check_finds_nothing_wrong[pool]"
 LATE_COMMITS = "tests/state/test_late_commits.py"
+WEB = "tests/web/test_web.py"
 
 TEST_TIMEOUT_S = 120  # pytest-timeout, per test (setup, call and teardown together)
 WALL_CLOCK_S = 900  # one mutant's whole pytest run, targeted selection
@@ -242,6 +243,24 @@ MUTANTS: tuple[Mutant, ...] = (
               "        IF coalesce(current_setting('uet.in_flight', true), '') = '' THEN",
               "        IF false THEN  -- mutant: seqs are never marked in flight"),),
         (LATE_COMMITS,),
+    ),
+    Mutant(
+        "web_no_autoescape",
+        "the dashboard's templates stop escaping",
+        "uet web renders ledger values into its pages without HTML escaping: a stored "
+        "`<script>` or `onerror=` becomes markup on every page that shows it.",
+        (Edit("uet/web/app.py", "loader=FileSystemLoader(str(HERE / \"templates\")), autoescape=True,",
+              "loader=FileSystemLoader(str(HERE / \"templates\")), autoescape=False,"),),
+        (WEB,),
+    ),
+    Mutant(
+        "web_any_host",
+        "the dashboard answers any Host header",
+        "uet web no longer checks the Host header: a page of another site whose name was "
+        "rebound to 127.0.0.1 (DNS rebinding) can read the ledger.",
+        (Edit("uet/web/guard.py", "        if host is None or not (host in self.hosts",
+              "        if False and not (host in self.hosts"),),
+        (WEB,),
     ),
 )
 BY_NAME = {m.name: m for m in MUTANTS}

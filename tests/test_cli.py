@@ -358,7 +358,7 @@ def test_init_doctor_and_migrate(tmp_path):
     seed = tmp_path / "seed.db"
     make_seed_ledger(str(seed))
     migrated = uet("migrate", "--db", "seed.db", cwd=tmp_path)
-    assert migrated.returncode == 0 and "0 (seed ledger) -> 4" in migrated.stdout
+    assert migrated.returncode == 0 and "0 (seed ledger) -> 5" in migrated.stdout
     again = json.loads(uet("migrate", "--db", "seed.db", "--json", cwd=tmp_path).stdout)
     assert (again["before"], again["after"]) == (5, 5)
 
