@@ -358,9 +358,9 @@ def test_init_doctor_and_migrate(tmp_path):
     seed = tmp_path / "seed.db"
     make_seed_ledger(str(seed))
     migrated = uet("migrate", "--db", "seed.db", cwd=tmp_path)
-    assert migrated.returncode == 0 and "0 (seed ledger) -> 5" in migrated.stdout
+    assert migrated.returncode == 0 and "0 (seed ledger) -> 6" in migrated.stdout
     again = json.loads(uet("migrate", "--db", "seed.db", "--json", cwd=tmp_path).stdout)
-    assert (again["before"], again["after"]) == (5, 5)
+    assert (again["before"], again["after"]) == (6, 6)
 
 
 def test_doctor_reports_a_ledger_out_of_wal_and_exits_1(tmp_path, sqlite_ledger):
@@ -503,7 +503,7 @@ def test_id_prefixes_are_case_insensitive(tmp_path, ledger):
 def test_init_migrate_doctor_on_postgresql_never_print_the_password(tmp_path, postgres_url):
     url = postgres_url.replace("uet@", "uet:s3cret@")  # trust authentication ignores it
     before = json.loads(uet("migrate", "--db", url, "--json", cwd=tmp_path).stdout)
-    assert (before["before"], before["after"]) == (None, 5)
+    assert (before["before"], before["after"]) == (None, 6)
     for args in (["init", "--db", url], ["migrate", "--db", url], ["doctor", "--db", url],
                  ["runs", "--db", url], ["init", "--db", url, "--json"]):
         result = uet(*args, cwd=tmp_path)

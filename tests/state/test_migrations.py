@@ -347,7 +347,7 @@ def test_version_1_ledger_is_upgraded_with_its_rows(db_path):
     Path(db_path).parent.mkdir(parents=True)
     make_v1_ledger(db_path)
     with Database(db_path) as db:
-        assert db.schema_version() == LATEST_VERSION == 5
+        assert db.schema_version() == LATEST_VERSION == 6
         run = db.get_run("r1")
         assert (run["state"], run["metadata"], run["worker_id"]) == ("running", {"a": 1}, None)
         assert db.get_step_attempt("s1")["worker_id"] is None
