@@ -24,7 +24,8 @@ from uet.cli.common import EXIT_USAGE, fail
 # One module per command group, each with a COMMANDS tuple: a new group is one more name here
 # (full names, so that tests/test_architecture.py sees these imports in its import graph).
 COMMAND_MODULES = ("uet.cli.ledger", "uet.cli.execute", "uet.cli.inspection",
-                   "uet.cli.workstreams", "uet.cli.usage", "uet.cli.pool", "uet.cli.web")
+                   "uet.cli.workstreams", "uet.cli.usage", "uet.cli.pool", "uet.cli.web",
+                   "uet.cli.retention", "uet.cli.portable")
 
 
 @click.group(name="uet", context_settings={"help_option_names": ["-h", "--help"]},

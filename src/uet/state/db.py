@@ -22,6 +22,7 @@ from uet.state.instances import process_instance
 from uet.state.locations import check_location
 from uet.state.names import (DEFAULT_PATH, ENV_VAR, display_name, is_postgres_url,
                              resolve_path)
+from uet.state.retention import DEFAULT_BATCH_SIZE, GcResult, gc as collect_garbage
 from uet.state.statements import count_runs_sql, list_runs_sql
 from uet.state.tables import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
 from uet.state.transitions import (change_row, check_incarnation, check_worker_can_work,
@@ -382,6 +383,36 @@ class Database:
             if tx.run("delete_run", (run_id,)).rowcount == 0:
                 raise NotFoundError("run", run_id)
 
+    def gc(self, older_than: object, *, states: object = None, project_id: str | None = None,
+           keep_last: int | None = None, dry_run: bool = False,
+           batch_size: int = DEFAULT_BATCH_SIZE, vacuum: bool = False,
+           progress: Callable[[GcResult], None] | None = None) -> GcResult:
+        """Delete finished runs that ended before `older_than`, with everything that belongs
+        to them (step attempts, events, patches, their ledger entries, gates and the gates'
+        dependencies), in short batches; returns a `GcResult` (rows deleted per table).
+
+        `older_than`: a timedelta, an age text ('30d', '12h', '15m', '2w') or a timestamp (a
+        datetime or ISO text, not in the future); a run that ended before it goes (one
+        without ended_at, by created_at). `states`: the finished states to delete (names or
+        one comma-separated text; default all of them: succeeded, failed, quarantined,
+        canceled); pending and running runs are never deleted. `project_id`: only that
+        project's runs. `keep_last`: keep the newest N runs (by created_at) of the selected
+        states in each project (in `project_id`'s), whatever their age. `dry_run`: count
+        only, change nothing (works on a read-only ledger). `batch_size`: runs per batch at
+        most, each batch one write transaction (shrunk while batches take over 50 ms).
+        `vacuum`: SQLite only, then rewrite the file with VACUUM, which blocks writers while
+        it runs (a ledger in auto_vacuum=INCREMENTAL mode gets its free pages back in small
+        steps without it). `progress`: called with the result so far after each batch.
+
+        A run a worker still names as its current run is left for a later call. Killed at
+        any moment, whole batches are deleted or not at all; a new call goes on. The trail's
+        `seq` is never reused. Bad arguments raise ValidationError naming the field, before
+        anything is read. See `uet.state.retention`.
+        """
+        return collect_garbage(self, older_than, states=states, project_id=project_id,
+                               keep_last=keep_last, dry_run=dry_run, batch_size=batch_size,
+                               vacuum=vacuum, progress=progress)
+
     # -- step attempts -------------------------------------------------------------------
 
     def create_step_attempt(self, step_data: Mapping[str, Any]) -> str:
@@ -514,6 +545,34 @@ class Database:
                     yield event
                 if len(events) < batch:
                     wait(poll_interval)
+
+    # -- backup, export, import (uet.state.portable) ------------------------------------
+
+    def backup(self, dest: str | os.PathLike, *, force: bool = False) -> dict[str, Any]:
+        """A consistent copy of this ledger at `dest` while writers go on. SQLite: copied
+        (online backup API, one step), checked (integrity_check, foreign_key_check) and
+        renamed into place — never a half copy at `dest`; an existing `dest` is refused
+        unless `force`. PostgreSQL: writes nothing and returns the `pg_dump` command that
+        copies the ledger's schema (no password in it). Returns what was done."""
+        from uet.state import portable
+        return portable.backup(self, dest, force=force)
+
+    def export_jsonl(self, out: Any, *, since: object = None,
+                     project_id: str | None = None) -> dict[str, Any]:
+        """Write the ledger (or the runs created since `since` / of `project_id`, with what
+        belongs to them) to the text stream `out` as JSON lines, from one snapshot, in
+        constant memory; the format is `uet.state.portable`'s. Returns the counts."""
+        from uet.state import portable
+        return portable.export_jsonl(self, out, since=since, project_id=project_id)
+
+    def import_jsonl(self, source: Any, *, skip_existing: bool = False,
+                     name: str | None = None) -> dict[str, Any]:
+        """Load an export file (a path, "-" for stdin, or a binary stream; `name` is what
+        messages call it) into this ledger, ids kept: checked whole before anything is
+        written, then written in short batches (see `uet.state.portable.import_jsonl`).
+        Returns what was imported and skipped."""
+        from uet.state import portable
+        return portable.import_jsonl(self, source, skip_existing=skip_existing, name=name)
 
     # -- internals -----------------------------------------------------------------------
 

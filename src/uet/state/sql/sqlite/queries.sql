@@ -73,3 +73,192 @@ SELECT * FROM test_gates
 SELECT g.*, (SELECT json_group_array(depends_on) FROM gate_dependencies AS d
               WHERE d.gate_id = g.gate_id) AS depends_on
   FROM test_gates AS g;
+
+-- Export, import and backup (uet.state.portable).
+
+-- name: export_gates
+SELECT g.gate_id, g.gate_type, g.name, g.phase_id, g.state, g.command, g.exit_code,
+       g.stdout, g.stderr, g.duration_sec, g.started_at, g.completed_at, g.timeout_sec,
+       g.run_id, g.ledger_id, g.created_at, g.blocked_by,
+       (SELECT json_group_array(d.depends_on) FROM gate_dependencies AS d
+         WHERE d.gate_id = g.gate_id) AS depends_on
+  FROM test_gates AS g
+  LEFT JOIN patch_ledger_entries AS e ON e.ledger_id = g.ledger_id
+  LEFT JOIN patches AS p ON p.patch_id = e.patch_id
+  LEFT JOIN runs AS r ON r.run_id = coalesce(g.run_id, p.run_id)
+ WHERE g.gate_id >= :after
+   AND CASE WHEN coalesce(g.run_id, p.run_id) IS NULL THEN CAST(:everything AS INTEGER) = 1
+            ELSE (CAST(:project AS TEXT) IS NULL OR r.project_id = :project)
+                 AND (CAST(:since AS TEXT) IS NULL OR r.created_at >= :since) END
+ ORDER BY g.gate_id LIMIT :limit;
+
+-- name: event_seq_high_water
+SELECT max(coalesce((SELECT max(seq) FROM run_events), 0),
+           (SELECT value FROM ledger_counters WHERE name = 'deleted_event_seq')) AS seq;
+
+-- The write transaction holds the file's write lock: no other writer hands out a seq until
+-- it ends, and the next seq is 1 + the highest stored or deleted one, so there is nothing to
+-- lock or reserve beyond it (each statement only returns what it was given).
+
+-- name: lock_event_seqs
+SELECT 1 AS locked;
+
+-- name: reserve_event_seqs
+SELECT ? AS seq;
+
+-- name: raise_deleted_event_seq
+UPDATE ledger_counters SET value = max(value, ?) WHERE name = 'deleted_event_seq';
+
+-- json_each: the elements of a JSON array, as rows.
+
+-- name: existing_workers
+SELECT worker_id AS id FROM workers WHERE worker_id IN (SELECT value FROM json_each(?));
+
+-- name: existing_runs
+SELECT run_id AS id FROM runs WHERE run_id IN (SELECT value FROM json_each(?));
+
+-- name: existing_step_attempts
+SELECT step_attempt_id AS id FROM step_attempts
+ WHERE step_attempt_id IN (SELECT value FROM json_each(?));
+
+-- name: existing_patches
+SELECT patch_id AS id FROM patches WHERE patch_id IN (SELECT value FROM json_each(?));
+
+-- name: existing_patch_entries
+SELECT ledger_id AS id FROM patch_ledger_entries
+ WHERE ledger_id IN (SELECT value FROM json_each(?));
+
+-- name: existing_gates
+SELECT gate_id AS id FROM test_gates WHERE gate_id IN (SELECT value FROM json_each(?));
+
+-- name: existing_events
+SELECT event_id AS id FROM run_events WHERE event_id IN (SELECT value FROM json_each(?));
+
+-- ----------------------------------------------------------------------------------------
+-- Retention (uet/state/retention.py): :run_ids is a JSON array of run ids, read as a set
+-- with json_each (PostgreSQL: json_array_elements_text). The batch's write transaction
+-- holds the write lock, so gc_lock_runs is the plain read. The sets of what belongs to a
+-- run follow the foreign keys that cascade from it: its step attempts, events, patches (by
+-- run or by step attempt), their ledger entries, gates (by run or by entry) and their
+-- dependencies. Each DELETE begins with DELETE (its WITH inside the IN): Python's driver
+-- reports the rows a statement deleted only when it begins so.
+
+-- name: gc_select_runs
+SELECT run_id FROM runs
+ WHERE run_id IN (SELECT value FROM json_each(:run_ids))
+   AND state IN (SELECT value FROM json_each(:states))
+   AND created_at < :cutoff AND coalesce(ended_at, created_at) < :cutoff
+   AND (:project_id IS NULL OR project_id = :project_id)
+   AND NOT EXISTS (SELECT 1 FROM workers AS w WHERE w.current_run_id = runs.run_id)
+ ORDER BY run_id;
+
+-- name: gc_lock_runs
+SELECT run_id FROM runs
+ WHERE run_id IN (SELECT value FROM json_each(:run_ids))
+   AND state IN (SELECT value FROM json_each(:states))
+   AND created_at < :cutoff AND coalesce(ended_at, created_at) < :cutoff
+   AND (:project_id IS NULL OR project_id = :project_id)
+   AND NOT EXISTS (SELECT 1 FROM workers AS w WHERE w.current_run_id = runs.run_id)
+ ORDER BY run_id;
+
+-- name: gc_count_records
+WITH batch (run_id) AS (SELECT value FROM json_each(:run_ids)),
+     steps (step_attempt_id) AS (
+         SELECT step_attempt_id FROM step_attempts WHERE run_id IN (SELECT run_id FROM batch)),
+     doomed_patches (patch_id) AS (
+         SELECT patch_id FROM patches WHERE run_id IN (SELECT run_id FROM batch)
+         UNION
+         SELECT patch_id FROM patches
+          WHERE step_attempt_id IN (SELECT step_attempt_id FROM steps)),
+     entries (ledger_id) AS (
+         SELECT ledger_id FROM patch_ledger_entries
+          WHERE patch_id IN (SELECT patch_id FROM doomed_patches)),
+     gates (gate_id) AS (
+         SELECT gate_id FROM test_gates WHERE run_id IN (SELECT run_id FROM batch)
+         UNION
+         SELECT gate_id FROM test_gates WHERE ledger_id IN (SELECT ledger_id FROM entries))
+SELECT (SELECT count(*) FROM batch) AS runs,
+       (SELECT count(*) FROM steps) AS step_attempts,
+       (SELECT count(*) FROM run_events
+         WHERE run_id IN (SELECT run_id FROM batch)) AS run_events,
+       (SELECT count(*) FROM doomed_patches) AS patches,
+       (SELECT count(*) FROM entries) AS patch_ledger_entries,
+       (SELECT count(*) FROM gates) AS test_gates,
+       (SELECT count(*) FROM gate_dependencies
+         WHERE gate_id IN (SELECT gate_id FROM gates)) AS gate_dependencies;
+
+-- name: gc_raise_deleted_seq
+UPDATE ledger_counters
+   SET value = max(value, coalesce((SELECT max(seq) FROM run_events
+                                     WHERE run_id IN (SELECT value FROM json_each(:run_ids))),
+                                   0))
+ WHERE name = 'deleted_event_seq';
+
+-- name: gc_delete_gate_dependencies
+DELETE FROM gate_dependencies
+ WHERE gate_id IN (
+     WITH batch (run_id) AS (SELECT value FROM json_each(:run_ids)),
+          doomed_patches (patch_id) AS (
+              SELECT patch_id FROM patches WHERE run_id IN (SELECT run_id FROM batch)
+              UNION
+              SELECT patch_id FROM patches
+               WHERE step_attempt_id IN (SELECT step_attempt_id FROM step_attempts
+                                          WHERE run_id IN (SELECT run_id FROM batch))),
+          gates (gate_id) AS (
+              SELECT gate_id FROM test_gates WHERE run_id IN (SELECT run_id FROM batch)
+              UNION
+              SELECT gate_id FROM test_gates
+               WHERE ledger_id IN (SELECT ledger_id FROM patch_ledger_entries
+                                    WHERE patch_id IN (SELECT patch_id FROM doomed_patches)))
+     SELECT gate_id FROM gates);
+
+-- name: gc_delete_gates
+DELETE FROM test_gates
+ WHERE gate_id IN (
+     WITH batch (run_id) AS (SELECT value FROM json_each(:run_ids)),
+          doomed_patches (patch_id) AS (
+              SELECT patch_id FROM patches WHERE run_id IN (SELECT run_id FROM batch)
+              UNION
+              SELECT patch_id FROM patches
+               WHERE step_attempt_id IN (SELECT step_attempt_id FROM step_attempts
+                                          WHERE run_id IN (SELECT run_id FROM batch))),
+          gates (gate_id) AS (
+              SELECT gate_id FROM test_gates WHERE run_id IN (SELECT run_id FROM batch)
+              UNION
+              SELECT gate_id FROM test_gates
+               WHERE ledger_id IN (SELECT ledger_id FROM patch_ledger_entries
+                                    WHERE patch_id IN (SELECT patch_id FROM doomed_patches)))
+     SELECT gate_id FROM gates);
+
+-- name: gc_delete_patch_entries
+DELETE FROM patch_ledger_entries
+ WHERE patch_id IN (
+     WITH batch (run_id) AS (SELECT value FROM json_each(:run_ids)),
+          doomed_patches (patch_id) AS (
+              SELECT patch_id FROM patches WHERE run_id IN (SELECT run_id FROM batch)
+              UNION
+              SELECT patch_id FROM patches
+               WHERE step_attempt_id IN (SELECT step_attempt_id FROM step_attempts
+                                          WHERE run_id IN (SELECT run_id FROM batch)))
+     SELECT patch_id FROM doomed_patches);
+
+-- name: gc_delete_patches
+DELETE FROM patches
+ WHERE patch_id IN (
+     WITH batch (run_id) AS (SELECT value FROM json_each(:run_ids)),
+          doomed_patches (patch_id) AS (
+              SELECT patch_id FROM patches WHERE run_id IN (SELECT run_id FROM batch)
+              UNION
+              SELECT patch_id FROM patches
+               WHERE step_attempt_id IN (SELECT step_attempt_id FROM step_attempts
+                                          WHERE run_id IN (SELECT run_id FROM batch)))
+     SELECT patch_id FROM doomed_patches);
+
+-- name: gc_delete_events
+DELETE FROM run_events WHERE run_id IN (SELECT value FROM json_each(:run_ids));
+
+-- name: gc_delete_steps
+DELETE FROM step_attempts WHERE run_id IN (SELECT value FROM json_each(:run_ids));
+
+-- name: gc_delete_runs
+DELETE FROM runs WHERE run_id IN (SELECT value FROM json_each(:run_ids));
