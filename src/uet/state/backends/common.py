@@ -80,6 +80,24 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release the connections; later calls raise StorageError."""
 
+    def snapshot(self) -> ContextManager["Snapshot"]:
+        """The ledger as committed when the block begins, read on a connection of its own
+        for as long as the block lasts (an export) while writers go on.
+
+        Engine-specific besides (`uet.state.portable` calls them by engine): SQLite's
+        `copy_to(path)` and `check_copy(path)` (a consistent copy of a live ledger file and
+        its health), PostgreSQL's `dump_command(dest)` (the pg_dump that copies it)."""
+
+
+@runtime_checkable
+class Snapshot(Protocol):
+    """What a backend's `snapshot()` yields."""
+
+    def rows(self, name: str, params: Sequence[Any] | dict = ()
+             ) -> tuple[list[str], list[tuple]]:
+        """Run a named read query in the snapshot: (its column names, its rows as tuples of
+        the values as stored — JSON columns as their text, not decoded)."""
+
 
 class Transaction:
     """The statements of one open write transaction (what a backend's `transaction()`
@@ -98,6 +116,10 @@ class Transaction:
 
     def rows(self, name: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
         return rows_of(self.conn.execute(self.queries[name], params))
+
+    def run_many(self, name: str, params: Sequence[Sequence[Any] | dict]) -> None:
+        """Run a named statement once for each parameter set (the driver batches them)."""
+        self.conn.cursor().executemany(self.queries[name], params)
 
     def execute(self, sql: str, params: Sequence[Any] | dict = ()):
         return self.conn.execute(sql, params)

@@ -519,6 +519,45 @@ class PostgresBackend:
         finally:
             conn.close()
 
+    # -- long reads and copies (uet.state.portable: export, backup) -----------------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator["PostgresSnapshot"]:
+        """The ledger as committed when the block begins, for reads that take long (an
+        export): a REPEATABLE READ, READ ONLY transaction on a connection of its own, so
+        every read in the block sees the same rows while writers go on."""
+        conn = self._connect()
+        try:
+            try:  # the snapshot is taken by the transaction's first statement
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                conn.execute("SELECT 1")
+            except psycopg.Error as exc:
+                raise translate_error(exc, self.path, self.busy_timeout) from None
+            yield PostgresSnapshot(conn, self)
+        finally:
+            conn.close()
+
+    def dump_command(self, dest: str) -> dict[str, Any]:
+        """The `pg_dump` command that writes a consistent copy of this ledger's schema to
+        `dest` (custom format, for `pg_restore`), and the `pg_restore` command that loads it
+        into an empty database: host, port, user and database as libpq resolved them for
+        this ledger's URL, the schema the ledger lives in. Never the password: pg_dump takes
+        it from $PGPASSWORD or ~/.pgpass, or asks."""
+        with self._connection() as conn:
+            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            info = conn.info
+            host, port, user, dbname = info.host, info.port, info.user, info.dbname
+        if schema is None:
+            raise StorageError(f"ledger {self.path}: its search_path names no schema that "
+                               "exists; create the schema or fix the URL's options")
+        where = ["--host", host, "--port", str(port), "--username", user]
+        return {
+            "host": host, "port": port, "user": user, "database": dbname, "schema": schema,
+            "dump": ["pg_dump", *where, "--dbname", dbname, "--schema", schema,
+                     "--format", "custom", "--file", dest],
+            "restore": ["pg_restore", *where, "--dbname", "DATABASE", dest],
+        }
+
     # -- health --------------------------------------------------------------------------
 
     def diagnostics(self) -> dict[str, Any]:
@@ -549,3 +588,23 @@ class PostgresBackend:
             "integrity_check": problems or ["ok"], "foreign_key_violations": 0,
             "row_counts": counts,
         }
+
+
+class PostgresSnapshot:
+    """The reads of `PostgresBackend.snapshot()`: named queries, rows as tuples of the values
+    as stored (JSON columns as their text)."""
+
+    __slots__ = ("_conn", "_backend")
+
+    def __init__(self, conn: psycopg.Connection, backend: PostgresBackend) -> None:
+        self._conn, self._backend = conn, backend
+
+    def rows(self, name: str, params: Sequence[Any] | dict = ()
+             ) -> tuple[list[str], list[tuple]]:
+        """Run the named query: (its column names, its rows)."""
+        try:
+            cursor = self._conn.execute(QUERIES[name], params)
+            return [d[0] for d in cursor.description], cursor.fetchall()
+        except psycopg.Error as exc:
+            raise translate_error(exc, self._backend.path,
+                                  self._backend.busy_timeout) from None

@@ -339,6 +339,144 @@ class SQLiteBackend:
                 }
             return self._run(read)
 
+    # -- long reads and copies (uet.state.portable: export, backup) -----------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        """A connection of its own that only reads (`mode=ro`), for a long read that must not
+        hold the backend's lock: other threads go on using the ledger meanwhile."""
+        from urllib.parse import quote
+        if self._closed:
+            raise StorageError(f"ledger {self.path} is closed")
+        if not os.path.exists(self.path):
+            raise NotALedgerError(f"no ledger at {self.path}")
+        target = f"file:{quote(self.path)}?mode=ro"
+        if self._unchangeable():
+            target += "&immutable=1"
+        try:
+            return sqlite3.connect(target, timeout=self.busy_timeout, uri=True,
+                                   isolation_level=None, check_same_thread=False)
+        except DRIVER_ERRORS as exc:
+            raise self._blocked(exc) or translate_error(exc, self.path,
+                                                        self.busy_timeout) from None
+
+    @contextmanager
+    def snapshot(self) -> Iterator["SQLiteSnapshot"]:
+        """The ledger as committed when the block begins, for reads that take long (an
+        export): one read transaction on a connection of its own, so every read in the block
+        sees the same rows while writers go on (WAL: a reader never blocks a writer; only
+        checkpoints wait for it). A ':memory:' ledger is read on its own connection, other
+        threads of the process waiting meanwhile."""
+        if self.is_memory:
+            with self._lock:
+                conn = self.connect()
+                if conn.in_transaction:
+                    raise StorageError(f"ledger {self.path}: a snapshot cannot be read inside "
+                                       "an atomic() block of the same thread")
+                self._run(lambda c: c.execute("BEGIN"))
+                try:
+                    yield SQLiteSnapshot(conn, self)
+                finally:
+                    rollback(conn)
+            return
+        conn = self._reader()
+        try:
+            try:  # the snapshot starts with the transaction's first read
+                conn.execute("BEGIN")
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except DRIVER_ERRORS as exc:
+                raise translate_error(exc, self.path, self.busy_timeout) from None
+            yield SQLiteSnapshot(conn, self)
+        finally:
+            conn.close()
+
+    def copy_to(self, path: str) -> None:
+        """Copy the committed ledger into the new file `path`: SQLite's online backup API in
+        a single step, which is one read transaction — a consistent copy of what was
+        committed when it began, while writers go on (WAL: a reader never blocks them). A
+        copy in several steps would start over each time another connection commits
+        between two steps, so under steady writing it might never end."""
+        if os.path.exists(path):
+            raise StorageError(f"cannot copy ledger {self.path} to {path}: it exists")
+        source = None
+        try:
+            if self.is_memory:
+                with self._lock:
+                    conn = self.connect()
+                    if conn.in_transaction:
+                        raise StorageError(f"ledger {self.path}: it cannot be copied inside "
+                                           "an atomic() block of the same thread")
+                    self._copy(conn, path)
+            else:
+                source = self._reader()
+                self._copy(source, path)
+        finally:
+            if source is not None:
+                source.close()
+
+    def _copy(self, source: sqlite3.Connection, path: str) -> None:
+        target = None
+        try:
+            target = sqlite3.connect(path, isolation_level=None)
+            source.backup(target)  # pages=-1: every page in one step
+        except DRIVER_ERRORS as exc:
+            error = translate_error(exc, self.path, self.busy_timeout)
+            raise StorageError(f"could not copy ledger {self.path} to {path}: {error}") from None
+        finally:
+            if target is not None:
+                target.close()
+
+    def check_copy(self, path: str) -> dict[str, Any]:
+        """The health of a copy made by `copy_to`: `integrity_check` (its lines), the number
+        of `foreign_key_check` violations, its schema version and how many runs it holds."""
+        conn = None
+        try:
+            conn = sqlite3.connect(path, isolation_level=None)
+            return {
+                "integrity_check": [r[0] for r in conn.execute("PRAGMA integrity_check")],
+                "foreign_key_violations": len(conn.execute("PRAGMA foreign_key_check")
+                                              .fetchall()),
+                "schema_version": conn.execute(
+                    "SELECT max(version) FROM schema_migrations").fetchone()[0],
+                "runs": conn.execute("SELECT count(*) FROM runs").fetchone()[0],
+            }
+        except DRIVER_ERRORS as exc:
+            raise translate_error(exc, path, self.busy_timeout) from None
+        finally:
+            if conn is not None:
+                conn.close()  # the last connection: SQLite removes its -wal and -shm
+
+
+class SQLiteSnapshot:
+    """The reads of `SQLiteBackend.snapshot()`: named queries, rows as tuples of the values
+    as stored (JSON columns as their text, BLOBs as bytes; text that is not UTF-8 with its
+    bad bytes as lone surrogates U+DC80-U+DCFF, as `SQLiteBackend.query` reads it)."""
+
+    __slots__ = ("_conn", "_backend")
+
+    def __init__(self, conn: sqlite3.Connection, backend: SQLiteBackend) -> None:
+        self._conn, self._backend = conn, backend
+
+    def rows(self, name: str, params: Sequence[Any] | dict = ()
+             ) -> tuple[list[str], list[tuple]]:
+        """Run the named query: (its column names, its rows)."""
+        conn, sql = self._conn, QUERIES[name]
+        try:
+            try:
+                cursor = conn.execute(sql, params)
+                found = cursor.fetchall()
+            except sqlite3.OperationalError as exc:
+                if "Could not decode to UTF-8" not in str(exc):
+                    raise
+                conn.text_factory = _lenient_text  # only for this read: it costs per value
+                try:
+                    cursor = conn.execute(sql, params)
+                    found = cursor.fetchall()
+                finally:
+                    conn.text_factory = str
+        except DRIVER_ERRORS as exc:
+            raise translate_error(exc, self._backend.path,
+                                  self._backend.busy_timeout) from None
+        return [d[0] for d in cursor.description], found
 
 
 class SQLiteTx(Transaction):
