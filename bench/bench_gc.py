@@ -24,8 +24,9 @@ Then prints the ratios: gc's rate with writers / alone, the writers' worst wait 
 without it. It measures, it asserts nothing about time (exit 1 only when a writer met a
 DatabaseBusyError or another error, or gc left the ledger inconsistent).
 
-SQLite: `--size` runs (default 100k; 1M builds a ~7 GB file with records in about 4 min;
-`--cache DIR` keeps the built ledger for the next run). PostgreSQL: a private server
+SQLite: `--size` runs (default 100k; 1M builds an 8.6 GB file with records in about 3 min,
+and the whole run takes about 25 min; `--cache DIR` keeps the built ledger for the next
+run). PostgreSQL: a private server
 (`bench/pgserver.py`, the server's durable defaults: fsync on, synchronous_commit on), or
 `--url`; the ledger is a build of `--pg-size` runs (default 50k) copied in with COPY.
 

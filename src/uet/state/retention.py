@@ -29,7 +29,10 @@ that held the write lock longer than `BATCH_SECONDS` halves the next one (down t
 sixteenth of `batch_size`); quick ones let it grow back to `batch_size`. On SQLite, whose
 write lock is the whole file's, gc then pauses `YIELD_RATIO` times as long as the batch
 took, so writers of other processes (whose busy handler polls for the lock) find it free at
-least half the time; in the pause it copies the write-ahead log back into the file (a
+least half the time, and at least `CONTENDED_PAUSE` (100 ms) when gc had to wait for the
+lock itself (writers are busy: each of them waiting looks for the lock at least once in
+that time; without it, four writers saturating the lock saw a rare call wait past the 10 s
+busy timeout during a 9-minute gc of 1,000,000 runs); in the pause it copies the write-ahead log back into the file (a
 PASSIVE checkpoint, which no writer waits for), which SQLite would otherwise do inside the
 next commit that fills the log. On PostgreSQL there is no ledger-wide lock: a writer waits for gc
 only if it touches one of the old runs a batch is deleting, so gc does not pause there.
@@ -78,6 +81,11 @@ BATCH_SECONDS = 0.05          # a batch that held the write lock longer halves t
 # SQLite: after each batch gc leaves the write lock free this many times as long as the
 # batch held it (writers of other processes poll for it in their busy handler)
 YIELD_RATIO = 1.0
+# ... and when gc itself waited for the lock (other writers are busy), at least this long:
+# SQLite's busy handler sleeps up to 100 ms between looks, so every writer waiting then
+# looks at least once while the lock is free
+CONTENDED_WAIT = 0.001
+CONTENDED_PAUSE = 0.1
 VACUUM_STEP_PAGES = 1_000     # pages per incremental-vacuum transaction (4 MB at 4 KiB)
 
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -95,7 +103,8 @@ class GcResult:
     how many of them `keep_last` kept, `skipped` how many stayed for another reason (ended
     after the cutoff, held by a worker, or changed by another writer meanwhile).
     `longest_batch_seconds` is the longest time one batch held its write transaction,
-    `last_batch_seconds` the last one's (for a dry run: the time its reads took).
+    `last_batch_seconds` the last one's (for a dry run: the time its reads took),
+    `last_lock_wait_seconds` how long the last batch waited for the write lock.
     """
 
     cutoff: str
@@ -112,6 +121,7 @@ class GcResult:
     batches: int = 0
     longest_batch_seconds: float = 0.0
     last_batch_seconds: float = 0.0
+    last_lock_wait_seconds: float = 0.0
     seconds: float = 0.0
     vacuum: dict[str, Any] | None = None
 
@@ -315,8 +325,11 @@ def _collect(backend: Any, plan: _Plan, result: GcResult,
                 size = _next_size(size, held, plan.batch_size)
                 if yields:
                     paused = time.perf_counter()
+                    pause = held * YIELD_RATIO
+                    if result.last_lock_wait_seconds > CONTENDED_WAIT:
+                        pause = max(pause, CONTENDED_PAUSE)
                     checkpoint()
-                    time.sleep(max(0.0, held * YIELD_RATIO - (time.perf_counter() - paused)))
+                    time.sleep(max(0.0, pause - (time.perf_counter() - paused)))
             if plan.progress is not None:
                 plan.progress(result)
             if len(rows) < limit:
@@ -414,8 +427,10 @@ def _batch(backend: Any, plan: _Plan, run_ids: list[str], result: GcResult) -> f
         result.skipped += len(run_ids) - len(confirmed)
         return time.perf_counter() - started
     counts = dict.fromkeys(TABLES, 0)
+    asked = time.perf_counter()
     with backend.transaction() as tx:
         started = time.perf_counter()  # the write lock is held from here (SQLite)
+        result.last_lock_wait_seconds = started - asked
         confirmed = [r["run_id"] for r in tx.rows("gc_lock_runs", params)]
         if confirmed:
             batch = {"run_ids": json.dumps(confirmed)}
