@@ -641,3 +641,104 @@ def test_an_orchestrator_reaped_mid_run_stops_and_writes_nothing_more(tmp_path, 
         assert run_row["state"] == "failed" and "reaped by the test" in run_row["error_message"]
         # the gate's patch was never committed: the branch is still at its base
         assert git(repo, "rev-parse", result.branch) == result.base
+
+
+# -- gates that judge only some tasks' patches ----------------------------------------------
+
+def exists_gate(name: str, relative: str, *, tasks: list[str], **fields) -> dict:
+    """A gate that passes only once the repository holds `relative` (a file some task
+    creates), judging only `tasks`' patches."""
+    check = f"import os, sys; sys.exit(0 if os.path.exists({relative!r}) else 1)"
+    return {"name": name, "type": "UNIT", "command": [sys.executable, "-c", check],
+            "tasks": tasks, **fields}
+
+
+def gates_by_entry(db, run_id: str) -> dict[str, dict[str, str]]:
+    """ledger_id -> {gate name: state} of a run's gates."""
+    found: dict[str, dict[str, str]] = {}
+    for row in GateLedger(db).list_gates(run_id=run_id):
+        found.setdefault(row["ledger_id"], {})[row["name"]] = row["state"]
+    return found
+
+
+def _two_tasks_b_second(tmp_path: Path, repo: Path, gates: list[dict]) -> Path:
+    """T1 writes src/a.py, then T2 (after it) writes src/b.py; `gates` after lint and
+    unit."""
+    path = workstream(tmp_path, repo, [
+        {"task_id": "T1", "tool": "editor", "prompt": "write src/a.py\nA = 1"},
+        {"task_id": "T2", "tool": "editor", "prompt": "write src/b.py\nB = 2",
+         "depends_on": ["T1"]}])
+    data = json.loads(path.read_text())
+    data["gates"] += gates
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_gate_limited_to_a_task_judges_only_that_tasks_patch(db, tmp_path, repo):
+    """T2's acceptance check (src/b.py exists) would fail T1's patch, made before T2 ran:
+    limited to T2 it is never defined for T1's entry, and it passes for T2's."""
+    path = _two_tasks_b_second(tmp_path, repo, [
+        exists_gate("b-exists", "src/b.py", tasks=["T2"], depends_on=["unit"])])
+    result = run(db, path)
+    assert result.state == "succeeded", result.error
+    assert [result.tasks[t].outcome for t in ("T1", "T2")] == ["committed", "committed"]
+    gates = gates_by_entry(db, result.run_id)
+    assert gates[result.tasks["T1"].ledger_id] == {"lint": "PASSED", "unit": "PASSED"}
+    assert gates[result.tasks["T2"].ledger_id] == {"lint": "PASSED", "unit": "PASSED",
+                                                   "b-exists": "PASSED"}
+    assert len(git(repo, "log", "--format=%H", f"{result.base}..{result.branch}")
+               .splitlines()) == 2
+
+
+def test_a_limited_gate_that_fails_fails_only_its_task(db, tmp_path, repo):
+    """The same kind of check, failing (nothing creates src/c.py), limited to T2 and the
+    only gate: T1, which no gate judges, is committed as in a workstream without gates;
+    T2's patch is quarantined by the gate and the run fails."""
+    path = _two_tasks_b_second(tmp_path, repo, [])
+    data = json.loads(path.read_text())
+    data["gates"] = [exists_gate("c-exists", "src/c.py", tasks=["T2"])]
+    path.write_text(json.dumps(data))
+    result = run(db, path)
+    assert result.state == "failed"
+    t1, t2 = result.tasks["T1"], result.tasks["T2"]
+    assert t1.outcome == "committed" and git(repo, "show", f"{result.branch}:src/a.py") == \
+        "A = 1"
+    assert t2.outcome == "failed" and t2.reason == "gate c-exists failed (exit 1)"
+    assert result.head == t1.commit  # T2's patch never reached the branch
+    gates = gates_by_entry(db, result.run_id)
+    assert result.tasks["T1"].ledger_id not in gates  # no gate was defined for it
+    assert gates[t2.ledger_id] == {"c-exists": "FAILED"}
+    entries = {e.ledger_id: e for e in PatchLedger(db).list_entries()}
+    assert entries[t2.ledger_id].state.value == "quarantined"
+    assert entries[t2.ledger_id].quarantine_reason == "gate c-exists failed (exit 1)"
+    # T1's entry went the way every entry goes when no gate judges it
+    history = entries[t1.ledger_id].state_history
+    assert [h["state"] for h in history][-2:] == ["verified", "committed"]
+
+
+def test_a_stop_before_the_commit_resumes_with_each_tasks_own_gates(db, tmp_path, repo):
+    """Killed after T1's gates passed but before its commit: resuming commits T1's verified
+    patch (its gates are not looked up again) and judges T2 by the gates that judge it."""
+    from uet.engine import orchestrator as orchestrator_module
+    from uet.engine.resume import resume_run
+    path = _two_tasks_b_second(tmp_path, repo, [
+        exists_gate("b-exists", "src/b.py", tasks=["T2"], depends_on=["unit"])])
+    original = orchestrator_module.git.commit_index
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt("killed at the commit")
+
+    orchestrator_module.git.commit_index = stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(db, path)
+    finally:
+        orchestrator_module.git.commit_index = original
+    run_id = db.list_runs()[0]["run_id"]
+    result = resume_run(db, run_id)
+    assert result.state == "succeeded", result.error
+    assert [s["sequence"] for s in db.list_step_attempts(run_id)] == [1, 2]  # T1 ran once
+    gates = gates_by_entry(db, run_id)
+    assert gates[result.tasks["T1"].ledger_id] == {"lint": "PASSED", "unit": "PASSED"}
+    assert gates[result.tasks["T2"].ledger_id] == {"lint": "PASSED", "unit": "PASSED",
+                                                   "b-exists": "PASSED"}

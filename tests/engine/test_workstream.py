@@ -326,6 +326,21 @@ SCHEMA_CASES = [
     ("gate timeout zero", minimal(gates=[{"name": "g", "type": "UNIT", "command": ["x"],
                                           "timeout_seconds": 0}]), "gates[0].timeout_seconds",
      "greater than 0"),
+    # an empty list would read as "judges no task": absent is every task, so [] is refused
+    ("gate tasks empty", minimal(gates=[{"name": "g", "type": "UNIT", "command": ["x"],
+                                         "tasks": []}]), "gates[0].tasks", "must not be empty"),
+    ("gate tasks a string", minimal(gates=[{"name": "g", "type": "UNIT", "command": ["x"],
+                                            "tasks": "T1"}]), "gates[0].tasks",
+     "must be a list"),
+    ("gate task not a string", minimal(gates=[{"name": "g", "type": "UNIT", "command": ["x"],
+                                               "tasks": [1]}]), "gates[0].tasks[0]",
+     "must be a string, not an integer"),
+    ("gate task empty", minimal(gates=[{"name": "g", "type": "UNIT", "command": ["x"],
+                                        "tasks": [""]}]), "gates[0].tasks[0]",
+     "must not be empty"),
+    ("gate tasks repeat", minimal(gates=[{"name": "g", "type": "UNIT", "command": ["x"],
+                                          "tasks": ["T1", "T1"]}]), "gates[0].tasks",
+     "lists 'T1' more than once"),
 ]
 
 
@@ -338,8 +353,12 @@ def test_each_schema_rule_is_reported_at_its_path(what, document, path, words):
 
 # -- the rules beyond the schema -------------------------------------------------------------
 
-def gate(name, *depends_on, command=("x",)) -> dict:
-    return {"name": name, "type": "UNIT", "command": list(command), "depends_on": list(depends_on)}
+def gate(name, *depends_on, command=("x",), **fields) -> dict:
+    return {"name": name, "type": "UNIT", "command": list(command), "depends_on": list(depends_on),
+            **fields}
+
+
+THREE_TASKS = [task(), task(task_id="T2"), task(task_id="T3")]
 
 
 CROSS_FIELD_CASES = [
@@ -411,6 +430,21 @@ CROSS_FIELD_CASES = [
      "files_scope.modify[0]", "brace expansion ({a,b}) is not supported"),
     ("task glob", minimal(tasks=[task(files_scope={"modify": ["../x"]})]),
      "tasks[0].files_scope.modify[0]", "'..'"),
+    ("gate judges an unknown task", minimal(tasks=THREE_TASKS,
+                                            gates=[gate("g", tasks=["T2", "T9"])]),
+     "gates[0].tasks[1]", "'T9' is not a task of this workstream (tasks: T1, T2, T3)"),
+    ("gate judges a gate", minimal(gates=[gate("g"), gate("h", tasks=["g"])]),
+     "gates[1].tasks[0]", "'g' is not a task"),
+    ("every-task gate depends on a limited one",
+     minimal(tasks=THREE_TASKS, gates=[gate("db", tasks=["T2"]), gate("unit", "db")]),
+     "gates[1].depends_on[0]", "'db' does not judge every task this gate judges (not T1, T3)"),
+    ("limited gate depends on one limited to fewer tasks",
+     minimal(tasks=THREE_TASKS, gates=[gate("lint"), gate("a", tasks=["T3", "T1"]),
+                                       gate("b", "lint", "a", tasks=["T1", "T2"])]),
+     "gates[2].depends_on[1]", "'a' does not judge every task this gate judges (not T2)"),
+    ("limited gates of other tasks",
+     minimal(tasks=THREE_TASKS, gates=[gate("a", tasks=["T1"]), gate("b", "a", tasks=["T2"])]),
+     "gates[1].depends_on[0]", "(not T2)"),
 ]
 
 
@@ -438,6 +472,87 @@ def test_a_valid_file_has_no_problem_from_braces_it_escapes():
     assert render_template(ws.tools["editor"].command[2], {"prompt": "hi"}) == \
         "echo {literal} hi"
     assert render_template(ws.tasks[0].prompt, {"worktree": "/w"}) == "write {'a': 1} in /w"
+
+
+# -- gates that judge only some tasks' patches ---------------------------------------------
+
+LIMITED = """\
+workstream_id: WS-LIMITED
+tools: {editor: {command: ["ed", "{prompt_file}"]}}
+tasks:
+  - {task_id: T1, tool: editor}
+  - {task_id: T2, tool: editor, depends_on: [T1]}
+  - {task_id: T3, tool: editor}
+gates:
+  - {name: db, type: UNIT, command: [pytest, tests/test_db.py], tasks: [T2], depends_on: [lint]}
+  - {name: lint, type: LINT, command: [ruff, check, .]}
+  - {name: smoke, type: INTEGRATION, command: [./smoke], tasks: [T3, T2]}
+  - {name: deep, type: UNIT, command: [./deep], tasks: [T2], depends_on: [smoke, db]}
+"""
+
+
+def names(gates) -> list[str]:
+    return [g.name for g in gates]
+
+
+def test_a_gate_judges_only_the_tasks_it_lists_the_same_from_yaml_and_json():
+    from_yaml = parse_workstream(LIMITED, format="yaml", base_dir="/r")
+    from_json = parse_workstream(json.dumps(yaml.safe_load(LIMITED)), format="json",
+                                 base_dir="/r")
+    assert from_yaml == from_json
+    assert [(g.name, g.tasks) for g in from_yaml.gates] == [
+        ("db", ("T2",)), ("lint", ()), ("smoke", ("T3", "T2")), ("deep", ("T2",))]
+    assert from_yaml.gate("db") == Gate("db", GateType.UNIT, ("pytest", "tests/test_db.py"), 0,
+                                        None, ("lint",), ("T2",))
+    assert from_yaml.gate_order == ("lint", "db", "smoke", "deep")
+    # each task's gates, in the dependency order of them all
+    assert names(from_yaml.gates_for("T1")) == ["lint"]
+    assert names(from_yaml.gates_for("T2")) == ["lint", "db", "smoke", "deep"]
+    assert names(from_yaml.gates_for("T3")) == ["lint", "smoke"]
+    assert [from_yaml.gate("smoke").judges(t) for t in ("T1", "T2", "T3")] == [
+        False, True, True]
+    assert all(from_yaml.gate("lint").judges(t) for t in ("T1", "T2", "T3"))
+    with pytest.raises(KeyError):
+        from_yaml.gates_for("T9")  # not "the gates of every task": no such task
+
+
+def test_a_gate_limited_to_tasks_differs_from_the_same_gate_for_every_task():
+    document = minimal(tasks=THREE_TASKS, gates=[gate("g")])
+    every = parse_workstream(json.dumps(document), format="json")
+    document["gates"][0]["tasks"] = ["T1", "T2", "T3"]
+    listed = parse_workstream(json.dumps(document), format="json")
+    document["gates"][0]["tasks"] = ["T1"]
+    limited = parse_workstream(json.dumps(document), format="json")
+    assert every.gates[0].tasks == () and limited.gates[0].tasks == ("T1",)
+    assert every != limited and len({every.gates[0], limited.gates[0]}) == 2  # hashable
+    # listing every task judges the same patches as listing none
+    assert [names(every.gates_for(t)) for t in ("T1", "T2", "T3")] == \
+        [names(listed.gates_for(t)) for t in ("T1", "T2", "T3")] == [["g"], ["g"], ["g"]]
+    assert [names(limited.gates_for(t)) for t in ("T1", "T2", "T3")] == [["g"], [], []]
+
+
+@pytest.mark.parametrize("gates", [
+    [gate("lint"), gate("db", "lint", tasks=["T2"])],                     # on an every-task gate
+    [gate("a", tasks=["T1", "T2"]), gate("b", "a", tasks=["T2"])],        # on a wider one
+    [gate("a", tasks=["T2", "T1"]), gate("b", "a", tasks=["T1", "T2"])],  # the same, reordered
+    [gate("a", tasks=["T1", "T2", "T3"]), gate("b", "a")],                # every task, listed
+], ids=["every-task", "wider", "same", "all-listed"])
+def test_a_gate_may_depend_on_gates_that_judge_every_task_it_judges(gates):
+    ws = parse_workstream(json.dumps(minimal(tasks=THREE_TASKS, gates=gates)), format="json")
+    for task_id in ("T1", "T2", "T3"):
+        judging = ws.gates_for(task_id)
+        for position, judge in enumerate(judging):  # what each waits on runs before it
+            assert set(judge.depends_on) <= set(names(judging[:position]))
+
+
+def test_a_gate_naming_an_unknown_task_is_not_also_judged_on_its_dependencies():
+    # what the list meant is unknown: its problem is reported once, at the unknown id
+    problems = problems_of(minimal(tasks=THREE_TASKS, gates=[
+        gate("a", tasks=["T1", "T9"]), gate("b", "a", tasks=["T1"]),
+        gate("c", "b", tasks=["T7"])]))
+    assert [(p.path, p.message) for p in problems] == [
+        ("gates[0].tasks[1]", "'T9' is not a task of this workstream (tasks: T1, T2, T3)"),
+        ("gates[2].tasks[0]", "'T7' is not a task of this workstream (tasks: T1, T2, T3)")]
 
 
 # -- many problems at once -------------------------------------------------------------------
@@ -790,13 +905,24 @@ def workstream_documents(draw) -> dict:
         tasks.append(spec)
     gate_names = draw(st.lists(ids, max_size=5, unique=True))
     gate_dependencies = draw(dags(gate_names)) if gate_names else {}
+    # the tasks each gate judges (None: every task); a dependency on a gate that does not
+    # judge all of them is dropped (the edges left are still without a cycle)
+    judged = {name: draw(st.none() | st.lists(st.sampled_from(task_ids), min_size=1,
+                                              unique=True)) for name in gate_names}
+
+    def covers(dependency: str, name: str) -> bool:
+        return judged[dependency] is None or (
+            judged[name] is not None and set(judged[name]) <= set(judged[dependency]))
     gates = []
     for name in gate_names:
         spec = {"name": name, "type": draw(st.sampled_from([t.value for t in GateType])),
                 "command": ["check", *draw(st.lists(template(("worktree", "run_id")),
                                                     max_size=2))]}
+        depends_on = [d for d in gate_dependencies[name] if covers(d, name)]
         spec.update(draw(optional(timeout_seconds=timeouts.filter(bool),
-                                  depends_on=st.just(gate_dependencies[name]))))
+                                  depends_on=st.just(depends_on))))
+        if judged[name] is not None:
+            spec["tasks"] = judged[name]
         gates.append(spec)
     document = {"workstream_id": draw(ids), "tools": tools, "tasks": tasks}
     document.update(draw(optional(
@@ -831,7 +957,8 @@ def expected_workstream(document: dict, base_dir: str) -> Workstream:
         scope(t["files_scope"]) if "files_scope" in t else top_scope,
         t.get("allow_empty", False)) for i, t in enumerate(document["tasks"]))
     gates = tuple(Gate(g["name"], GateType(g["type"]), tuple(g["command"]), i,
-                       seconds(g.get("timeout_seconds")), tuple(g.get("depends_on", ())))
+                       seconds(g.get("timeout_seconds")), tuple(g.get("depends_on", ())),
+                       tuple(g.get("tasks", ())))
                   for i, g in enumerate(document.get("gates", ())))
     policy = document.get("policy", {})
     return Workstream(
@@ -878,6 +1005,19 @@ def test_random_valid_workstreams_load_the_same_from_yaml_and_json(document):
     assert from_yaml.content == as_yaml.encode("utf-8")
 
 
+@PROPERTY_SETTINGS
+@given(workstream_documents())
+def test_each_tasks_gates_are_those_that_judge_it_in_an_order_that_runs(document):
+    ws = parse_workstream(json.dumps(document), format="json")
+    for task_id in (t["task_id"] for t in document["tasks"]):
+        judging = ws.gates_for(task_id)
+        assert list(judging) == [g for g in ws.ordered_gates()
+                                 if g.tasks == () or task_id in g.tasks]
+        # every gate's dependencies judge the task too, and come before it
+        for position, judge in enumerate(judging):
+            assert set(judge.depends_on) <= {g.name for g in judging[:position]}
+
+
 def _mutations(document: dict) -> list[tuple[str, object]]:
     """(the path that must be reported, a function making that one field invalid)."""
     tasks, tools = document["tasks"], document["tools"]
@@ -906,6 +1046,11 @@ def _mutations(document: dict) -> list[tuple[str, object]]:
             mutations.append((f"tasks[{i}].task_id",
                               lambda d, i=i: d["tasks"][i].__setitem__("task_id", task_ids[0])
                               or _rename_dependencies(d, task_ids[i], task_ids[0])))
+    for j, spec in enumerate(document.get("gates", ())):
+        listed = spec.get("tasks", [])
+        mutations.append((f"gates[{j}].tasks[{len(listed)}]",
+                          lambda d, j=j, listed=listed: d["gates"][j].__setitem__(
+                              "tasks", [*listed, "nosuch~"])))
     mutations += [
         ("workstream_id", lambda d: d.__setitem__("workstream_id", "")),
         ("resume", lambda d: d.__setitem__("resume", "always")),
@@ -936,6 +1081,11 @@ def _rename_dependencies(document: dict, old: str, new: str) -> None:
     for spec in document["tasks"]:
         if old in spec.get("depends_on", ()):
             spec["depends_on"] = [new if d == old else d for d in spec["depends_on"]]
+    # and the gates that judged it judge the task it collides with (once): a gate that
+    # judged a subset of another's still does
+    for spec in document.get("gates", ()):
+        if old in spec.get("tasks", ()):
+            spec["tasks"] = list(dict.fromkeys(new if t == old else t for t in spec["tasks"]))
 
 
 @PROPERTY_SETTINGS

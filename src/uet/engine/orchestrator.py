@@ -10,9 +10,11 @@ The patch-first flow (SPEC §9), per task attempt:
    the diff applies to the branch head) or quarantined with the reason;
 4. it is applied to the integration worktree (three-way) — the same apply that checked the
    format in step 3, since one patch at a time meets a clean worktree at the branch head;
-5. the gates run there in dependency order; all pass → one commit on the branch (its
-   `Uet-Entry` trailer names the entry) → committed; a gate fails → the worktree is reset,
-   the entry quarantined, and the task retried with the gate's output as feedback.
+5. the gates that judge the task (every gate, unless a gate names the `tasks` it judges)
+   run there in dependency order; all pass → one commit on the branch (its `Uet-Entry`
+   trailer names the entry) → committed; a gate fails → the worktree is reset, the entry
+   quarantined, and the task retried with the gate's output as feedback. A task no gate
+   judges is committed once validated and applied, as in a workstream without gates.
 Steps 3-5 take one patch at a time (the merge lock), so the gates always judge exactly the
 tree that gets committed; with `parallel` > 1 independent tasks' tools run at once and their
 patches queue for the lock in the order their tools finish.
@@ -712,7 +714,7 @@ class Orchestrator:
             self.patches.transition_state(ledger_id, "validated", "format, scope and policy")
             self.patches.transition_state(ledger_id, "queued")
             self.patches.transition_state(ledger_id, "applied")
-            gate_ids = self._define_gates(ledger_id)
+            gate_ids = self._define_gates(task, ledger_id)
         failed = self._judge(task, step_id, ledger_id, gate_ids, values)
         if failed is not None:
             git.reset_worktree(integration.path)
@@ -731,18 +733,21 @@ class Orchestrator:
         self.bus.publish("patch.quarantined", {"ledger_id": ledger_id, "reason": why},
                          run_id=self.run_id)
 
-    def _define_gates(self, ledger_id: str) -> dict[str, str]:
-        """The workstream's gates defined for the entry (PENDING), in dependency order;
-        their ids by name. Called inside the caller's transaction."""
+    def _define_gates(self, task: Task, ledger_id: str) -> dict[str, str]:
+        """The gates that judge `task` defined for its entry (PENDING), in dependency order;
+        their ids by name. Only those: a gate limited to other tasks is no part of this
+        entry's record (validation made every dependency of these gates one of them).
+        Called inside the caller's transaction."""
         return {gate.name: self.gates.define_gate(
             gate.type, self.ws.phase_id, shlex.join(gate.command), name=gate.name,
             depends_on=gate.depends_on, timeout_sec=gate.timeout_seconds, run_id=self.run_id,
-            ledger_id=ledger_id)["gate_id"] for gate in self.ws.ordered_gates()}
+            ledger_id=ledger_id)["gate_id"] for gate in self.ws.gates_for(task.task_id)}
 
     def _judge(self, task: Task, step_id: str, ledger_id: str, ids: Mapping[str, str],
                values: dict[str, str]) -> tuple[str, int, str] | None:
-        """Run the entry's gates (`ids`, by name) in dependency order; the first failure
-        (name, exit code, output) or None when all passed — then the entry is verified.
+        """Run the entry's gates (`ids`, by name: those that judge `task`) in dependency
+        order; the first failure (name, exit code, output) or None when all passed (or
+        none judges the task) — then the entry is verified.
         A passed gate's result is written with the next write (the next gate's RUNNING, or
         the entry's verdict): one transaction less per gate, and nothing decides on it in
         between (only a failure blocks other gates, and a failure is written at once)."""
@@ -751,7 +756,7 @@ class Orchestrator:
         gate_values = {**values, "worktree": str(integration.path)}
         first_failure = None
         passed: list[tuple[Gate, str, _Process]] = []
-        for gate in self.ws.ordered_gates():
+        for gate in self.ws.gates_for(task.task_id):
             gate_id = ids[gate.name]
             if self.gates.get_gate(gate_id)["state"] != "PENDING":
                 continue  # BLOCKED by a dependency that failed

@@ -24,7 +24,8 @@ from uet.state.patches import PatchLedger
 from uet.state.recovery import DEFAULT_HEARTBEAT_S, Owner, recover
 
 # how an entry a crash left half way is quarantined as interrupted, along its machine
-# (a verified entry is not among them: its gates passed, so resuming commits it)
+# (a verified entry is not among them: the gates that judge its task passed, so resuming
+# commits it)
 _INTERRUPTED_PATHS = {"created": ("quarantined",), "validated": ("quarantined",),
                       "queued": ("apply_failed", "quarantined"),
                       "applied": ("quarantined",)}
@@ -181,8 +182,10 @@ def reconcile(db: Database, run_id: str, ws: Workstream, repo: git.Repository, b
                 for target in _INTERRUPTED_PATHS[entry["state"]]:
                     patches.transition_state(entry["ledger_id"], target, INTERRUPTED)
             elif entry["state"] == "verified" and task is not None:
-                # its gates passed on the branch head, which only its own commit would have
-                # moved: resuming applies it again there and commits it (see Orchestrator)
+                # its gates (those that judge its task: the entry's state says they all
+                # passed, so no gate list is consulted here) passed on the branch head, which
+                # only its own commit would have moved: resuming applies it again there and
+                # commits it (see Orchestrator)
                 outcome = outcomes[task.task_id]
                 outcome.outcome, outcome.ledger_id = "verified", entry["ledger_id"]
                 outcome.patch_id = patch["patch_id"]

@@ -73,13 +73,20 @@ class Task:
 
 @dataclass(frozen=True)
 class Gate:
-    """A check every patch must pass on the integration branch, in dependency order."""
+    """A check a patch must pass on the integration branch, in dependency order: every
+    task's patch, or — `tasks` given — only those tasks' (in file order; () is every task,
+    which a file says by leaving `tasks` out: an empty list is refused, never "none")."""
     name: str
     type: GateType
     command: tuple[str, ...]
     index: int
     timeout_seconds: float | None = None
     depends_on: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+
+    def judges(self, task_id: str) -> bool:
+        """Whether this gate judges the patches of the task `task_id`."""
+        return not self.tasks or task_id in self.tasks
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,15 @@ class Workstream:
     def ordered_gates(self) -> tuple[Gate, ...]:
         """The gates in dependency order (ties in file order)."""
         return tuple(self.gate(name) for name in self.gate_order)
+
+    def gates_for(self, task_id: str) -> tuple[Gate, ...]:
+        """The gates that judge the patches of the task `task_id`, in dependency order
+        (KeyError if no such task). Validation made each one's dependencies judge that
+        task too, so this is a dependency order of its own; () — no gate judges the task —
+        means its patch is committed once validated and applied, as in a workstream
+        without gates."""
+        self.task(task_id)  # an unknown id is a mistake, not "only the unrestricted gates"
+        return tuple(gate for gate in self.ordered_gates() if gate.judges(task_id))
 
     def branch_name(self, run_id: str) -> str:
         """The run's branch: the template with {run_id} and {workstream_id} filled in."""
@@ -606,7 +622,8 @@ def _build(data: dict, *, content: bytes, fmt: str, source: str | None,
     gates = tuple(
         Gate(name=spec["name"], type=GateType(spec["type"]), command=tuple(spec["command"]),
              index=index, timeout_seconds=_seconds(spec.get("timeout_seconds")),
-             depends_on=tuple(spec.get("depends_on", ())))
+             depends_on=tuple(spec.get("depends_on", ())),
+             tasks=tuple(spec.get("tasks", ())))
         for index, spec in enumerate(data.get("gates", ())))
     policy_spec = data.get("policy", {})
     policy = Policy(

@@ -1,6 +1,7 @@
 """The rules of a workstream file that its JSON Schema cannot express (references between
-tasks, tools and gates, dependency cycles, globs, branch names) and the templates its
-commands and prompts use; `uet.engine.workstream` applies them while loading a file."""
+tasks, tools and gates, dependency cycles, which tasks' patches a gate judges, globs, branch
+names) and the templates its commands and prompts use; `uet.engine.workstream` applies them
+while loading a file."""
 
 from __future__ import annotations
 
@@ -110,8 +111,9 @@ def render_template(template: str, values: Mapping[str, str]) -> str:
 # -- the rules a schema cannot express -----------------------------------------------------
 
 def cross_field_problems(data: dict) -> list[Problem]:
-    """References, uniqueness, cycles, placeholders, globs, the branch name. Written to
-    work on a document the schema refused too, so that every problem is listed at once."""
+    """References, uniqueness, cycles, the tasks gates judge, placeholders, globs, the
+    branch name. Written to work on a document the schema refused too, so that every
+    problem is listed at once."""
     problems: list[Problem] = []
     add = lambda path, message: problems.append(Problem(doc_path(path), message))  # noqa: E731
     tools = data.get("tools") if isinstance(data.get("tools"), dict) else {}
@@ -151,6 +153,7 @@ def cross_field_problems(data: dict) -> list[Problem]:
 
     _check_dependencies(tasks, "task_id", "tasks", task_ids, "task", add)
     _check_dependencies(gates, "name", "gates", gate_names, "gate", add)
+    _check_gate_tasks(gates, task_ids, gate_names, add)
     _check_scope(data.get("files_scope"), ("files_scope",), add)
     policy = data.get("policy")
     if isinstance(policy, dict):
@@ -217,6 +220,56 @@ def _check_dependencies(items: list[tuple[int, dict]], key: str, where: str,
     for cycle in _cycles(graph, known):
         add((where, known[cycle[0]], "depends_on"),
             f"dependency cycle: {' -> '.join(cycle + [cycle[0]])}")
+
+
+def _check_gate_tasks(gates: list[tuple[int, dict]], task_ids: dict[str, int],
+                      gate_names: dict[str, int], add) -> None:
+    """A gate's `tasks` are tasks of this workstream, and a gate depends only on gates that
+    judge every task it judges. The orchestrator defines for a patch only the gates that
+    judge its task, and a gate runs only once its dependencies passed on that same patch: a
+    dependency that does not judge the task would never be there to pass."""
+    listed = ", ".join(task_ids) or "none"
+    # gate index -> the task ids it judges (None: every task's), for the gates whose list
+    # can be judged: a list the schema refuses, or one naming an unknown task, has its
+    # problem reported already, and guessing what it meant would only add noise
+    judged: dict[int, frozenset[str] | None] = {}
+    for index, gate in gates:
+        if "tasks" not in gate:
+            judged[index] = None
+            continue
+        names = gate["tasks"]
+        if not isinstance(names, list) or not names:
+            continue  # the schema's problem
+        usable = True
+        for position, task_id in enumerate(names):
+            if not isinstance(task_id, str) or not task_id:
+                usable = False  # the schema's problem
+            elif task_id not in task_ids:
+                add(("gates", index, "tasks", position),
+                    f"{quoted(task_id)} is not a task of this workstream (tasks: {listed})")
+                usable = False
+        if usable:
+            judged[index] = frozenset(names)
+    for index, gate in gates:
+        if index not in judged:
+            continue
+        mine = judged[index]
+        depends_on = gate.get("depends_on")
+        for position, name in enumerate(depends_on if isinstance(depends_on, list) else []):
+            # an unknown name or the gate itself is _check_dependencies' problem
+            dependency = gate_names.get(name) if isinstance(name, str) else None
+            if dependency is None or name == gate.get("name") or dependency not in judged:
+                continue
+            theirs = judged[dependency]
+            if theirs is None:
+                continue  # judges every task
+            missing = [t for t in task_ids if (mine is None or t in mine) and t not in theirs]
+            if missing:
+                add(("gates", index, "depends_on", position),
+                    f"{quoted(name)} does not judge every task this gate judges (not "
+                    f"{', '.join(missing)}): a gate runs only once its dependencies passed "
+                    f"on the same patch; list those tasks in {quoted(name)}'s tasks too, "
+                    "or drop the dependency")
 
 
 def _cycles(graph: dict[str, list[str]], order: dict[str, int]) -> list[list[str]]:
