@@ -319,3 +319,29 @@ def test_a_postgresql_follower_wakes_on_notify_not_on_its_poll_interval(postgres
     finally:
         db.close()
     assert [e["event_type"] for e in seen] == ["run.created", "wake"]
+
+
+def test_ledger_events_belong_to_no_run_and_land_together(db):
+    run_id = db.create_run({"project_id": "P", "phase_id": "PH"})
+    ids = db.create_ledger_events([("plan.patch_applied", {"patch_id": "006", "n": 1}),
+                                   ("plan.patch_applied", {"patch_id": "007"})])
+    trail = db.events_since(0)
+    mine = [e for e in trail if e["event_id"] in ids]
+    assert [e["data"]["patch_id"] for e in mine] == ["006", "007"]
+    assert all(e["run_id"] is None for e in mine)
+    assert mine[0]["seq"] + 1 == mine[1]["seq"]
+    assert db.list_events(run_id)[-1]["event_type"] == "run.created"
+    assert not [e for e in db.events_since(0, run_id=run_id) if e["event_id"] in ids]
+
+
+@pytest.mark.parametrize("events", [
+    [("plan.patch_applied", {"ok": 1}), ("run.created", {})],       # the ledger's own
+    [("plan.patch_applied", {"ok": 1}), ("", {})],                   # no type
+    [("plan.patch_applied", {"ok": 1}), ("x", {"v": object()})],     # not JSON
+    [("plan.patch_applied", {"ok": 1}), ("x", ["not", "a", "dict"])],
+])
+def test_a_bad_ledger_event_refuses_them_all(db, events):
+    before = db.events_since(0)
+    with pytest.raises(ValidationError):
+        db.create_ledger_events(events)
+    assert db.events_since(0) == before

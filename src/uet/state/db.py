@@ -10,7 +10,7 @@ import os
 import threading
 import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, ContextManager, Iterator, Mapping
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping
 
 from uet.errors import AlreadyExistsError, AmbiguousIdError, NotFoundError, ValidationError
 from uet.errors import ConstraintViolation
@@ -494,6 +494,26 @@ class Database:
         except ConstraintViolation as exc:
             raise self._explain(exc, RUN_EVENTS, row) from None
         return row["event_id"]
+
+    def create_ledger_events(self, events: Iterable[tuple[str, Mapping[str, Any]]]
+                             ) -> list[str]:
+        """Append events that belong to no run (the master plan changed, ...) to the trail,
+        all in one transaction; returns their event_ids. Each is (event_type, data): the
+        type any name but the ledger's own (RESERVED_EVENT_TYPES), the data a
+        JSON-serialisable dict. `events_since` and `uet events` show them (run_id None)."""
+        rows = []
+        for event_type, data in events:
+            row = tables.prepare_insert(RUN_EVENTS, {"run_id": "-", "event_type": event_type,
+                                                     "data": data})
+            if row["event_type"] in RESERVED_EVENT_TYPES:
+                raise ValidationError(
+                    f"event type {row['event_type']!r} is written by the ledger itself when "
+                    "the record changes; change the record instead", field="event_type")
+            rows.append({**row, "run_id": None})
+        with self._backend.transaction() as tx:
+            for row in rows:
+                tx.run("insert_event", row)
+        return [row["event_id"] for row in rows]
 
     def list_events(self, run_id: str) -> list[dict[str, Any]]:
         """A run's events in the order they were recorded (by `seq`)."""
