@@ -262,6 +262,16 @@ MUTANTS: tuple[Mutant, ...] = (
               "        if False and not (host in self.hosts"),),
         (WEB,),
     ),
+    Mutant(
+        "plan_add_overwrites",
+        "a plan patch's add replaces what exists",
+        "uet plan apply lets an `add` silently overwrite an existing phase or workstream, as "
+        "the framework's own script did.",
+        (Edit("uet/plan/patching.py",
+              "        if key in parent and not (name == \"move\" and op[\"from\"] == path):",
+              "        if False:"),),
+        ("tests/test_plan.py",),
+    ),
 )
 BY_NAME = {m.name: m for m in MUTANTS}
 

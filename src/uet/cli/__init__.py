@@ -25,7 +25,7 @@ from uet.cli.common import EXIT_USAGE, fail
 # (full names, so that tests/test_architecture.py sees these imports in its import graph).
 COMMAND_MODULES = ("uet.cli.ledger", "uet.cli.execute", "uet.cli.inspection",
                    "uet.cli.workstreams", "uet.cli.usage", "uet.cli.pool", "uet.cli.web",
-                   "uet.cli.retention", "uet.cli.portable")
+                   "uet.cli.retention", "uet.cli.portable", "uet.cli.plan")
 
 
 @click.group(name="uet", context_settings={"help_option_names": ["-h", "--help"]},

@@ -44,16 +44,38 @@ from uet.errors import UetError
               help="Workstream runs: how many independent tasks' tools run at once.")
 @click.option("--keep-failed", is_flag=True,
               help="Workstream runs: keep the worktrees of failed attempts for inspection.")
+@click.option("--plan", "plan_file", default=None, type=click.Path(dir_okay=False),
+              metavar="PLAN.json",
+              help="Run the workstream WS-ID of this master plan (its tasks' executors, file "
+                   "scopes, runtimes and dependencies; acceptance tests become gates).")
+@click.option("--skip-test", "skip_tests", multiple=True, metavar="NAME",
+              help="With --plan: leave out the acceptance tests of this name (repeatable).")
+@click.option("--ignore-dependencies", is_flag=True,
+              help="With --plan: run even if a workstream it depends on has no succeeded run "
+                   "in the ledger.")
 @click.argument("command_argv", nargs=-1, required=True, type=click.UNPROCESSED,
-                metavar="WORKSTREAM.yaml | -- CMD [ARGS]...")
+                metavar="WORKSTREAM.yaml | --plan PLAN.json WS-ID | -- CMD [ARGS]...")
 def run(ctx: Context, project: str, phase: str, workstream: str | None, tool: str | None,
         timeout: float | None, heartbeat: float, finish_timeout: float, repo: str | None,
-        parallel: int, keep_failed: bool, command_argv: tuple[str, ...]) -> None:
-    """Run a workstream (a first argument naming an existing .yaml/.yml/.json file): every
-    task's tool in its own git worktree, every change a patch that is validated, judged by
-    the gates and only then committed on the run's branch. Or run CMD and record it as a
-    run with one step attempt (exit code, duration, the tail of its output); its output
-    passes through live; Ctrl-C cancels it."""
+        parallel: int, keep_failed: bool, plan_file: str | None, skip_tests: tuple[str, ...],
+        ignore_dependencies: bool, command_argv: tuple[str, ...]) -> None:
+    """Run a workstream (a first argument naming an existing .yaml/.yml/.json file, or
+    `--plan PLAN.json WS-ID`: a workstream of the master plan): every task's tool in its own
+    git worktree, every change a patch that is validated, judged by the gates and only then
+    committed on the run's branch. Or run CMD and record it as a run with one step attempt
+    (exit code, duration, the tail of its output); its output passes through live; Ctrl-C
+    cancels it."""
+    if plan_file is not None:
+        if len(command_argv) != 1:
+            later = " (options go before it: uet run --plan PLAN.json --repo PATH WS-ID)" \
+                if any(a.startswith("-") for a in command_argv[1:]) else ""
+            raise click.UsageError(f"--plan takes one workstream id: uet run --plan PLAN.json "
+                                   f"WS-ID{later}")
+        _run_plan_workstream(ctx, plan_file, command_argv[0], project, repo, parallel,
+                             keep_failed, heartbeat, skip_tests, ignore_dependencies)
+        return
+    if skip_tests or ignore_dependencies:
+        raise click.UsageError("--skip-test and --ignore-dependencies go with --plan")
     if _is_workstream(command_argv):
         _run_workstream(ctx, command_argv[0], project, phase, repo, parallel, keep_failed,
                         heartbeat)
@@ -81,6 +103,34 @@ EXIT_FAILED, EXIT_CANCELED, EXIT_LOST = 1, 130, 3
 def _is_workstream(argv: tuple[str, ...]) -> bool:
     return (len(argv) >= 1 and argv[0].lower().endswith(WORKSTREAM_SUFFIXES)
             and os.path.isfile(argv[0]))
+
+
+def _run_plan_workstream(ctx: Context, plan_file: str, workstream_id: str, project: str,
+                         repo: str | None, parallel: int, keep_failed: bool, heartbeat: float,
+                         skip_tests: tuple[str, ...], ignore_dependencies: bool) -> None:
+    from uet.engine.orchestrator import run_workstream
+    from uet.plan import load_plan
+    from uet.plan.workstreams import plan_workstream
+    mapped = plan_workstream(load_plan(plan_file), workstream_id, plan_path=plan_file,
+                             project_id=None if project == "default" else project,
+                             repo=repo, skip_tests=skip_tests)
+    ws = mapped.workstream
+    with ctx.open(create=True) as db:
+        if mapped.requires and not ignore_dependencies:
+            missing = [w for w in mapped.requires
+                       if not db.list_runs({"workstream_id": w, "project_id": ws.project_id,
+                                            "state": "succeeded"}, limit=1)]
+            if missing:
+                raise UetError(
+                    f"{workstream_id} depends on {', '.join(missing)}, which "
+                    f"{'has' if len(missing) == 1 else 'have'} no succeeded run in project "
+                    f"{ws.project_id}: run {'it' if len(missing) == 1 else 'them'} first "
+                    "(or pass --ignore-dependencies)")
+        result = run_workstream(db, ws, parallel=parallel, keep_failed=keep_failed,
+                                heartbeat_s=heartbeat,
+                                out=lambda line: click.echo(one_line(f"uet: {line}"),
+                                                            err=True))
+    _report(ctx, result)
 
 
 def _run_workstream(ctx: Context, path: str, project: str, phase: str, repo: str | None,

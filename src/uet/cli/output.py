@@ -14,7 +14,7 @@ from uet.text import (CELL_LIMIT, FIELD_LIMIT, MESSAGE_LIMIT, UNSAFE, cell, clip
 
 __all__ = ["CELL_LIMIT", "FIELD_LIMIT", "MESSAGE_LIMIT", "UNSAFE", "cell", "clip", "joined",
            "log_text", "one_line", "shown", "to_json", "emit_json", "emit_json_line",
-           "emit_table", "emit_fields", "progress", "STATE_STYLES"]
+           "emit_table", "emit_fields", "emit_invalid", "emit_renderable", "progress", "STATE_STYLES"]
 
 
 def emit_json(document: Any) -> None:
@@ -63,6 +63,26 @@ def emit_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequenc
             cells[index].stylize(STATE_STYLES.get(cell(row[index]), ""))
         table.add_row(*cells)
     console.print(table)
+
+
+def emit_invalid(file: str, what: str, problems: Sequence[Any], as_json: bool) -> None:
+    """A file that is not a valid `what` (workstream, plan): every problem (`path`,
+    `message`), one per line, or the JSON document."""
+    if as_json:
+        emit_json({"file": file, "valid": False,
+                   "problems": [{"path": p.path, "message": p.message} for p in problems]})
+        return
+    import click
+    count = len(problems)
+    click.echo(f"{shown(file, FIELD_LIMIT)}: not a valid {what} ({count} "
+               f"problem{'s' if count != 1 else ''})")
+    for problem in problems:
+        click.echo(one_line(str(problem)))
+
+
+def emit_renderable(renderable: Any) -> None:
+    """A rich renderable (a tree ...) built of Text, never markup: in colour on a terminal."""
+    _console().print(renderable)
 
 
 def progress(message: str):

@@ -8,7 +8,7 @@ import sys
 import click
 
 from uet.cli.common import EXIT_USAGE
-from uet.cli.output import FIELD_LIMIT, emit_json, one_line, shown
+from uet.cli.output import FIELD_LIMIT, emit_invalid, emit_json, shown
 
 
 @click.command("validate",
@@ -25,16 +25,7 @@ def validate(file: str, as_json: bool) -> None:
     try:
         workstream = load_workstream(file)
     except WorkstreamError as exc:
-        problems = exc.problems
-        if as_json:
-            emit_json({"file": file, "valid": False,
-                       "problems": [{"path": p.path, "message": p.message} for p in problems]})
-        else:
-            count = len(problems)
-            click.echo(f"{shown(file, FIELD_LIMIT)}: not a valid workstream ({count} "
-                       f"problem{'s' if count != 1 else ''})")
-            for problem in problems:
-                click.echo(one_line(str(problem)))
+        emit_invalid(file, "workstream", exc.problems, as_json)
         sys.exit(EXIT_USAGE)  # the input is wrong: a usage-type error, as click's own
     if as_json:
         emit_json({"file": file, "valid": True, "workstream_id": workstream.workstream_id,
