@@ -498,3 +498,76 @@ def test_generated_patches_apply_as_rfc6902_or_refuse_and_change_nothing(seed, c
     # what uet accepts, RFC 6902 accepts; never an `add` over an existing key
     for op in ops:
         assert op["path"] != "/meta/patch_metadata"
+
+
+# -- hostile input: any JSON at all is judged, never crashes ---------------------------------
+
+JSON_LEAVES = st.none() | st.booleans() | st.integers(-10**20, 10**20) \
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+KEYS = st.sampled_from(["meta", "phases", "workstreams", "tasks", "phase_id", "workstream_id",
+                        "task_id", "PH-000", "WS-000-001", "TSK-000-001-001", "x_ulid",
+                        "depends_on", "dependencies", "estimated_duration_hours",
+                        "patch_metadata", "acceptance_tests", "executor", "file_scope", "-",
+                        "a/b", "~", ""]) | st.text(max_size=6)
+ANY_JSON = st.recursive(JSON_LEAVES, lambda inner: st.lists(inner, max_size=4)
+                        | st.dictionaries(KEYS, inner, max_size=5), max_leaves=40)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ANY_JSON)
+def test_any_json_is_judged_without_crashing(doc):
+    problems = plan_problems(doc)
+    assert all(isinstance(p.path, str) and p.message for p in problems)
+    if not isinstance(doc, dict):
+        assert problems
+
+
+POINTERS = st.lists(KEYS | st.integers(0, 3).map(str), max_size=4).map(
+    lambda parts: "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts))
+OPERATION = st.fixed_dictionaries(
+    {"op": st.sampled_from(["add", "remove", "replace", "move", "copy", "test", "nope"]),
+     "path": POINTERS},
+    optional={"value": ANY_JSON, "from": POINTERS})
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ANY_JSON.filter(lambda d: isinstance(d, dict)) | st.just(make_plan(9)),
+       st.lists(OPERATION | ANY_JSON, min_size=1, max_size=5))
+def test_any_patch_is_applied_or_refused_with_a_plan_error(doc, ops):
+    pristine = copy.deepcopy(doc)
+    try:
+        result = apply_patches(doc, [make_patch(ops, default_id="fuzz")])
+    except PlanError as exc:
+        assert exc.problems and str(exc)
+    else:
+        assert "fuzz" in result.plan["meta"]["patch_metadata"]
+    assert doc == pristine
+
+
+TASK_FIELDS = st.fixed_dictionaries({}, optional={
+    "executor": st.sampled_from(["ed", "nope"]) | ANY_JSON,
+    "acceptance_tests": ANY_JSON | st.dictionaries(st.sampled_from(["pytest", "lint", "pwsh"]),
+                                                   ANY_JSON | st.text(max_size=20), max_size=3),
+    "file_scope": ANY_JSON | st.fixed_dictionaries(
+        {}, optional={"create": st.lists(st.text(max_size=8), max_size=2),
+                      "modify": ANY_JSON, "delete": ANY_JSON}),
+    "max_runtime_seconds": ANY_JSON, "max_attempts": ANY_JSON, "prompt": ANY_JSON,
+    "depends_on": ANY_JSON})
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 1000), TASK_FIELDS)
+def test_any_task_maps_to_a_workstream_or_a_plan_error_naming_a_field(seed, fields):
+    from uet.plan.workstreams import plan_workstream
+    plan = make_plan(seed, phases=1, workstreams=1, tasks=1)
+    plan["meta"]["tools"] = {"ed": {"command": ["python3", "edit.py", "{prompt_file}"]}}
+    task = next(iter(plan["phases"]["PH-000"]["workstreams"]["WS-000-001"]["tasks"].values()))
+    task.update(fields)
+    try:
+        mapped = plan_workstream(plan, "WS-000-001", plan_path="plan.json", repo=".")
+    except PlanError as exc:
+        assert exc.problems and all(p.message for p in exc.problems)
+    else:
+        assert [t.task_id for t in mapped.workstream.tasks] == [task["task_id"]]
+        for gate in mapped.workstream.gates:
+            assert gate.tasks == (task["task_id"],) and gate.command
