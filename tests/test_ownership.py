@@ -217,7 +217,7 @@ def test_cancel_of_pending_finished_and_ownerless_runs(db):
     done = db.create_run({"project_id": "p", "phase_id": "ph"})
     db.transition_run(done, "running")
     db.transition_run(done, "succeeded", exit_code=0)
-    with pytest.raises(InvalidTransitionError, match=f"run '{done}' cannot go from succeeded "
+    with pytest.raises(InvalidTransitionError, match=f"Invalid transition: run '{done}' cannot go from succeeded "
                                                      "to canceled"):
         request_cancel(db, done)
     workers = WorkerLifecycle(db)
@@ -295,7 +295,7 @@ def test_uet_cancel_stops_a_run_from_another_shell(ledger, tmp_path):
     proc.communicate()
     finished = _uet("cancel", "--db", ledger, run_id, cwd=tmp_path)
     assert finished.returncode == 1
-    assert finished.stderr == (f"uet: error: run '{run_id}' cannot go from canceled to "
+    assert finished.stderr == (f"uet: error: Invalid transition: run '{run_id}' cannot go from canceled to "
                                "canceled: it is already canceled\n")
 
 

@@ -83,8 +83,10 @@ class InvalidTransitionError(UetError, ValueError):
         else:
             why = f"{current} is terminal"
         # not super(): DuplicateTransitionError puts ConcurrentUpdateError next in the MRO
+        # "Invalid transition" leads, as the framework's contract words it (callers match it)
         UetError.__init__(
-            self, f"{entity} {entity_id!r} cannot go from {current} to {requested}: {why}")
+            self, f"Invalid transition: {entity} {entity_id!r} cannot go from {current} to "
+                  f"{requested}: {why}")
 
 
 class ConcurrentUpdateError(UetError):

@@ -105,7 +105,7 @@ def test_legal_transitions(gates, db, current, target):
 def test_illegal_transitions_change_nothing(gates, db, current, target):
     gate_id = _gate_in(gates, current)
     before, events = gates.get_gate(gate_id), db.events_since(0)
-    with pytest.raises(InvalidTransitionError, match=f"^gate '{gate_id}' cannot go from "
+    with pytest.raises(InvalidTransitionError, match=f"^Invalid transition: gate '{gate_id}' cannot go from "
                                                      f"{current} to {target}: "):
         gates.transition_state(gate_id, target, exit_code=0)
     assert gates.get_gate(gate_id) == before and db.events_since(0) == events
@@ -262,7 +262,7 @@ def test_sql_level_invariants(gates, db):
 def test_a_gate_starts_only_after_its_dependencies_passed(gates):
     lint = _gate_in(gates, "PENDING", gate_type="LINT")
     unit = _gate_in(gates, "PENDING", gate_type="UNIT", depends_on=["LINT"])
-    not_passed = (f"^gate '{unit}' cannot go from PENDING to RUNNING: its dependency LINT has "
+    not_passed = (f"^Invalid transition: gate '{unit}' cannot go from PENDING to RUNNING: its dependency LINT has "
                   "not passed")
     with pytest.raises(InvalidTransitionError, match=not_passed + r" \(it is PENDING\)$"):
         gates.transition_state(unit, "RUNNING")
@@ -278,7 +278,7 @@ def test_a_blocked_gate_cannot_be_released_while_its_dependency_is_failed(gates)
     unit = _gate_in(gates, "PENDING", gate_type="UNIT", depends_on=["LINT"])
     gates.transition_state(lint, "RUNNING")
     gates.transition_state(lint, "FAILED", exit_code=2)
-    with pytest.raises(InvalidTransitionError, match=f"^gate '{unit}' cannot go from BLOCKED to "
+    with pytest.raises(InvalidTransitionError, match=f"^Invalid transition: gate '{unit}' cannot go from BLOCKED to "
                                                      "PENDING: its dependency LINT is FAILED$"):
         gates.transition_state(unit, "PENDING")
     assert gates.get_gate(unit)["state"] == "BLOCKED"

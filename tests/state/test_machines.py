@@ -80,7 +80,7 @@ def test_illegal_run_transition_is_refused_and_changes_nothing(db, via,
     run_id = _run_in(db, current)
     before_row, before_events = db.get_run(run_id), db.events_since(0)
     with pytest.raises(InvalidTransitionError,
-                       match=f"^run '{run_id}' cannot go from {current} to {target}: ") as info:
+                       match=f"^Invalid transition: run '{run_id}' cannot go from {current} to {target}: ") as info:
         if via == "transition":
             db.transition_run(run_id, target)
         else:
@@ -119,7 +119,7 @@ def test_illegal_step_transition(db, via, current, target):
     step_id = _step_in(db, current)
     before = db.get_step_attempt(step_id)
     before_events = db.events_since(0)
-    with pytest.raises(InvalidTransitionError, match=f"^step_attempt '{step_id}' cannot go "
+    with pytest.raises(InvalidTransitionError, match=f"^Invalid transition: step_attempt '{step_id}' cannot go "
                                                      f"from {current} to {target}: "):
         if via == "transition":
             db.transition_step_attempt(step_id, target)
@@ -133,7 +133,7 @@ def test_same_state_is_refused_and_writes_no_event(db):
     db = db
     run_id = _run_in(db, "running")
     n = len(db.list_events(run_id))
-    with pytest.raises(InvalidTransitionError, match=f"^run '{run_id}' cannot go from running "
+    with pytest.raises(InvalidTransitionError, match=f"^Invalid transition: run '{run_id}' cannot go from running "
                                                      "to running: it is already running$"):
         db.transition_run(run_id, "running")
     assert len(db.list_events(run_id)) == n

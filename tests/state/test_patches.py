@@ -164,7 +164,7 @@ def test_legal_transitions_append_history(patches, db, current, target):
 def test_illegal_transitions_change_nothing(patches, db, current, target):
     ledger_id = _entry_in(patches, current)
     before, events = patches.get_entry(ledger_id), db.events_since(0)
-    with pytest.raises(InvalidTransitionError, match=f"^patch_entry '{ledger_id}' cannot go "
+    with pytest.raises(InvalidTransitionError, match=f"^Invalid transition: patch_entry '{ledger_id}' cannot go "
                                                      f"from {current} to {target}: "):
         patches.transition_state(ledger_id, target, reason="x")
     assert patches.get_entry(ledger_id) == before and db.events_since(0) == events
@@ -214,7 +214,7 @@ def test_expected_version_is_compare_and_set(patches):
 def test_the_same_transition_twice_is_a_concurrent_update(patches):
     ledger_id = _entry_in(patches, "created")
     patches.transition_state(ledger_id, "validated")
-    duplicate = (f"^patch_entry '{ledger_id}' cannot go from validated to validated: it is "
+    duplicate = (f"^Invalid transition: patch_entry '{ledger_id}' cannot go from validated to validated: it is "
                  "already validated$")
     with pytest.raises(ConcurrentUpdateError, match=duplicate):
         patches.transition_state(ledger_id, "validated")
@@ -346,3 +346,117 @@ def test_processes_racing_with_expected_versions_get_one_winner(shared_db, tmp_p
     for ledger_id in ids:
         entry = patches.get_entry(ledger_id)
         assert len(entry.state_history) == 2 and entry.version == 2
+
+
+# -- the framework's contract: validate(), ValidationResult, the validation_*_passed names ---
+
+def test_validate_without_a_validator_checks_the_form_and_moves_the_entry(patches, db):
+    from uet.state import ValidationResult
+    entry = patches.get_entry(_entry_in(patches, "created"))
+    result = patches.validate(entry.ledger_id)
+    assert isinstance(result, ValidationResult) and result.is_valid
+    assert result.to_dict() == {"format_ok": True, "scope_ok": True, "constraints_ok": True,
+                                "tests_ran": False, "tests_passed": False,
+                                "validation_errors": []}
+    now = patches.get_entry(entry.ledger_id)
+    assert now.state is PatchState.VALIDATED
+    assert (now.validation_format_passed, now.validation_scope_passed,
+            now.validation_constraints_passed, now.validation_tests_passed) == \
+        (True, True, True, False)
+    assert (now.validated_format, now.validated_tests) == (True, None)   # the old names
+    assert now.state_history[-1]["reason"] == "validation passed"
+    # validated once: a second validate is an invalid transition, nothing recorded
+    with pytest.raises(InvalidTransitionError, match="^Invalid transition: "):
+        patches.validate(entry.ledger_id)
+    assert patches.get_entry(entry.ledger_id).version == now.version
+
+
+@pytest.mark.parametrize("verdict,passed", [
+    (dict(format_ok=True, scope_ok=False, constraints_ok=True,
+          validation_errors=["src/x.py is outside files_scope"]), False),
+    (dict(format_ok=True, scope_ok=True, constraints_ok=False), False),
+    (dict(format_ok=True, scope_ok=True, constraints_ok=True, tests_ran=True,
+          tests_passed=False), True),
+])
+def test_validate_records_a_given_verdict(patches, verdict, passed):
+    from uet.state import ValidationResult
+    entry = patches.get_entry(_entry_in(patches, "created"))
+    given = ValidationResult(**verdict)
+    for how in ("result", "validator"):
+        entry = patches.get_entry(_entry_in(patches, "created"))
+        seen = []
+
+        def validator(patch):
+            seen.append(patch.patch_id)
+            return given
+
+        got = (patches.validate(entry.ledger_id, given) if how == "result"
+               else patches.validate(entry.ledger_id, validator=validator))
+        assert got is given
+        assert seen == ([] if how == "result" else [entry.patch_id])
+        now = patches.get_entry(entry.ledger_id)
+        assert now.state is (PatchState.VALIDATED if passed else PatchState.QUARANTINED)
+        assert now.validation_scope_passed == given.scope_ok
+        assert now.validated_tests == (given.tests_passed if given.tests_ran else None)
+        if not passed:
+            assert now.quarantine_reason.startswith("validation failed (")
+            for error in given.validation_errors:
+                assert error in now.quarantine_reason
+
+
+def test_validate_refuses_what_is_not_a_verdict_and_changes_nothing(patches):
+    entry = patches.get_entry(_entry_in(patches, "created"))
+    with pytest.raises(ValidationError, match="ValidationResult"):
+        patches.validate(entry.ledger_id, validator=lambda patch: True)
+    assert patches.get_entry(entry.ledger_id) == entry
+    with pytest.raises(NotFoundError):
+        patches.validate("no-such-entry")
+
+
+def test_validate_loses_to_a_writer_that_moved_the_entry_first(patches):
+    from uet.state import ValidationResult
+    entry = patches.get_entry(_entry_in(patches, "created"))
+
+    def slow_validator(patch):
+        patches.quarantine(entry.ledger_id, "someone else was faster")
+        return ValidationResult(format_ok=True, scope_ok=True, constraints_ok=True)
+
+    with pytest.raises((ConcurrentUpdateError, InvalidTransitionError)):
+        patches.validate(entry.ledger_id, validator=slow_validator)
+    now = patches.get_entry(entry.ledger_id)
+    assert now.state is PatchState.QUARANTINED
+    assert now.quarantine_reason == "someone else was faster"
+    assert now.validated_format is None   # the verdict was not recorded either
+
+
+def test_check_patch_form_finds_a_tampered_diff(patches, db, step):
+    from uet.state.patches import check_patch_form
+    artifact = patches.record_patch(DIFF, step_attempt_id=step)
+    assert check_patch_form(artifact).is_valid
+    tampered = PatchArtifact(**{**artifact.__dict__, "diff": DIFF.replace("hello", "bye")})
+    verdict = check_patch_form(tampered)
+    assert not verdict.is_valid and "sha256" in verdict.validation_errors[0]
+    empty = PatchArtifact(**{**artifact.__dict__, "diff": "just text\n"})
+    assert not check_patch_form(empty).format_ok
+
+
+def test_the_machines_differ_from_the_contract_only_as_listed():
+    """The README lists where uet's machines differ from COMPONENT_CONTRACTS.md: this keeps
+    that list true (the contract's transitions, as the document lists them)."""
+    from uet.state import WORKER
+    contract_worker = {("SPAWNING", "IDLE"), ("SPAWNING", "TERMINATED"), ("IDLE", "BUSY"),
+                       ("IDLE", "TERMINATED"), ("BUSY", "IDLE"), ("BUSY", "DRAINING"),
+                       ("BUSY", "TERMINATED"), ("DRAINING", "TERMINATED")}
+    contract_patch = {("created", "validated"), ("created", "quarantined"),
+                      ("validated", "queued"), ("queued", "applied"),
+                      ("queued", "apply_failed"), ("applied", "verified"),
+                      ("applied", "quarantined"), ("verified", "committed"),
+                      ("committed", "rolled_back"), ("apply_failed", "quarantined"),
+                      ("apply_failed", "dropped")}
+
+    def edges(machine):
+        return {(a, b) for a in machine.states for b in machine.states if machine.can(a, b)}
+    assert edges(WORKER) == contract_worker
+    assert edges(PATCH) - contract_patch == {("validated", "quarantined"),
+                                             ("quarantined", "dropped")}
+    assert contract_patch <= edges(PATCH)

@@ -22,7 +22,7 @@ _LAZY = {
     "WorkerRecord": "uet.state.contracts", "WorkerState": "uet.state.contracts",
     "PatchArtifact": "uet.state.contracts", "PatchLedgerEntry": "uet.state.contracts",
     "PatchState": "uet.state.contracts", "GateState": "uet.state.contracts",
-    "GateType": "uet.state.contracts",
+    "GateType": "uet.state.contracts", "ValidationResult": "uet.state.contracts",
 }
 
 __all__ = ["Database", "get_db", "init_db", "DEFAULT_PATH", "LATEST_VERSION", "Machine",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
@@ -101,6 +101,56 @@ class PatchLedgerEntry:
     created_at: str
     updated_at: str
     version: int
+
+    # the framework's contract (COMPONENT_CONTRACTS.md) names the validation flags
+    # validation_*_passed, booleans defaulting to False; uet keeps None for "not checked"
+    # in validated_*, and these read "checked and passed"
+    @property
+    def validation_format_passed(self) -> bool:
+        """The contract's name: the format check ran and passed (validated_format)."""
+        return self.validated_format is True
+
+    @property
+    def validation_scope_passed(self) -> bool:
+        """The contract's name: the scope check ran and passed (validated_scope)."""
+        return self.validated_scope is True
+
+    @property
+    def validation_constraints_passed(self) -> bool:
+        """The contract's name: the constraints check ran and passed
+        (validated_constraints)."""
+        return self.validated_constraints is True
+
+    @property
+    def validation_tests_passed(self) -> bool:
+        """The contract's name: the tests ran and passed (validated_tests)."""
+        return self.validated_tests is True
+
+
+@dataclass
+class ValidationResult:
+    """A patch's validation verdict, as the framework's contract has it (PatchValidator's and
+    `PatchLedger.validate`'s result): the format, scope and constraints checks, whether tests
+    ran and passed, and every error found. `is_valid`: format, scope and constraints all
+    passed (tests are the gates' business, after validation)."""
+    format_ok: bool = False
+    scope_ok: bool = False
+    constraints_ok: bool = False
+    tests_ran: bool = False
+    tests_passed: bool = False
+    validation_errors: list[str] = dataclass_field(default_factory=list)
+
+    @property
+    def is_valid(self) -> bool:
+        """Whether the patch may move on (created → validated)."""
+        return self.format_ok and self.scope_ok and self.constraints_ok
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict as a JSON-ready dict (the contract's keys)."""
+        return {"format_ok": self.format_ok, "scope_ok": self.scope_ok,
+                "constraints_ok": self.constraints_ok, "tests_ran": self.tests_ran,
+                "tests_passed": self.tests_passed,
+                "validation_errors": list(self.validation_errors)}
 
 
 def worker_from_row(row: Mapping[str, Any]) -> WorkerRecord:

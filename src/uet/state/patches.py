@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Callable
 
 from uet.errors import (ConcurrentUpdateError, ConstraintViolation, NotFoundError,
                         ValidationError)
@@ -21,8 +21,8 @@ from uet.state.events import (PATCH_ENTRY_CREATED, PATCH_ENTRY_STATE_CHANGED,
                               PATCH_ENTRY_VALIDATION_SET, PATCH_RECORDED)
 from uet.state.ids import new_ulid, utc_now
 from uet.state.machines import PATCH
-from uet.state.contracts import (PatchArtifact, PatchLedgerEntry, entry_from_row, flag,
-                              patch_from_row, state_value, text)
+from uet.state.contracts import (PatchArtifact, PatchLedgerEntry, ValidationResult,
+                                 entry_from_row, flag, patch_from_row, state_value, text)
 
 
 _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@")
@@ -77,6 +77,24 @@ def parse_unified_diff(diff: str) -> list[str]:
                               "and '@@ -l,n +l,n @@' lines (or a git diff header)",
                               field="diff")
     return list(dict.fromkeys(files))
+
+
+def check_patch_form(patch: PatchArtifact) -> ValidationResult:
+    """uet's own check of a stored patch, for `PatchLedger.validate` without a validator: a
+    unified diff naming at least one file, whose content still has its recorded sha256.
+    Scope and constraints pass: with no files_scope or policy given, nothing restricts
+    them."""
+    errors = []
+    try:
+        files = parse_unified_diff(patch.diff)
+    except ValidationError as exc:
+        files, errors = [], [f"not a unified diff: {exc}"]
+    if not files and not errors:
+        errors.append("the diff names no file")
+    if hashlib.sha256(patch.diff.encode("utf-8")).hexdigest() != patch.sha256:
+        errors.append("the diff does not match its recorded sha256")
+    return ValidationResult(format_ok=not errors, scope_ok=True, constraints_ok=True,
+                            validation_errors=errors)
 
 
 class PatchLedger:
@@ -194,6 +212,52 @@ class PatchLedger:
                                            ((k, None if v is None else bool(v))
                                             for k, v in flags.items()) if v is not None}})
         return entry_from_row(row)
+
+    def validate(self, ledger_id: str, result: ValidationResult | None = None, *,
+                 validator: Callable[[PatchArtifact], ValidationResult] | None = None
+                 ) -> ValidationResult:
+        """The contract's validation step: judge a `created` entry's patch, record the
+        verdict and move the entry on — to `validated` when `result.is_valid`, else to
+        `quarantined` with the errors as the reason — in one transaction; returns the
+        verdict.
+
+        The verdict is `result` when the caller has judged the patch already (the engine's
+        scope and policy checks), else `validator(patch)` (the contract's PatchValidator), else
+        uet's own check of the patch's form (`check_patch_form`): with no scope or policy
+        given, nothing restricts scope or constraints, as in a workstream without them. The
+        entry must still be at the version it had when the judging began: a writer that moved
+        it meanwhile makes this a ConcurrentUpdateError, with nothing recorded.
+        """
+        ledger_id = text(ledger_id, "ledger_id")
+        entry = self.get_entry(ledger_id)
+        if entry is None:
+            raise NotFoundError("patch_entry", ledger_id)
+        PATCH.check_transition(ledger_id, entry.state.value, "validated")
+        if result is None:
+            patch = self.get_patch(entry.patch_id)
+            if patch is None:  # an entry's patch is a foreign key: never absent
+                raise NotFoundError("patch", entry.patch_id)
+            result = (validator or check_patch_form)(patch)
+        if not isinstance(result, ValidationResult):
+            raise ValidationError(f"a validator returns a ValidationResult, not "
+                                  f"{type(result).__name__}", field="result")
+        with self._db.atomic():
+            self.set_validation(ledger_id, format=bool(result.format_ok),
+                                scope=bool(result.scope_ok),
+                                constraints=bool(result.constraints_ok),
+                                tests=bool(result.tests_passed) if result.tests_ran else None)
+            if result.is_valid:
+                self._change(ledger_id, "validated", "validation passed", entry.version + 1)
+            else:
+                failed = [name for name, ok in (("format", result.format_ok),
+                                                ("scope", result.scope_ok),
+                                                ("constraints", result.constraints_ok))
+                          if not ok]
+                why = "; ".join(str(e) for e in result.validation_errors) or "no reason given"
+                self._change(ledger_id, "quarantined",
+                             f"validation failed ({', '.join(failed)}): {why}",
+                             entry.version + 1)
+        return result
 
     def get_entry(self, ledger_id: str) -> PatchLedgerEntry | None:
         """The ledger entry, or None."""
