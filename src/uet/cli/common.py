@@ -11,12 +11,17 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any, Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from uet.cli.output import one_line
 from uet.errors import NotALedgerError, UetError, ValidationError
+
+if TYPE_CHECKING:  # the state package loads when a command needs it, never for --help
+    from uet.state import Database
+    from uet.state.recovery import Recovered
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 DB_HELP = ("Ledger: a SQLite file, or a postgresql:// URL (default: $UET_DATABASE, else "
@@ -29,14 +34,15 @@ DB_HELP = ("Ledger: a SQLite file, or a postgresql:// URL (default: $UET_DATABAS
 # Imported on first use: importing them loads the state package, which `uet --help` never
 # needs.
 
-def _names():
+def _names() -> ModuleType:
     from uet.state import names
     return names
 
 
 def display_name(path: str) -> str:
     """A ledger's name as shown to people: a URL without its password."""
-    return _names().display_name(path)
+    shown: str = _names().display_name(path)
+    return shown
 
 
 def peek_version(path: str) -> int | None:
@@ -46,24 +52,47 @@ def peek_version(path: str) -> int | None:
 
 
 class Context:
-    """What a command was given that is not its own: which ledger, --json, --debug."""
+    """What a command was given that is not its own: which ledger, --json, --debug; and the
+    repository's configuration file (uet.config), read when a command needs a default."""
 
     def __init__(self, db_path: str | None, as_json: bool, debug: bool) -> None:
         self.db_path, self.as_json, self.debug = db_path, as_json, debug
+        self._config: Any = None
+
+    def config(self) -> Any:
+        """The settings in effect (a uet.config.Config; read once). A broken file is a
+        ConfigError naming the file and key."""
+        if self._config is None:
+            from uet.config import load_config
+            self._config = load_config()
+        return self._config
+
+    def default(self, key: str, given: str | None, fallback: str | None = None) -> str | None:
+        """An option's value: as given, else the configuration file's, else `fallback`."""
+        if given is not None:
+            return given
+        configured: str | None = self.config().get(key)
+        return configured if configured is not None else fallback
 
     def path(self) -> str:
         """The ledger the command means, checked before anything is opened or created: a
-        SQLite file path or a PostgreSQL URL."""
+        SQLite file path or a PostgreSQL URL — --db, else $UET_DATABASE, else the
+        configuration file's `database`, else the default ledger."""
         from uet.state.locations import check_location
         names = _names()
-        path = names.resolve_path(self.db_path)
-        source = ("--db" if self.db_path is not None
-                  else f"${names.ENV_VAR}" if os.environ.get(names.ENV_VAR)
-                  else "the default ledger")
+        given, source = self.db_path, "--db"
+        if given is None:
+            if os.environ.get(names.ENV_VAR):
+                source = f"${names.ENV_VAR}"
+            else:
+                config = self.config()
+                given = config.get("database")
+                source = f"database in {config.source}" if given else "the default ledger"
+        path: str = names.resolve_path(given)
         check_location(path, source)
         return path
 
-    def open(self, *, create: bool = False, write: bool = False):
+    def open(self, *, create: bool = False, write: bool = False) -> Database:
         """The ledger: created or upgraded for commands that record; opened for writing, but
         never created, for commands that change what exists (`write`); opened read-only for
         inspection, which never creates, migrates or otherwise changes a ledger. An open
@@ -87,13 +116,14 @@ def fail(message: str, code: int) -> None:
 
 
 def command(name: str, *, epilog: str = "", json_option: bool = True,
-            **settings: Any) -> Callable[[Callable], click.Command]:
+            **settings: Any) -> Callable[[Callable[..., Any]], click.Command]:
     """A command with the options every command has (--db, --json, --debug) and one error
     policy: one line a person can act on, never a traceback (unless --debug). The command is
     registered by the group module, from its module's COMMANDS."""
-    def decorate(func: Callable) -> click.Command:
+    def decorate(func: Callable[..., Any]) -> click.Command:
         @functools.wraps(func)
-        def wrapper(db: str | None, debug: bool, as_json: bool = False, **kwargs: Any):
+        def wrapper(db: str | None, debug: bool, as_json: bool = False,
+                    **kwargs: Any) -> Any:
             ctx = Context(db, as_json, debug)
             try:
                 return func(ctx, **kwargs)
@@ -109,18 +139,20 @@ def command(name: str, *, epilog: str = "", json_option: bool = True,
                                        help="Machine-readable JSON output."))
         for param in params:
             wrapper = param(wrapper)
-        return click.command(name, epilog=epilog, **settings)(wrapper)
+        made: click.Command = click.command(  # type: ignore[no-untyped-call]  # click's
+            name, epilog=epilog, **settings)(wrapper)  # decorator factory is untyped
+        return made
     return decorate
 
 
-def finite(_ctx, param, value):
+def finite(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     """Option callback refusing NaN, which passes every range check."""
     if value is not None and value != value:
         raise click.BadParameter("must be a number", param=param)
     return value
 
 
-def reap(db) -> list:
+def reap(db: Database) -> list[Recovered]:
     """The reaper pass every uet process that writes to a ledger makes once: runs whose
     owner is gone are failed (uet.state.recovery)."""
     from uet.state.recovery import recover

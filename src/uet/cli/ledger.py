@@ -64,10 +64,16 @@ def doctor(ctx: Context) -> None:
         report = health.unopened_report(display_name(path), exc)
     else:
         report = health.report(facts)
+    config = ctx.config()
+    report["config"] = {"file": config.source, "values": dict(config.values)}
     if ctx.as_json:
         emit_json(report)
     else:
-        emit_fields("ledger", [(k, v) for k, v in report.items() if k != "row_counts"])
+        emit_fields("ledger", [(k, v) for k, v in report.items()
+                               if k not in ("row_counts", "config")])
+        emit_fields("configuration", [("file", config.source or "none found (uet.toml or "
+                                               "[tool.uet] in pyproject.toml)")]
+                    + sorted(config.values.items()))
         if "row_counts" in report:
             emit_table("rows", ["table", "rows"], sorted(report["row_counts"].items()),
                        state_column=None)
