@@ -21,8 +21,10 @@ from uet.state.events import (PATCH_ENTRY_CREATED, PATCH_ENTRY_STATE_CHANGED,
                               PATCH_ENTRY_VALIDATION_SET, PATCH_RECORDED)
 from uet.state.ids import new_ulid, utc_now
 from uet.state.machines import PATCH
+from uet.state.backends import Backend, Transaction
 from uet.state.contracts import (PatchArtifact, PatchLedgerEntry, ValidationResult,
-                                 entry_from_row, flag, patch_from_row, state_value, text)
+                                 entry_from_row, flag, patch_from_row, state_value)
+from uet.state.tables import text
 
 
 _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@")
@@ -104,7 +106,7 @@ class PatchLedger:
         self._db = db
 
     @property
-    def _backend(self):
+    def _backend(self) -> Backend:
         return self._db.backend
 
     # -- artifacts -----------------------------------------------------------------------
@@ -308,11 +310,12 @@ class PatchLedger:
     # -- internals -----------------------------------------------------------------------
 
     @staticmethod
-    def _fetch(tx, ledger_id: str) -> dict[str, Any]:
+    def _fetch(tx: Transaction, ledger_id: str) -> dict[str, Any]:
         rows = tx.rows("lock_patch_entry", (ledger_id,))
         if not rows:
             raise NotFoundError("patch_entry", ledger_id)
-        return rows[0]
+        row: dict[str, Any] = rows[0]
+        return row
 
     def _change(self, ledger_id: str, target: str, reason: object,
                 expected_version: object) -> PatchLedgerEntry:
