@@ -11,10 +11,11 @@ import threading
 import weakref
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
-from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence, overload
 
 from uet.errors import StorageError, UetError
 from uet.state import Database as _StateDatabase
+from uet.state.backends.sqlite import SQLiteBackend
 from uet.state.events import RESERVED_EVENT_TYPES
 from uet.state.instances import process_instance
 from uet.state.names import MEMORY, is_postgres_url
@@ -90,7 +91,7 @@ class ReadOnlyConnection:
         self._closed = False
         self._lock = threading.RLock()
         self._denied: list[str] = []  # what the authorizer refused during the current call
-        self.row_factory: Callable[[sqlite3.Cursor, tuple], Any] | None = sqlite3.Row
+        self.row_factory: Callable[[sqlite3.Cursor, tuple[Any, ...]], Any] | None = sqlite3.Row
         if not self._memory:
             self._conn = _open_read_only(db._compat_file, db.busy_timeout)
             self._conn.set_authorizer(self._authorize)
@@ -231,7 +232,9 @@ class ReadOnlyConnection:
                     raise error from None
             return
         self._check_open()
-        with self._db.backend.locked_connection() as conn:
+        backend = self._db.backend
+        assert isinstance(backend, SQLiteBackend)  # a memory ledger is SQLite's
+        with backend.locked_connection() as conn:
             self._denied = []
             was_query_only = conn.execute("PRAGMA query_only").fetchone()[0]
             conn.execute("PRAGMA query_only=ON")
@@ -279,7 +282,7 @@ class ReadOnlyCursor:
         self.connection = connection
         self.row_factory = connection.row_factory
         self.arraysize = 1
-        self.description: tuple | None = None
+        self.description: tuple[tuple[Any, ...], ...] | None = None
         self.rowcount = -1
         self.lastrowid: int | None = None
         self._cursor: sqlite3.Cursor | None = None  # a file ledger's, read as it is fetched
@@ -304,6 +307,7 @@ class ReadOnlyCursor:
         with self.connection._use() as conn:
             cursor = conn.cursor()
             cursor.row_factory = self.row_factory
+            kept = False  # a file ledger's cursor stays open, read as it is fetched
             try:
                 action(cursor)
                 self.description = cursor.description
@@ -313,9 +317,9 @@ class ReadOnlyCursor:
                     # the shared connection is used by other threads once the lock is free
                     self._rows, self._position = cursor.fetchall(), 0
                 else:
-                    self._cursor, cursor = cursor, None
+                    self._cursor, kept = cursor, True
             finally:
-                if cursor is not None:
+                if not kept:
                     cursor.close()
         return self
 
@@ -412,6 +416,15 @@ def same_value(name: str, current: object, given: object) -> bool:
     return type(current) is type(given) and current == given
 
 
+@overload
+def changed_only(current: Mapping[str, Any] | None,
+                 updates: Mapping[str, Any]) -> Mapping[str, Any]: ...
+
+
+@overload
+def changed_only(current: Mapping[str, Any] | None, updates: object) -> object: ...
+
+
 def changed_only(current: Mapping[str, Any] | None, updates: object) -> object:
     """`updates` without the fields whose value equals the row's current one; anything that
     is not a dict (or a row that does not exist) is passed on for the ledger to refuse."""
@@ -447,7 +460,7 @@ class Database(_StateDatabase):
     Everything else is `uet.state.Database`: the same ledger file, the same errors.
     """
 
-    def __init__(self, db_path: str | os.PathLike | None = None, **options: Any) -> None:
+    def __init__(self, db_path: str | os.PathLike[str] | None = None, **options: Any) -> None:
         self._compat_lock = threading.Lock()
         self._compat_conn: ReadOnlyConnection | None = None
         super().__init__(db_path, **options)
@@ -548,7 +561,7 @@ def _reset_locks_in_child() -> None:
 os.register_at_fork(after_in_child=_reset_locks_in_child)
 
 
-def get_db(db_path: str | os.PathLike | None = None, *, durability: str | None = None,
+def get_db(db_path: str | os.PathLike[str] | None = None, *, durability: str | None = None,
            busy_timeout: float | None = None) -> Database:
     """The process-wide compat Database for `db_path` (default: $UET_DATABASE, else
     `.ledger/framework.db`), created on first use; safe to call from many threads.
@@ -561,7 +574,7 @@ def get_db(db_path: str | os.PathLike | None = None, *, durability: str | None =
                             busy_timeout=busy_timeout)
 
 
-def init_db(db_path: str | os.PathLike | None = None, *, durability: str = "normal",
+def init_db(db_path: str | os.PathLike[str] | None = None, *, durability: str = "normal",
             busy_timeout: float | None = None) -> Database:
     """A new compat Database instance (schema created or upgraded) on every call."""
     options: dict[str, Any] = {"durability": durability}

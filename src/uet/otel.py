@@ -68,7 +68,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Mapping, TextIO
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, TextIO
 
 from uet import __version__
 from uet.errors import UetError, ValidationError
@@ -86,7 +86,8 @@ try:  # the extra uet[otel]; without it the module still loads and says what to 
     from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     MISSING_PACKAGES: ImportError | None = exc
-    ReadableSpan = Event = object  # the subclasses below stay definable
+    if not TYPE_CHECKING:  # mypy checks the classes against the installed packages
+        ReadableSpan = Event = object  # the subclasses below stay definable
 else:
     MISSING_PACKAGES = None
 
@@ -229,7 +230,7 @@ def _nanos(stamp: Any) -> int | None:
     return min(max(nanos, 0), _FIXED64_MAX)
 
 
-def _status(state: Any, ok: set, error: set, message: Any, default: str) -> Any:
+def _status(state: Any, ok: set[str], error: set[str], message: Any, default: str) -> Any:
     if state in ok:
         return Status(StatusCode.OK)
     if state in error:
@@ -290,7 +291,7 @@ class _Trace:
                            is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
 
     def add(self, name: str, context: Any, parent: Any, start: int, end: int,
-            pairs: Iterable[tuple[str, Any]], status: Any, events: list[Any] = (),
+            pairs: Iterable[tuple[str, Any]], status: Any, events: Sequence[Any] = (),
             dropped_events: int = 0) -> None:
         attributes, dropped = _attributes(pairs)
         self.spans.append(_LedgerSpan(
@@ -570,7 +571,7 @@ def export_otlp(db: Database, *, out: TextIO | None = None, endpoint: str | None
                 out.write(otlp_json(batch) + "\n")
             except OSError as exc:
                 raise OtlpExportError(f"cannot write the OTLP/JSON output: {exc}") from exc
-        else:
+        elif endpoint is not None:  # exactly one of `out` and `endpoint` is given
             result = _post(endpoint, batch.SerializeToString(), sent_headers, timeout)
             if result is not None:
                 rejected.append(result)

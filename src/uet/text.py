@@ -21,7 +21,7 @@ import json
 import math
 import re
 import sys
-from typing import Any
+from typing import Any, overload
 
 CELL_LIMIT = 200      # characters of one table cell (and of one id or name on a line)
 FIELD_LIMIT = 2_000   # characters of one value in `uet show`'s run fields and event lines
@@ -40,14 +40,14 @@ UNSAFE = re.compile(f"[\x00-\x1f{_HIDDEN}]")  # in text: the C0 controls too
 _UNSAFE_IN_JSON = re.compile(f"[{_HIDDEN}]")
 
 
-def _escape(match: re.Match) -> str:
+def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
     if code < 0x100:
         return f"\\x{code:02x}"
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-def _json_escape(match: re.Match) -> str:
+def _json_escape(match: re.Match[str]) -> str:
     code = ord(match.group())
     if code < 0x10000:
         return f"\\u{code:04x}"
@@ -141,11 +141,15 @@ def _ascii_output() -> bool:
 
 def to_json(document: Any, *, indent: int | None = None) -> str:
     """`document` as JSON text that is always valid and safe on a terminal."""
-    settings = {"indent": indent, "ensure_ascii": _ascii_output(), "default": _jsonable}
+    ascii_only = _ascii_output()
+
+    def dumps(value: Any) -> str:
+        return json.dumps(value, allow_nan=False, indent=indent, ensure_ascii=ascii_only,
+                          default=_jsonable)
     try:
-        text = json.dumps(document, allow_nan=False, **settings)
+        text = dumps(document)
     except ValueError:  # NaN or an infinity somewhere: rare, so only then walked
-        text = json.dumps(_finite(document), allow_nan=False, **settings)
+        text = dumps(_finite(document))
     return _UNSAFE_IN_JSON.sub(_json_escape, text)
 
 
@@ -169,6 +173,18 @@ def usage_line(usage: dict[str, Any]) -> str:
 def tokens(count: int | None) -> str:
     """A token count with thousands separators ("-" when not reported)."""
     return "-" if count is None else f"{count:,}"
+
+
+@overload
+def dollars(cost: float) -> str: ...
+
+
+@overload
+def dollars(cost: None) -> None: ...
+
+
+@overload
+def dollars(cost: float | None) -> str | None: ...
 
 
 def dollars(cost: float | None) -> str | None:

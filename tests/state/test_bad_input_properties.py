@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from helpers import EMPTY_POSTGRES_LEDGER
 from uet.errors import UetError
-from uet.state import GATE, PATCH, WORKER, init_db
+from uet.state import GATE, PATCH, WORKER, ValidationResult, init_db
 from uet.state.tables import RUNS, STEP_ATTEMPTS
 from uet.state.sqlfiles import load_migrations
 
@@ -224,6 +224,11 @@ PLAUSIBLE: dict[str, list] = {
     "heartbeat_interval_s": [30, 0.001], "now": [datetime(2100, 1, 1, tzinfo=timezone.utc)],
     "last_heartbeat": [None, "2026-01-01T00:00:00.000000Z"],
     "incarnation": [None, "inc-1"], "queued": [False, True],
+    # PatchLedger.validate: a verdict given, or a validator (the contract's PatchValidator)
+    "result": [None, ValidationResult(format_ok=True, scope_ok=True, constraints_ok=True),
+               ValidationResult(validation_errors=["bad"])],
+    "validator": [None, lambda patch: ValidationResult(format_ok=True, scope_ok=True,
+                                                       constraints_ok=True)],
 }
 # a legal move from where _v2_records leaves each record (w1 IDLE, entry created, LINT PENDING)
 LEGAL_MOVE = {"workers": "BUSY", "patches": "validated", "gates": "RUNNING"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import logging
 import sys
 
@@ -54,8 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     pool_log.addHandler(logging.NullHandler())
     pool_log.propagate = False
     for stream in (sys.stdout, sys.stderr):  # a character the stream cannot encode is
-        with contextlib.suppress(AttributeError, ValueError):  # escaped, not a crash
-            stream.reconfigure(errors="backslashreplace")
+        # escaped, not a crash (a stream replaced by something else is left as it is)
+        if isinstance(stream, io.TextIOWrapper):
+            with contextlib.suppress(ValueError):  # closed
+                stream.reconfigure(errors="backslashreplace")
     try:
         code = cli.main(args=argv, prog_name="uet", standalone_mode=False)
     except getattr(click.exceptions, "NoArgsIsHelpError", ()) as exc:

@@ -13,7 +13,7 @@ import click
 
 from uet.cli.common import Context, command, finite, reap
 from uet.cli.output import emit_json, emit_table, joined, one_line
-from uet.errors import UetError
+from uet.errors import NotFoundError, UetError
 
 
 @command("run",
@@ -218,7 +218,10 @@ def cancel(ctx: Context, run_id: str, wait: float) -> None:
         deadline = time.monotonic() + wait
         while run["state"] == "running" and time.monotonic() < deadline:
             time.sleep(0.1)
-            run = db.get_run(run_id)
+            found = db.get_run(run_id)
+            if found is None:  # deleted meanwhile (through the API)
+                raise NotFoundError("run", run_id)
+            run = found
     if ctx.as_json:
         emit_json(run)
     if run["state"] == "running":

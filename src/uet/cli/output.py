@@ -7,10 +7,15 @@ dashboard.
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from uet.text import (CELL_LIMIT, FIELD_LIMIT, MESSAGE_LIMIT, UNSAFE, cell, clip, joined,
                       log_text, one_line, shown, to_json)
+
+if TYPE_CHECKING:  # rich is imported only when something is drawn
+    from contextlib import AbstractContextManager
+
+    from rich.console import Console
 
 __all__ = ["CELL_LIMIT", "FIELD_LIMIT", "MESSAGE_LIMIT", "UNSAFE", "cell", "clip", "joined",
            "log_text", "one_line", "shown", "to_json", "emit_json", "emit_json_line",
@@ -28,7 +33,7 @@ def emit_json_line(document: Any) -> None:
 
 # -- tables ----------------------------------------------------------------------------
 
-def _console():
+def _console() -> Console:
     from rich.console import Console  # imported only when a table is drawn
     console = Console(highlight=False, soft_wrap=False)
     if not console.is_terminal:  # piped: plain text, rows not folded to 80 columns
@@ -85,7 +90,7 @@ def emit_renderable(renderable: Any) -> None:
     _console().print(renderable)
 
 
-def progress(message: str):
+def progress(message: str) -> AbstractContextManager[object]:
     """A spinner on stderr while long work runs, when stderr is a terminal; else nothing."""
     import contextlib
     if not sys.stderr.isatty():

@@ -8,13 +8,17 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable, NoReturn, Sequence
 
 import click
 
 from uet.cli.common import EXIT_USAGE, Context, command, display_name
 from uet.cli.output import FIELD_LIMIT, emit_invalid, emit_json, one_line, shown
 from uet.errors import NotALedgerError
+
+if TYPE_CHECKING:  # loaded by the commands that need them, never by `uet --help`
+    from uet.engine.workstream_rules import Problem
+    from uet.plan import PatchOutcome, PlanError
 
 
 @click.group("plan", epilog="\b\nExamples:\n  uet plan validate plan.json\n  uet plan apply "
@@ -112,7 +116,7 @@ def apply(ctx: Context, plan_file: str, patch_files: tuple[str, ...], output: st
     _warn_remaining(result.remaining_problems)
 
 
-def _refuse(ctx: Context, exc, plan_file: str) -> None:
+def _refuse(ctx: Context, exc: PlanError, plan_file: str) -> NoReturn:
     """A refused plan or patch: every problem, one per line (or the JSON document); exit 2,
     nothing written or recorded."""
     if ctx.as_json:
@@ -135,7 +139,7 @@ def _same_file(path: str, text: str) -> bool:
         return False
 
 
-def _say_outcomes(outcomes, *, dry_run: bool) -> None:
+def _say_outcomes(outcomes: Iterable[PatchOutcome], *, dry_run: bool) -> None:
     for o in outcomes:
         if o.status == "applied":
             verb = "would apply" if dry_run else "applied"
@@ -147,14 +151,14 @@ def _say_outcomes(outcomes, *, dry_run: bool) -> None:
         click.echo(one_line(line), err=True)
 
 
-def _warn_remaining(problems) -> None:
+def _warn_remaining(problems: Sequence[Problem]) -> None:
     if problems:
         count = len(problems)
         click.echo(f"uet: warning: the plan has {count} problem{'s' if count != 1 else ''} "
                    "it had before these patches (`uet plan validate` lists them)", err=True)
 
 
-def _problems(problems) -> list[dict[str, str]]:
+def _problems(problems: Iterable[Problem]) -> list[dict[str, str]]:
     return [{"path": p.path, "message": p.message} for p in problems]
 
 
@@ -170,12 +174,13 @@ def validate(plan_file: str, as_json: bool) -> None:
     dependencies present and without cycles, durations that add up."""
     from uet.plan import PlanError, load_plan, nodes, plan_problems
     from uet.plan.document import ulids
+    plan_doc: dict[str, Any] | None
     try:
         plan_doc = load_plan(plan_file)
         problems = plan_problems(plan_doc)
     except PlanError as exc:
         plan_doc, problems = None, exc.problems
-    if problems:
+    if problems or plan_doc is None:
         emit_invalid(plan_file, "plan", problems, as_json)
         sys.exit(EXIT_USAGE)
     counts = {"phases": 0, "workstreams": 0, "tasks": 0}
@@ -219,7 +224,8 @@ def _tree_document(plan_doc: dict[str, Any], only_phase: str | None) -> dict[str
     from uet.errors import ValidationError
     from uet.plan import nodes
     from uet.plan.document import HOURS, dependencies
-    meta = plan_doc.get("meta") if isinstance(plan_doc.get("meta"), dict) else {}
+    meta_value = plan_doc.get("meta")
+    meta: dict[str, Any] = meta_value if isinstance(meta_value, dict) else {}
     phases: dict[str, dict[str, Any]] = {}
     workstreams: dict[str, dict[str, Any]] = {}
 

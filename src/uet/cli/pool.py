@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from uet.cli.common import Context, command, finite
 from uet.cli.output import emit_json, one_line
+
+if TYPE_CHECKING:  # not loaded by `uet --help`
+    from uet.state.db import Database
 
 EXIT_FAILED, EXIT_CANCELED = 1, 130
 
@@ -63,7 +66,7 @@ def submit(ctx: Context, workstream_file: str, repo: str | None, priority: int,
     sys.exit({"succeeded": 0, "canceled": EXIT_CANCELED}.get(final["state"], EXIT_FAILED))
 
 
-def _follow(db: Any, run_id: str) -> dict[str, Any]:
+def _follow(db: Database, run_id: str) -> dict[str, Any]:
     """Print the run's progress until it ends; the run as it ended."""
     from uet.engine.pool import FINISHED
     try:

@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Callable
 
 import click
 
 from uet.cli.common import Context, command
 from uet.cli.output import emit_json, emit_table, one_line
+
+if TYPE_CHECKING:  # not loaded by `uet --help`
+    from rich.progress import Progress, TaskID
+
+    from uet.state.retention import GcResult
 
 # uet.state.retention.TABLES, in the order a person reads them (the run first); spelled out
 # so that `uet --help` does not load the state package (tests/test_cli_gc.py checks them)
@@ -80,7 +85,10 @@ class _bar:
     """A progress bar on stderr while gc runs, when stderr is a terminal (else the context
     yields None: no callback, and gc does not count what it will examine)."""
 
-    def __enter__(self):
+    _progress: Progress | None
+    _task: TaskID
+
+    def __enter__(self) -> Callable[[GcResult], None] | None:
         if not sys.stderr.isatty():
             self._progress = None
             return None
@@ -94,7 +102,8 @@ class _bar:
         self._task = self._progress.add_task("gc: examining runs", total=None)
         return self.update
 
-    def update(self, result: Any) -> None:
+    def update(self, result: GcResult) -> None:
+        assert self._progress is not None  # handed out only with a bar
         verb = "counted" if result.dry_run else "deleted"
         self._progress.update(self._task, total=result.to_examine,
                               completed=result.examined,
@@ -105,7 +114,7 @@ class _bar:
             self._progress.stop()
 
 
-def _report(result: Any) -> None:
+def _report(result: GcResult) -> None:
     verb = "would remove" if result.dry_run else "removed"
     states = ", ".join(result.states)
     project = f" of project {result.project_id}" if result.project_id else ""

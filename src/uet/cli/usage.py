@@ -4,6 +4,8 @@ printed)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from uet.cli.common import Context, command
@@ -58,7 +60,7 @@ def usage(ctx: Context, project: str | None, phase: str | None, workstream: str 
                state_column=None)
 
 
-def _cells(row: dict) -> list:
+def _cells(row: dict[str, Any]) -> list[str | None]:
     return [row["key"], f"{row['attempts']:,}", tokens(row["input_tokens"]),
             tokens(row["output_tokens"]), dollars(row["cost_usd"])]
 

@@ -71,8 +71,12 @@ class EventBus:
         `gate.output`); the ledger's own types are refused, as `create_event` refuses them."""
         event_id = self._db.create_event({"run_id": run_id, "event_type": event_type,
                                           "data": dict(data or {})})
-        self._db.on_commit(self.dispatch)
+        self._db.on_commit(self._dispatch_committed)
         return event_id
+
+    def _dispatch_committed(self) -> None:
+        # an on_commit callback returns nothing: the count is for `dispatch`'s own callers
+        self.dispatch()
 
     def dispatch(self) -> int:
         """Deliver every event committed since the last delivery, in `seq` order; returns how

@@ -38,7 +38,7 @@ from uet.engine.bus import EventBus
 from uet.engine.policy import judge_change
 from uet.engine.usage import read_usage
 from uet.engine.workstream import Gate, Task, Workstream, render_template
-from uet.errors import StaleWorkerError, UetError, ValidationError
+from uet.errors import NotFoundError, StaleWorkerError, UetError, ValidationError
 from uet.state.db import Database
 from uet.state.gates import GateLedger
 from uet.state.ids import new_ulid
@@ -168,7 +168,7 @@ def run_process(argv: list[str], *, cwd: str, env: Mapping[str, str], timeout: f
     return result
 
 
-def _stop_group(child: subprocess.Popen) -> None:
+def _stop_group(child: subprocess.Popen[bytes]) -> None:
     for sig, grace in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(child.pid, sig)
@@ -346,10 +346,9 @@ class Orchestrator:
         self.scratch = tempfile.mkdtemp(prefix=f"uet-{self.run_id}-")
         error = None
         try:
-            self.repo.create_branch(self.branch, self.base, resume=self._resuming)
-            # the branch moves only by this run's commits (one at a time): tracked here
-            # rather than read back from git before every attempt
-            self._head = self.repo.branch_head(self.branch)
+            # the branch moves only by this run's commits (one at a time): its head is
+            # tracked here rather than read back from git before every attempt
+            self._head = self.repo.create_branch(self.branch, self.base, resume=self._resuming)
             self._head_tree = self.repo.resolve_tree(self._head)
             # an earlier owner's worktrees go (a crashed one's, or a paused one's that was
             # reaped: it finds them gone, and its ledger writes are fenced off); ours are
@@ -370,6 +369,14 @@ class Orchestrator:
                 self._quietly(self.repo.remove_worktree, self.integration.path)
             _remove_tree(self.scratch)
         return self._finish(error)
+
+    def _run_row(self) -> dict[str, Any]:
+        """The run as the ledger has it now: there as long as this process drives it
+        (NotFoundError should someone delete it meanwhile)."""
+        run = self.db.get_run(self.run_id)
+        if run is None:
+            raise NotFoundError("run", self.run_id)
+        return run
 
     def _worktree_name(self, what: str) -> str:
         return f"{self.run_id}-{self.owner.incarnation[-6:].lower()}-{what}"
@@ -399,7 +406,7 @@ class Orchestrator:
         for outcome in self.outcomes.values():
             if outcome.outcome == "pending":
                 outcome.outcome = "canceled" if state == "canceled" else "skipped"
-        run = self.db.get_run(self.run_id)
+        run = self._run_row()
         if run["state"] == "running" and run["worker_id"] == self.owner.worker_id:
             try:
                 self.db.transition_run(self.run_id, state, exit_code=0 if state == "succeeded"
@@ -438,21 +445,26 @@ class Orchestrator:
         for outcome in self.outcomes.values():
             if outcome.outcome != "verified":
                 continue
-            patch = self.patches.get_patch(outcome.patch_id)
+            # reconcile gives a verified task the entry and the patch it found verified
+            patch_id, ledger_id = outcome.patch_id, outcome.ledger_id
+            assert patch_id is not None and ledger_id is not None, outcome
+            patch = self.patches.get_patch(patch_id)
+            if patch is None:
+                raise NotFoundError("patch", patch_id)
             task = self.ws.task(outcome.task_id)
             git.apply_patch(integration.path, patch.diff)
             sha, tree = git.commit_index(
                 integration.path, f"{task.name or task.task_id}\n\nuet: workstream "
                 f"{self.ws.workstream_id}, task {task.task_id}, run {self.run_id} (committed "
-                "when the run was resumed)", outcome.ledger_id, parent=self._head,
+                "when the run was resumed)", ledger_id, parent=self._head,
                 parent_tree=self._head_tree, move=False)
             with self.db.atomic():  # fenced: a reaped owner never moves the branch
-                self._advance(integration, sha, tree, outcome.ledger_id)
-                self.patches.transition_state(outcome.ledger_id, "committed",
+                self._advance(integration, sha, tree, ledger_id)
+                self.patches.transition_state(ledger_id, "committed",
                                               f"commit {sha} (when the run was resumed)")
                 self.bus.publish("task.finished", {
                     "task_id": task.task_id, "outcome": "committed", "commit": sha,
-                    "ledger_id": outcome.ledger_id}, run_id=self.run_id)
+                    "ledger_id": ledger_id}, run_id=self.run_id)
             outcome.outcome, outcome.commit = "committed", sha
             self.out(f"task {task.task_id} committed {sha[:12]} (verified before the stop)")
 
@@ -472,7 +484,7 @@ class Orchestrator:
         whose dependency did not succeed is skipped."""
         waiting = [t for t in self.ws.ordered_tasks()
                    if self.outcomes[t.task_id].outcome == "pending"]
-        running: dict[Future, Task] = {}
+        running: dict[Future[None], Task] = {}
         with ThreadPoolExecutor(max_workers=self.parallel,
                                 thread_name_prefix="uet-task") as pool:
             while waiting or running:
@@ -572,7 +584,8 @@ class Orchestrator:
             f.write(feedback)
         return files
 
-    def _work(self, task, outcome, step_id, worktree, values, files) -> tuple[bool, str, bool]:
+    def _work(self, task: Task, outcome: TaskOutcome, step_id: str, worktree: git.Worktree,
+              values: dict[str, str], files: dict[str, str]) -> tuple[bool, str, bool]:
         """Run the tool and take its change through the flow; (done, feedback, failed)."""
         tool = self.ws.tools[task.tool]
         argv = [render_template(arg, values) for arg in tool.command]
@@ -615,6 +628,7 @@ class Orchestrator:
             self.out(f"task {task.task_id}: {why}")
             outcome.reason = why
             return False, result.output(), True
+        assert worktree.head is not None  # an attempt's worktree is made at a commit
         change = git.capture_change(worktree.path, worktree.head)
         if change.is_empty:
             if task.allow_empty:
@@ -641,6 +655,7 @@ class Orchestrator:
             ok, why, feedback, (sha, tree) = self._merge(task, step_id, entry.ledger_id,
                                                          change, values)
             if ok:  # the branch moves with the ledger's record of it, fenced
+                assert self.integration is not None  # _merge needed it too
                 with self.db.atomic():
                     self._advance(self.integration, sha, tree, entry.ledger_id)
                     self.patches.transition_state(entry.ledger_id, "committed",
@@ -758,7 +773,10 @@ class Orchestrator:
         passed: list[tuple[Gate, str, _Process]] = []
         for gate in self.ws.gates_for(task.task_id):
             gate_id = ids[gate.name]
-            if self.gates.get_gate(gate_id)["state"] != "PENDING":
+            row = self.gates.get_gate(gate_id)
+            if row is None:  # defined by this attempt: gone only with a deleted run
+                raise NotFoundError("gate", gate_id)
+            if row["state"] != "PENDING":
                 continue  # BLOCKED by a dependency that failed
             with self.db.atomic():
                 self._record_gates(passed)

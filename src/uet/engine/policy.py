@@ -129,7 +129,7 @@ class Violation:
             raise ValidationError(f"violation kind {self.kind!r} is not one of "
                                   f"{', '.join(VIOLATION_KINDS)}", field="kind")
 
-    def _sort_key(self) -> tuple:
+    def _sort_key(self) -> tuple[int, str, str]:
         # the most serious kind first, so that the few messages the one-line reason quotes
         # are the ones that matter most; within a kind, by path
         return (_KIND_RANK[self.kind], self.path or "", self.message)
@@ -203,7 +203,7 @@ _GLOB_FLAGS = glob.GLOBSTAR | glob.DOTGLOB | glob.FORCEUNIX
 
 
 @functools.lru_cache(maxsize=1024)
-def _matcher(pattern: str) -> glob.WcMatcher:
+def _matcher(pattern: str) -> glob.WcMatcher[str]:
     # gitignore's two conveniences: a leading `/` anchors (ours all are anchored anyway) and a
     # trailing `/` names a folder, meaning everything under it
     normalised = pattern.lstrip("/")
@@ -256,12 +256,18 @@ _NEW = "new"             # the file exists only after the change: create
 _SOURCE = "source"       # the source of a copy: only read, so only its safety is judged
 
 
+def _old_path(change: FileChange) -> str:
+    # a renamed or copied FileChange has its old path: the record refuses to exist without one
+    assert change.old_path is not None, change
+    return change.old_path
+
+
 def _roles(change: FileChange) -> list[tuple[str, str]]:
     if change.status == RENAMED:
         # a rename deletes its old path and creates its new one
-        return [(change.old_path, _EXISTING), (change.path, _NEW)]
+        return [(_old_path(change), _EXISTING), (change.path, _NEW)]
     if change.status == COPIED:
-        return [(change.old_path, _SOURCE), (change.path, _NEW)]
+        return [(_old_path(change), _SOURCE), (change.path, _NEW)]
     if change.status == ADDED:
         return [(change.path, _NEW)]
     return [(change.path, _EXISTING)]  # modified (content or mode), deleted, type_changed
@@ -290,9 +296,9 @@ def _not_creatable_message(path: str, change: FileChange, create: tuple[str, ...
     where = (f"outside the task's files_scope.create ({_show_globs(create)})" if create
              else "outside the task's files_scope.create, which is empty")
     if change.status == RENAMED:
-        return f"{_show(path)} is a new file (renamed from {_show(change.old_path)}) {where}"
+        return f"{_show(path)} is a new file (renamed from {_show(_old_path(change))}) {where}"
     if change.status == COPIED:
-        return f"{_show(path)} is a new file (copied from {_show(change.old_path)}) {where}"
+        return f"{_show(path)} is a new file (copied from {_show(_old_path(change))}) {where}"
     return f"{_show(path)} is a new file {where}"
 
 

@@ -123,7 +123,7 @@ class WorkerPool:
         self.db_path, self.worker_type, self.worker_id = db_path, worker_type, worker_id
         self.concurrency, self.heartbeat_s, self.once = concurrency, heartbeat_s, once
         self.poll_s, self.parallel, self.keep_failed = poll_s, parallel, keep_failed
-        self.db_options = {} if busy_timeout is None else {"busy_timeout": busy_timeout}
+        self.busy_timeout = busy_timeout  # None: the ledger's default
         self.out = out or (lambda line: None)
         self.report = PoolReport()
         self._drain = threading.Event()
@@ -170,7 +170,7 @@ class WorkerPool:
         return with_stop_signals(on_signal, self._run)
 
     def _run(self) -> PoolReport:
-        with Database(self.db_path, **self.db_options) as db:
+        with self._open_db() as db:
             self._reap(db)
             threads = [threading.Thread(target=self._slot, args=(k,), name=f"uet-slot-{k}",
                                         daemon=True) for k in range(self.concurrency)]
@@ -186,6 +186,12 @@ class WorkerPool:
                 if self._drain.is_set():
                     self._mark_draining(db, marked)
         return self.report
+
+    def _open_db(self) -> Database:
+        """A connection of its own to the ledger (the process's, and each slot's)."""
+        if self.busy_timeout is None:
+            return Database(self.db_path)
+        return Database(self.db_path, busy_timeout=self.busy_timeout)
 
     def _reap(self, db: Database) -> None:
         """One reaper pass: the runs of lost owners re-queued or failed."""
@@ -232,7 +238,7 @@ class WorkerPool:
 
     def _slot(self, k: int) -> None:
         try:
-            db = Database(self.db_path, **self.db_options)
+            db = self._open_db()
         except UetError as exc:
             self.out(f"slot {k + 1} cannot open the ledger: {exc}")
             self._failed(exc)

@@ -57,7 +57,7 @@ def resume_run(db: Database, run_id: str, *, parallel: int = 1, keep_failed: boo
     # reconciled before the re-drive, so that a refusal leaves the run as it was
     ws, branch, base, done = _reconciled(db, run)
     for outcome in done.values():
-        if outcome.outcome == "committed":
+        if outcome.outcome == "committed" and outcome.commit is not None:  # always has one
             say(f"task {outcome.task_id} already committed ({outcome.commit[:12]})")
     orchestrator = Orchestrator(db, ws, parallel=parallel, keep_failed=keep_failed,
                                 heartbeat_s=heartbeat_s, out=out)
@@ -170,7 +170,8 @@ def reconcile(db: Database, run_id: str, ws: Workstream, repo: git.Repository, b
     for patch in patches.history_of_run(run_id):
         task = by_sequence.get(patch["sequence"])
         for entry in patch["entries"]:
-            sha = (on_branch.get(entry["ledger_id"]) or [None])[0]
+            shas = on_branch.get(entry["ledger_id"])
+            sha = shas[0] if shas else None
             if sha is not None:
                 if entry["state"] != "committed":
                     _settle_committed(patches, entry["ledger_id"], entry["state"], sha)

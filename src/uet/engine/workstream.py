@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from types import MappingProxyType
-from typing import Any, Iterable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping
 
 from uet.engine.policy import FileScope, Policy
 from uet.errors import ValidationError
@@ -32,10 +32,13 @@ from uet.engine.workstream_rules import (  # noqa: F401 - names of the workstrea
     TOOL_PLACEHOLDERS, Problem, cross_field_problems, doc_path, glob_problem, quoted,
     ref_name_problem, render_template, template_problems)
 
+if TYPE_CHECKING:  # imported where used: loading jsonschema takes a while
+    from jsonschema import Draft202012Validator
+
 MAX_FILE_BYTES = 1 << 20   # 1 MiB: a workstream is a few kilobytes; more is a mistake or an attack
 MAX_VALUES = 100_000       # values after YAML aliases are expanded (a "billion laughs" stops here)
 MAX_DEPTH = 32             # the format needs 6 levels; deeper is not a workstream
-FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
+FORMATS: dict[str, Format] = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 
 DEFAULT_ID = "default"
 DEFAULT_BASE = "HEAD"
@@ -177,9 +180,9 @@ class WorkstreamError(ValidationError):
 Format = Literal["yaml", "json"]
 
 
-def load_workstream(path: str | os.PathLike, *, project_id: str | None = None,
-                    phase_id: str | None = None, repo: str | os.PathLike | None = None,
-                    base_dir: str | os.PathLike | None = None) -> Workstream:
+def load_workstream(path: str | os.PathLike[str], *, project_id: str | None = None,
+                    phase_id: str | None = None, repo: str | os.PathLike[str] | None = None,
+                    base_dir: str | os.PathLike[str] | None = None) -> Workstream:
     """The workstream in the file at `path` (.yaml/.yml or .json), validated, defaults
     applied. `project_id` / `phase_id` (the CLI's --project / --phase) are used when the
     file names none; `repo` (--repo) replaces the file's; the file's `repo` is relative to
@@ -199,8 +202,8 @@ def load_workstream(path: str | os.PathLike, *, project_id: str | None = None,
 
 
 def parse_workstream(content: bytes | str, *, format: Format, project_id: str | None = None,
-                     phase_id: str | None = None, repo: str | os.PathLike | None = None,
-                     base_dir: str | os.PathLike | None = None,
+                     phase_id: str | None = None, repo: str | os.PathLike[str] | None = None,
+                     base_dir: str | os.PathLike[str] | None = None,
                      source: str | None = None) -> Workstream:
     """The workstream in `content` (a file's bytes, or its text), in `format` ("yaml" or
     "json"): as load_workstream, with `base_dir` (default: the current folder) the folder
@@ -269,7 +272,7 @@ def _read_file(source: str) -> bytes:
     return content
 
 
-class _Mapping(dict):
+class _Mapping(dict[str, Any]):
     """A parsed mapping that remembers its duplicate keys (the parsers keep the last value
     silently; a repeated key is almost always a mistake, so it is a problem here)."""
     duplicates: list[tuple[str, str]]  # (key, where)
@@ -305,7 +308,7 @@ def _yaml_loader() -> type:
     merge_tag = "tag:yaml.org,2002:merge"
 
     class Loader(base):  # type: ignore[misc, valid-type]
-        def construct_checked_map(self, node):
+        def construct_checked_map(self, node: yaml.MappingNode) -> Iterator[_Mapping]:
             mapping = _Mapping()
             mapping.duplicates = []
             yield mapping
@@ -404,9 +407,9 @@ def _plain(data: Any) -> tuple[Any, list[Problem], bool]:
                        f"not {_kind(data)}")
         return None, [Problem("", message)], False
     problems: list[Problem] = []
-    holder: dict = {}
+    holder: dict[str, Any] = {}
     # (value, its path, the container its copy goes into, the key or index there)
-    stack: list[tuple[Any, tuple, Any, Any]] = [(data, (), holder, "root")]
+    stack: list[tuple[Any, tuple[str | int, ...], Any, Any]] = [(data, (), holder, "root")]
     count = 0
     while stack:
         value, path, parent, slot = stack.pop()
@@ -458,7 +461,7 @@ def _plain(data: Any) -> tuple[Any, list[Problem], bool]:
 
 def _sorted(problems: Iterable[Problem]) -> list[Problem]:
     """Unique problems in path order, `tasks[10]` after `tasks[2]`."""
-    def key(problem: Problem):
+    def key(problem: Problem) -> tuple[list[tuple[int, int, str]], str]:
         steps = re.findall(r"\[(\d+)\]|\[(\"(?:[^\"\\]|\\.)*\")\]|([^.\[\]]+)", problem.path)
         return ([(0, int(n), "") if n else (1, 0, q or name) for n, q, name in steps],
                 problem.message)
@@ -468,15 +471,16 @@ def _sorted(problems: Iterable[Problem]) -> list[Problem]:
 # -- the schema ---------------------------------------------------------------------------
 
 @lru_cache(maxsize=1)
-def workstream_schema() -> dict:
+def workstream_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a workstream file, as shipped in the package."""
     text = resources.files("uet.engine").joinpath("schemas/workstream.schema.json").read_text(
         encoding="utf-8")
-    return json.loads(text)
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
 @lru_cache(maxsize=1)
-def _validator():
+def _validator() -> Draft202012Validator:
     from jsonschema import Draft202012Validator
     return Draft202012Validator(workstream_schema())
 
@@ -488,7 +492,7 @@ _PATTERN_WORDS = {"^[A-Za-z_][A-Za-z0-9_]*$": "must be a name of letters, digits
                                               "not starting with a digit"}
 
 
-def _schema_problems(data: dict) -> list[Problem]:
+def _schema_problems(data: dict[str, Any]) -> list[Problem]:
     """Every problem the JSON Schema finds, in words a person can act on, each at the path
     of what is wrong (a missing or unknown key at the key's own path)."""
     problems = []
@@ -522,7 +526,7 @@ def _unknown_key(key: str, allowed: list[str]) -> str:
     return f"unknown key{hint} (allowed here: {', '.join(allowed)})"
 
 
-def _rule_message(rule: str, expected: Any, value: Any, schema: dict) -> str:
+def _rule_message(rule: str, expected: Any, value: Any, schema: Mapping[str, Any] | bool) -> str:
     if rule == "type":
         return f"must be {_TYPE_WORDS.get(expected, expected)}, not {_kind(value)}"
     if rule in ("minLength", "minItems", "minProperties") and expected == 1:
@@ -565,7 +569,7 @@ def _caller_problems(**given: str | None) -> list[Problem]:
 
 # -- building the records -----------------------------------------------------------------
 
-def _scope(value: dict | None) -> FileScope | None:
+def _scope(value: dict[str, Any] | None) -> FileScope | None:
     if value is None:
         return None  # no files_scope at all: not the same as one with empty lists
     return FileScope(modify=tuple(value.get("modify", ())),
@@ -601,7 +605,7 @@ def dependency_order(items: list[tuple[str, tuple[str, ...]]]) -> tuple[str, ...
     return tuple(order)
 
 
-def _build(data: dict, *, content: bytes, fmt: str, source: str | None,
+def _build(data: dict[str, Any], *, content: bytes, fmt: str, source: str | None,
            project_id: str | None, phase_id: str | None, repo: Any,
            base_dir: str) -> Workstream:
     tools = {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from uet.state.tables import json_path
 
@@ -32,6 +32,11 @@ class Problem(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+
+# where a problem is, as steps into the document (("tasks", 2, "tool")), and what
+Steps = tuple[str | int, ...]
+AddProblem = Callable[[Steps, str], None]
 
 
 def doc_path(steps: Iterable[str | int]) -> str:
@@ -110,13 +115,17 @@ def render_template(template: str, values: Mapping[str, str]) -> str:
 
 # -- the rules a schema cannot express -----------------------------------------------------
 
-def cross_field_problems(data: dict) -> list[Problem]:
+def cross_field_problems(data: dict[str, Any]) -> list[Problem]:
     """References, uniqueness, cycles, the tasks gates judge, placeholders, globs, the
     branch name. Written to work on a document the schema refused too, so that every
     problem is listed at once."""
     problems: list[Problem] = []
-    add = lambda path, message: problems.append(Problem(doc_path(path), message))  # noqa: E731
-    tools = data.get("tools") if isinstance(data.get("tools"), dict) else {}
+
+    def add(path: Steps, message: str) -> None:
+        problems.append(Problem(doc_path(path), message))
+
+    tools_value = data.get("tools")
+    tools: dict[str, Any] = tools_value if isinstance(tools_value, dict) else {}
     tasks = _items(data.get("tasks"))
     gates = _items(data.get("gates"))
 
@@ -165,14 +174,15 @@ def cross_field_problems(data: dict) -> list[Problem]:
     return problems
 
 
-def _items(value: Any) -> list[tuple[int, dict]]:
+def _items(value: Any) -> list[tuple[int, dict[str, Any]]]:
     """(index, item) of the mappings of a list (anything else: the schema reports it)."""
     if not isinstance(value, list):
         return []
     return [(i, item) for i, item in enumerate(value) if isinstance(item, dict)]
 
 
-def _unique_ids(items: list[tuple[int, dict]], key: str, where: str, add) -> dict[str, int]:
+def _unique_ids(items: list[tuple[int, dict[str, Any]]], key: str, where: str,
+                add: AddProblem) -> dict[str, int]:
     """id -> index of its first item; a repeated id is a problem at the repeat."""
     first: dict[str, int] = {}
     for index, item in items:
@@ -187,7 +197,8 @@ def _unique_ids(items: list[tuple[int, dict]], key: str, where: str, add) -> dic
     return first
 
 
-def _check_command(command: Any, path: tuple, allowed: tuple[str, ...], add) -> None:
+def _check_command(command: Any, path: Steps, allowed: tuple[str, ...],
+                   add: AddProblem) -> None:
     if isinstance(command, list):
         for position, argument in enumerate(command):
             if isinstance(argument, str):
@@ -195,8 +206,8 @@ def _check_command(command: Any, path: tuple, allowed: tuple[str, ...], add) -> 
                     add((*path, position), message)
 
 
-def _check_dependencies(items: list[tuple[int, dict]], key: str, where: str,
-                        known: dict[str, int], noun: str, add) -> None:
+def _check_dependencies(items: list[tuple[int, dict[str, Any]]], key: str, where: str,
+                        known: dict[str, int], noun: str, add: AddProblem) -> None:
     """depends_on names items of the same list, and the dependencies have no cycle."""
     graph: dict[str, list[str]] = {}
     for index, item in items:
@@ -222,8 +233,8 @@ def _check_dependencies(items: list[tuple[int, dict]], key: str, where: str,
             f"dependency cycle: {' -> '.join(cycle + [cycle[0]])}")
 
 
-def _check_gate_tasks(gates: list[tuple[int, dict]], task_ids: dict[str, int],
-                      gate_names: dict[str, int], add) -> None:
+def _check_gate_tasks(gates: list[tuple[int, dict[str, Any]]], task_ids: dict[str, int],
+                      gate_names: dict[str, int], add: AddProblem) -> None:
     """A gate's `tasks` are tasks of this workstream, and a gate depends only on gates that
     judge every task it judges. The orchestrator defines for a patch only the gates that
     judge its task, and a gate runs only once its dependencies passed on that same patch: a
@@ -279,9 +290,10 @@ def _cycles(graph: dict[str, list[str]], order: dict[str, int]) -> list[list[str
     low: dict[str, int] = {}
     on_stack: set[str] = set()
     stack: list[str] = []
-    components = []
+    components: list[set[str]] = []
     counter = 0
-    for start in sorted(graph, key=order.get):
+    # every node of the graph is a known id, so has its place in `order`
+    for start in sorted(graph, key=order.__getitem__):
         if start in index_of:
             continue
         work = [(start, iter(graph[start]))]
@@ -309,18 +321,18 @@ def _cycles(graph: dict[str, list[str]], order: dict[str, int]) -> list[list[str
                     parent = work[-1][0]
                     low[parent] = min(low[parent], low[node])
                 if low[node] == index_of[node]:
-                    component = []
+                    members = []
                     while True:
                         member = stack.pop()
                         on_stack.discard(member)
-                        component.append(member)
+                        members.append(member)
                         if member == node:
                             break
-                    if len(component) > 1:
-                        components.append(set(component))
+                    if len(members) > 1:
+                        components.append(set(members))
     cycles = []
     for component in components:
-        first = min(component, key=order.get)
+        first = min(component, key=order.__getitem__)
         cycles.append(_cycle_through(first, component, graph, order))
     return sorted(cycles, key=lambda c: order[c[0]])
 
@@ -333,7 +345,7 @@ def _cycle_through(start: str, component: set[str], graph: dict[str, list[str]],
     while frontier:
         following = []
         for node in frontier:
-            for child in sorted(graph[node], key=order.get):
+            for child in sorted(graph[node], key=order.__getitem__):
                 if child not in component:
                     continue
                 if child == start:
@@ -348,13 +360,13 @@ def _cycle_through(start: str, component: set[str], graph: dict[str, list[str]],
     return [start]  # not reached: a component of two or more members has a cycle
 
 
-def _check_scope(scope: Any, path: tuple, add) -> None:
+def _check_scope(scope: Any, path: Steps, add: AddProblem) -> None:
     if isinstance(scope, dict):
         for kind in ("modify", "create", "read_only"):
             _check_globs(scope.get(kind), (*path, kind), add)
 
 
-def _check_globs(globs: Any, path: tuple, add) -> None:
+def _check_globs(globs: Any, path: Steps, add: AddProblem) -> None:
     if not isinstance(globs, list):
         return
     for position, pattern in enumerate(globs):
@@ -419,7 +431,7 @@ def ref_name_problem(name: str) -> str | None:
     return None
 
 
-def _check_branch(data: dict, add) -> None:
+def _check_branch(data: dict[str, Any], add: AddProblem) -> None:
     branch = data.get("branch", DEFAULT_BRANCH)
     if not isinstance(branch, str) or not branch:
         return

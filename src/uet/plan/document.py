@@ -19,10 +19,13 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, TypeGuard
 
 from uet.engine.workstream_rules import Problem
 from uet.errors import ValidationError
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 MAX_PLAN_BYTES = 64 << 20   # the framework's full plan is ~130 KB; 64 MiB is not a plan
 # Crockford base 32 without I, L, O, U; the first character holds the top 3 of 48 time bits
@@ -52,7 +55,7 @@ class PlanError(ValidationError):
 
 # -- reading and writing ------------------------------------------------------------------
 
-def read_json(path: str | os.PathLike, *, what: str) -> Any:
+def read_json(path: str | os.PathLike[str], *, what: str) -> Any:
     """The JSON document in the file at `path`, strictly: UTF-8, no duplicate keys (JSON
     allows them and keeps the last, which hides an edit), no NaN or Infinity (not JSON),
     bounded in size and depth. Raises PlanError with one problem otherwise."""
@@ -118,7 +121,7 @@ class _NotJson(ValueError):
     pass
 
 
-def load_plan(path: str | os.PathLike) -> dict[str, Any]:
+def load_plan(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The plan in the JSON file at `path` (an object; key order kept). Only reading: the
     plan's problems are `plan_problems`'."""
     plan = read_json(path, what="plan")
@@ -133,7 +136,7 @@ def dump_plan(plan: Any) -> str:
     return json.dumps(plan, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def write_atomically(path: str | os.PathLike, text: str) -> None:
+def write_atomically(path: str | os.PathLike[str], text: str) -> None:
     """Write `text` to `path` so that a reader (or a crash) sees the old file or the new one,
     never a part: a temporary file beside it, flushed to disk, renamed over it. An existing
     file's permissions are kept."""
@@ -249,11 +252,12 @@ def plan_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a plan, as shipped in the package."""
     text = resources.files("uet.plan").joinpath("schemas/plan.schema.json").read_text(
         encoding="utf-8")
-    return json.loads(text)
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
 @lru_cache(maxsize=1)
-def _validator():
+def _validator() -> Draft202012Validator:
     from jsonschema import Draft202012Validator
     return Draft202012Validator(plan_schema())
 
@@ -478,8 +482,8 @@ def _sum_problem(path: str, holder: dict[str, Any], parts: list[Node],
     total = holder.get(HOURS)
     if not parts or not _hours(total):
         return []
-    hours = [part.value.get(HOURS) for part in parts]
-    if not all(_hours(h) for h in hours):
+    hours = [h for h in (part.value.get(HOURS) for part in parts) if _hours(h)]
+    if len(hours) != len(parts):
         return []
     added = math.fsum(hours)
     if abs(added - total) <= HOURS_TOLERANCE * max(1.0, abs(total)):
@@ -489,6 +493,6 @@ def _sum_problem(path: str, holder: dict[str, Any], parts: list[Node],
                                        f"({listed})")]
 
 
-def _hours(value: Any) -> bool:
+def _hours(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) \
         and math.isfinite(value)

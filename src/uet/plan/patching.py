@@ -25,7 +25,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import jsonpatch
 import jsonpointer
@@ -88,7 +88,7 @@ class ApplyResult:
 
 # -- reading patches ----------------------------------------------------------------------
 
-def load_patch(path: str | os.PathLike) -> Patch:
+def load_patch(path: str | os.PathLike[str]) -> Patch:
     """The patch in the JSON file at `path` (see parse_patch); its id defaults to the file's
     name without `.json`."""
     source = os.fspath(path)
@@ -276,7 +276,7 @@ def _shown(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def _records(doc: dict[str, Any], refuse) -> dict[str, Any]:
+def _records(doc: dict[str, Any], refuse: Callable[[str], PlanError]) -> dict[str, Any]:
     meta = doc.get("meta")
     if not isinstance(meta, dict):
         raise refuse("the plan has no /meta object to record the patch in")

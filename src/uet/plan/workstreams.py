@@ -44,7 +44,7 @@ from typing import Any, Iterable
 from uet.engine.workstream import Workstream, WorkstreamError, parse_workstream
 from uet.engine.workstream_rules import Problem
 from uet.plan.document import (
-    PlanError, dependencies, kind_of, nodes, plan_problems, pointer)
+    Node, PlanError, dependencies, kind_of, nodes, plan_problems, pointer)
 
 FILE_SCOPE_KINDS = ("create", "modify", "read_only")
 POWERSHELL_TESTS = ("powershell", "pwsh")
@@ -138,9 +138,11 @@ def plan_workstream(plan: dict[str, Any], workstream_id: str, *, plan_path: str,
 def _project(meta: dict[str, Any]) -> str:
     project = meta.get("project")
     if isinstance(project, dict) and isinstance(project.get("project_id"), str):
-        return project["project_id"]
-    if isinstance(meta.get("plan_id"), str):
-        return meta["plan_id"]
+        project_id: str = project["project_id"]
+        return project_id
+    plan_id = meta.get("plan_id")
+    if isinstance(plan_id, str):
+        return plan_id
     return "default"
 
 
@@ -194,7 +196,7 @@ class _Builder:
                 self.origins[f'tools["{tool_id}"]'] = f"{where}{pointer(tool_id)}"
         return tools
 
-    def task(self, node, tools: dict[str, Any], owner: dict[str, str | None]
+    def task(self, node: Node, tools: dict[str, Any], owner: dict[str, str | None]
              ) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
         task, path = node.value, node.path
         self.origins[f"tasks[{self.task_count}]"] = path
@@ -216,12 +218,14 @@ class _Builder:
             out["name"] = task["name"]
         out["prompt"] = task["prompt"] if isinstance(task.get("prompt"), str) \
             else _prompt(task)
-        same, other = [], []
+        same: list[str] = []
+        other: list[str] = []
         for dep in dependencies(task):
-            if owner.get(dep) == node.parent:
+            holder = owner.get(dep)
+            if holder == node.parent:
                 same.append(dep)
-            elif owner.get(dep) is not None:
-                other.append(owner[dep])
+            elif holder is not None:
+                other.append(holder)
         if same:
             out["depends_on"] = same
         if "max_runtime_seconds" in task:

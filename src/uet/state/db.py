@@ -16,7 +16,8 @@ from uet.errors import AlreadyExistsError, AmbiguousIdError, NotFoundError, Vali
 from uet.errors import ConstraintViolation
 from uet.state import tables
 from uet.state.backends import (DEFAULT_BUSY_TIMEOUT, DURABILITY, MEMORY, Backend,
-                                open_backend, peek_version)
+                                Transaction, open_backend, peek_version)
+from uet.state.backends.common import one_row
 from uet.state.events import RESERVED_EVENT_TYPES, RUN_CREATED, STEP_ATTEMPT_CREATED
 from uet.state.instances import process_instance
 from uet.state.locations import check_location
@@ -63,7 +64,7 @@ class Database:
     without changing the file.
     """
 
-    def __init__(self, db_path: str | os.PathLike | None = None, *,
+    def __init__(self, db_path: str | os.PathLike[str] | None = None, *,
                  durability: str = "normal",
                  busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
                  read_only: bool = False) -> None:
@@ -102,13 +103,13 @@ class Database:
         backend.on_begin = self._on_begin if self._fenced_blocks else None
         return backend
 
-    def _fence_hook(self) -> Callable[[Any], None]:
+    def _fence_hook(self) -> Callable[[Transaction], None]:
         """The backend's `on_begin` while a fence is up. It holds its Database weakly: the
         backend must not keep the Database alive (one dropped without close() is then freed
         at once, its connections and transaction with it)."""
         check = weakref.WeakMethod(self._check_fence)
 
-        def on_begin(tx: Any) -> None:
+        def on_begin(tx: Transaction) -> None:
             method = check()
             if method is not None:
                 method(tx)
@@ -139,7 +140,7 @@ class Database:
                 if not self._fenced_blocks:
                     self._backend.on_begin = None
 
-    def _check_fence(self, tx: Any) -> None:
+    def _check_fence(self, tx: Transaction) -> None:
         fence = getattr(self._fences, "fence", None)
         if fence is not None:
             found = tx.rows("lock_worker", (fence[0],))
@@ -223,7 +224,8 @@ class Database:
 
     def schema_version(self) -> int:
         """The schema version recorded in the ledger."""
-        return self._backend.query_value("SELECT max(version) FROM schema_migrations")
+        version: int = self._backend.query_value("SELECT max(version) FROM schema_migrations")
+        return version
 
     def migrate(self) -> tuple[int | None, int]:
         """Apply pending migrations; (version before, version after). Opening already does."""
@@ -243,9 +245,9 @@ class Database:
         """
         row = tables.prepare_insert(RUNS, run_data)
         state = row["state"]
-        if state not in RUNS.machine.initial:
+        if state not in RUNS.state_machine.initial:
             raise ValidationError(
-                f"a run is created {' or '.join(RUNS.machine.initial)}, not {state}; create "
+                f"a run is created {' or '.join(RUNS.state_machine.initial)}, not {state}; create "
                 "it pending and move it on with transition_run", field="state")
         stamp(RUNS, state, row, row)
         try:
@@ -254,7 +256,8 @@ class Database:
                 record_event(tx, row["run_id"], RUN_CREATED, {"state": state})
         except ConstraintViolation as exc:
             raise self._explain(exc, RUNS, row) from None
-        return row["run_id"]
+        run_id: str = row["run_id"]
+        return run_id
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """The run as a dict (metadata decoded), or None."""
@@ -294,7 +297,8 @@ class Database:
         _check_int(cap, "cap", 1)
         conditions, params = self._run_conditions(filters, since)
         sql = count_runs_sql(conditions, since is not None, self._backend.placeholder)
-        return self._backend.query(sql, [*params, cap])[0]["n"]
+        count: int = self._backend.query(sql, [*params, cap])[0]["n"]
+        return count
 
     def _run_conditions(self, filters: Mapping[str, Any] | None,
                         since: object) -> tuple[tuple[tuple[str, bool], ...], list[Any]]:
@@ -310,7 +314,7 @@ class Database:
         AmbiguousIdError (listing them) when several do."""
         prefix = tables.text(prefix, "run_id")
         # a range over the primary key index: [prefix, prefix + highest code point)
-        matches = [r["run_id"] for r in self._backend.read(
+        matches: list[str] = [r["run_id"] for r in self._backend.read(
             "run_ids_with_prefix", (prefix, prefix + "\U0010ffff"))]
         if not matches and prefix != prefix.upper():  # ULIDs are case-insensitive
             return self.resolve_run_id(prefix.upper())
@@ -423,7 +427,7 @@ class Database:
         omitted), and the other step columns. Writes `step_attempt.created`.
         """
         row = tables.prepare_insert(STEP_ATTEMPTS, step_data)
-        if row["state"] not in STEP_ATTEMPTS.machine.initial:
+        if row["state"] not in STEP_ATTEMPTS.state_machine.initial:
             raise ValidationError(
                 f"a step attempt is created running, not {row['state']}; move it on with "
                 "transition_step_attempt", field="state")
@@ -433,13 +437,14 @@ class Database:
                     check_worker_can_work(tx, row["worker_id"])
                 # the run's row first: attempts of one run are numbered one at a time
                 tx.rows("lock_run", (row["run_id"],))
-                attempt = tx.run("insert_step_attempt", row).fetchone()[0]
+                attempt = one_row(tx.run("insert_step_attempt", row))[0]
                 record_event(tx, row["run_id"], STEP_ATTEMPT_CREATED, {
                     "step_attempt_id": row["step_attempt_id"], "sequence": row["sequence"],
                     "attempt": attempt, "tool_id": row["tool_id"], "state": row["state"]})
         except ConstraintViolation as exc:
             raise self._explain(exc, STEP_ATTEMPTS, row) from None
-        return row["step_attempt_id"]
+        step_attempt_id: str = row["step_attempt_id"]
+        return step_attempt_id
 
     def get_step_attempt(self, step_attempt_id: str) -> dict[str, Any] | None:
         """The step attempt as a dict, or None."""
@@ -493,7 +498,8 @@ class Database:
                 tx.run("insert_event", row)
         except ConstraintViolation as exc:
             raise self._explain(exc, RUN_EVENTS, row) from None
-        return row["event_id"]
+        event_id: str = row["event_id"]
+        return event_id
 
     def create_ledger_events(self, events: Iterable[tuple[str, Mapping[str, Any]]]
                              ) -> list[str]:
@@ -533,7 +539,8 @@ class Database:
     def latest_event_seq(self) -> int:
         """The `seq` of the newest event in the trail (0 when empty): the cursor from which
         `events_since` / `follow_events` give only what happens from now on."""
-        return self._backend.read("latest_event_seq")[0]["seq"]
+        seq: int = self._backend.read("latest_event_seq")[0]["seq"]
+        return seq
 
     def follow_events(self, cursor: int = 0, *, run_id: str | None = None,
                       poll_interval: float = 0.2, batch: int = 1000) -> Iterator[dict[str, Any]]:
@@ -568,7 +575,7 @@ class Database:
 
     # -- backup, export, import (uet.state.portable) ------------------------------------
 
-    def backup(self, dest: str | os.PathLike, *, force: bool = False) -> dict[str, Any]:
+    def backup(self, dest: str | os.PathLike[str], *, force: bool = False) -> dict[str, Any]:
         """A consistent copy of this ledger at `dest` while writers go on. SQLite: copied
         (online backup API, one step), checked (integrity_check, foreign_key_check) and
         renamed into place — never a half copy at `dest`; an existing `dest` is refused
@@ -596,7 +603,7 @@ class Database:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _change(self, table: Table, entity_id: str, changes: dict[str, object], *,
+    def _change(self, table: Table, entity_id: str, changes: dict[str, Any], *,
                 expected: object) -> dict[str, Any]:
         with self._backend.transaction() as tx:
             return change_row(tx, table, entity_id, changes, expected=expected,
@@ -619,7 +626,7 @@ class Database:
         return ValidationError(f"{table.entity} {key_id!r} was refused by the ledger: {exc}")
 
 
-def get_db(db_path: str | os.PathLike | None = None, *, durability: str | None = None,
+def get_db(db_path: str | os.PathLike[str] | None = None, *, durability: str | None = None,
            busy_timeout: float | None = None) -> Database:
     """The process-wide Database for `db_path` (default: $UET_DATABASE, else
     `.ledger/framework.db`), created on first use; safe to call from many threads.
@@ -631,7 +638,7 @@ def get_db(db_path: str | os.PathLike | None = None, *, durability: str | None =
                             busy_timeout=busy_timeout)
 
 
-def init_db(db_path: str | os.PathLike | None = None, *, durability: str = "normal",
+def init_db(db_path: str | os.PathLike[str] | None = None, *, durability: str = "normal",
             busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Database:
     """A new Database instance (schema created or upgraded) on every call."""
     return Database(db_path, durability=durability, busy_timeout=busy_timeout)

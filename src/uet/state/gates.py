@@ -14,14 +14,15 @@ from typing import Any, Iterable
 
 from uet.errors import (ConstraintViolation, InvalidTransitionError, NotFoundError,
                         ValidationError)
+from uet.state.backends import Backend, Transaction
 from uet.state.db import Database
 from uet.state.transitions import record_event
 from uet.state.events import GATE_DEFINED, GATE_STATE_CHANGED
 from uet.state.ids import new_ulid, utc_now
 from uet.state.machines import GATE
 from uet.state.contracts import (GateType, moment, output, parse_stamp, positive_seconds,
-                              seconds_between, state_value, stamp, text)
-from uet.state.tables import EXIT_CODE_MAX, EXIT_CODE_MIN
+                              seconds_between, state_value, stamp)
+from uet.state.tables import EXIT_CODE_MAX, EXIT_CODE_MIN, text
 
 TIMEOUT_EXIT_CODE = 124  # what timeout(1) exits with
 
@@ -36,7 +37,7 @@ class GateLedger:
         self._db = db
 
     @property
-    def _backend(self):
+    def _backend(self) -> Backend:
         return self._db.backend
 
     def define_gate(self, gate_type: object, phase_id: str, command: str, *,
@@ -119,11 +120,11 @@ class GateLedger:
                                    stderr=stderr)
             return self._with_deps(gate, self._deps(tx, gate_id))
 
-    def expire_timeouts(self, now=None) -> list[str]:
+    def expire_timeouts(self, now: object = None) -> list[str]:
         """Fail every RUNNING gate past its timeout (exit code 124, stderr says timeout);
         returns their ids. `now` is an aware UTC datetime (default the clock)."""
         when = moment(now)
-        expired = []
+        expired: list[str] = []
         with self._backend.transaction() as tx:
             for gate in tx.rows("running_gates_with_timeout"):
                 started = gate["started_at"]
@@ -169,11 +170,11 @@ class GateLedger:
         return {**gate, "depends_on": sorted(deps)}
 
     @staticmethod
-    def _deps(tx, gate_id: str) -> list[str]:
+    def _deps(tx: Transaction, gate_id: str) -> list[str]:
         return [r[0] for r in tx.run("gate_dependencies", (gate_id,))]
 
     @staticmethod
-    def _fetch(tx, gate_id: str) -> dict[str, Any]:
+    def _fetch(tx: Transaction, gate_id: str) -> dict[str, Any]:
         rows = tx.rows("lock_gate", (gate_id,))
         if not rows:
             raise NotFoundError("gate", gate_id)
@@ -185,7 +186,8 @@ class GateLedger:
                 "ledger_id": gate["ledger_id"]}
 
     @staticmethod
-    def _refuse_cycle(tx, scope: dict[str, Any], name: str, deps: list[str]) -> None:
+    def _refuse_cycle(tx: Transaction, scope: dict[str, Any], name: str,
+                      deps: list[str]) -> None:
         edges: dict[str, set[str]] = {}
         for gate_name, dep in tx.run("scope_dependency_edges", scope):
             edges.setdefault(gate_name, set()).add(dep)
@@ -201,7 +203,7 @@ class GateLedger:
                 seen.add(node)
                 stack.extend(edges.get(node, ()))
 
-    def _set_state(self, tx, gate: dict[str, Any], target: str, *,
+    def _set_state(self, tx: Transaction, gate: dict[str, Any], target: str, *,
                    exit_code: int | None = None, stdout: str | None = None,
                    stderr: str | None = None, blocked_by: str | None = None,
                    at: str | None = None) -> dict[str, Any]:
@@ -219,8 +221,8 @@ class GateLedger:
             **stamps, "duration_sec": duration,
             "blocked_by": blocked_by if target == "BLOCKED" else None,
             "gate_id": gate["gate_id"]})[0]
-        data = {"gate_id": gate["gate_id"], "name": gate["name"], "from": gate["state"],
-                "to": target}
+        data: dict[str, Any] = {"gate_id": gate["gate_id"], "name": gate["name"],
+                                "from": gate["state"], "to": target}
         if exit_code is not None:
             data["exit_code"] = exit_code
         if blocked_by is not None:
@@ -235,11 +237,12 @@ class GateLedger:
                 self._unblock(tx, row)
         return row
 
-    def _is_latest(self, tx, gate: dict[str, Any]) -> bool:
+    def _is_latest(self, tx: Transaction, gate: dict[str, Any]) -> bool:
         latest = tx.rows("latest_gate_named", {**self._scope(gate), "name": gate["name"]})
-        return latest[0]["gate_id"] == gate["gate_id"]
+        is_latest: bool = latest[0]["gate_id"] == gate["gate_id"]
+        return is_latest
 
-    def _check_dependencies(self, tx, gate: dict[str, Any], target: str) -> None:
+    def _check_dependencies(self, tx: Transaction, gate: dict[str, Any], target: str) -> None:
         """A gate may start only once every dependency passed, and leave BLOCKED only once
         none has failed (its latest run, by name, in the gate's scope)."""
         scope = self._scope(gate)
@@ -255,7 +258,7 @@ class GateLedger:
             raise InvalidTransitionError("gate", gate["gate_id"], gate["state"], target,
                                          reason=reason)
 
-    def _block_dependents(self, tx, failed: dict[str, Any]) -> None:
+    def _block_dependents(self, tx: Transaction, failed: dict[str, Any]) -> None:
         # Breadth-first over names: PENDING dependents become BLOCKED; the failure also
         # reaches through dependents already RUNNING to the gates that wait on them.
         scope = self._scope(failed)
@@ -269,7 +272,7 @@ class GateLedger:
                     seen.add(gate["name"])
                     queue.append(gate["name"])
 
-    def _unblock(self, tx, passed: dict[str, Any]) -> None:
+    def _unblock(self, tx: Transaction, passed: dict[str, Any]) -> None:
         scope = self._scope(passed)
         queue = [passed["name"]]
         while queue:
@@ -282,7 +285,8 @@ class GateLedger:
                 self._set_state(tx, gate, "PENDING")
                 queue.append(gate["name"])
 
-    def _failed_dependency(self, tx, scope: dict[str, Any], gate: dict[str, Any]) -> str | None:
+    def _failed_dependency(self, tx: Transaction, scope: dict[str, Any],
+                           gate: dict[str, Any]) -> str | None:
         for dep in self._deps(tx, gate["gate_id"]):
             latest = tx.rows("latest_gate_named", {**scope, "name": dep})
             if latest and latest[0]["state"] in ("FAILED", "BLOCKED"):

@@ -5,16 +5,27 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 
 from uet.errors import ValidationError
 from uet.state.names import MEMORY, display_name, is_postgres_url, resolve_path
 
 class Closable(Protocol):
-    """What the cache needs of a ledger instance."""
+    """What the cache needs of a ledger class: made from a ledger's name and the options
+    below, an instance tells whether it was closed."""
+
+    def __init__(self, db_path: str, *, durability: str = ...,
+                 busy_timeout: float = ...) -> None: ...
 
     @property
     def closed(self) -> bool: ...
+
+
+class _Options(TypedDict, total=False):
+    """The options a caller of `process_instance` gave (the others keep their defaults)."""
+
+    durability: str
+    busy_timeout: float
 
 
 # (class, ledger) -> its instance: uet.compat's Database gets its own, on the same ledgers
@@ -35,16 +46,18 @@ def _instance_key(path: str) -> str:
     return path if path == MEMORY or is_postgres_url(path) else os.path.realpath(path)
 
 
-def process_instance(cls: type[D], db_path: str | os.PathLike | None = None, *,
+def process_instance(cls: type[D], db_path: str | os.PathLike[str] | None = None, *,
                      durability: str | None = None, busy_timeout: float | None = None) -> D:
     """The process-wide instance of `cls` (Database or a subclass) for `db_path`, created on
     first use (a closed one is replaced); safe to call from many threads. Options apply on
     creation; asking for different ones later raises ValidationError."""
     path = resolve_path(db_path)
     key = (cls, _instance_key(path))
-    options = {name: value for name, value in (("durability", durability),
-                                               ("busy_timeout", busy_timeout))
-               if value is not None}
+    options: _Options = {}
+    if durability is not None:
+        options["durability"] = durability
+    if busy_timeout is not None:
+        options["busy_timeout"] = busy_timeout
     with _instances_lock:
         db = _instances.get(key)
         if db is None or db.closed:

@@ -231,6 +231,12 @@ class PatchLedger:
         it meanwhile makes this a ConcurrentUpdateError, with nothing recorded.
         """
         ledger_id = text(ledger_id, "ledger_id")
+        if result is not None and not isinstance(result, ValidationResult):
+            raise ValidationError(f"result must be a ValidationResult, not "
+                                  f"{type(result).__name__}", field="result")
+        if validator is not None and not callable(validator):
+            raise ValidationError(f"validator must be a function of the patch, not "
+                                  f"{type(validator).__name__}", field="validator")
         entry = self.get_entry(ledger_id)
         if entry is None:
             raise NotFoundError("patch_entry", ledger_id)

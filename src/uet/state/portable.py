@@ -44,10 +44,11 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Iterator, TextIO
+from typing import Any, BinaryIO, Callable, Iterator, NoReturn, Protocol, TextIO
 
 from uet.errors import (ConstraintViolation, DatabaseBusyError,
                         SchemaVersionError, StorageError, UetError, ValidationError)
+from uet.state.backends.common import Transaction
 from uet.state.backends.sqlite_schema import LATEST_VERSION
 from uet.state.contracts import GateType
 from uet.state.ids import normalize_timestamp, utc_now
@@ -97,7 +98,7 @@ class Field:
     plain: bool = False          # a key or a reference: valid text only, never empty
     shape: str | None = None     # JSON: "object" or "array" (None: any JSON)
     stamp: bool = False          # the schema checks the ledger's timestamp format
-    choices: tuple | None = None
+    choices: tuple[str | int, ...] | None = None
     minimum: float | None = None
     positive: bool = False
     length: int | None = None
@@ -125,7 +126,9 @@ class Record:
     first: Any                   # a value no row's keyset column is below
     check: Callable[[dict[str, Any]], str | None] | None = None
     by_name: dict[str, Field] = field(init=False, repr=False, compare=False)
-    plan: tuple = field(init=False, repr=False, compare=False)
+    # per field: (name, field, free, required, plain, default), for the checks of a line
+    plan: tuple[tuple[str, Field, str | None, bool, bool, Any], ...] = field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_name", {f.name: f for f in self.fields})
@@ -424,7 +427,7 @@ def export_jsonl(db: Any, out: TextIO, *, since: object = None,
 
 
 def _keyset(snap: Any, record: Record, params: dict[str, Any]
-            ) -> Iterator[tuple[list[str], list[tuple]]]:
+            ) -> Iterator[tuple[list[str], list[tuple[Any, ...]]]]:
     """The record's rows, EXPORT_BATCH at a time, in the order of its keyset column: each
     query starts at the last row of the previous one (inclusive, and that row dropped), so
     any key — even the empty text — is read exactly once."""
@@ -509,7 +512,7 @@ class _Reader:
         self.engine = engine
 
     def fail(self, line: int, message: str, *, record: str | None = None,
-             field: str | None = None, applied: str = "nothing was imported") -> None:
+             field: str | None = None, applied: str = "nothing was imported") -> NoReturn:
         raise LedgerFileError(f"{self.name} line {line}: {message}; {applied}", line=line,
                               record=record, field=field)
 
@@ -554,7 +557,7 @@ class _Reader:
                 f"than this uet understands (up to {LATEST_VERSION}); upgrade uet to import "
                 "it. Nothing was imported.")
         seqs = document.get("event_seq")
-        numbers = [seqs.get(k) for k in ("handed_out", "deleted")] if isinstance(
+        numbers: list[Any] = [seqs.get(k) for k in ("handed_out", "deleted")] if isinstance(
             seqs, dict) else []
         if len(numbers) != 2 or not all(isinstance(n, int) and not isinstance(n, bool)
                                         and 0 <= n <= INT_MAX for n in numbers):
@@ -581,7 +584,7 @@ class _Reader:
                             f"{', '.join(record.by_name)})", record=record.type,
                       field=str(unknown[0]))
         params: dict[str, Any] = {}
-        casts = []
+        casts: list[str] = []
         for name, spec, free, required, plain, default in record.plan:
             if name in row:
                 value = row[name]
@@ -633,7 +636,7 @@ class _Reader:
               record: str) -> tuple[Any, bool]:
         """The value to bind for one field, and whether it is text bound as bytes that
         must be cast back to text once inserted (SQLite)."""
-        def refuse(why: str) -> None:
+        def refuse(why: str) -> NoReturn:
             self.fail(line, f"{who}: field {spec.name!r} {why}", record=record,
                       field=spec.name)
 
@@ -654,7 +657,7 @@ class _Reader:
             if spec.kind == JSON:
                 self.json_text(spec, value, refuse)
             if spec.choices is not None and value not in spec.choices:
-                refuse(f"is {value!r}, not one of {', '.join(spec.choices)}")
+                refuse(f"is {value!r}, not one of {', '.join(map(str, spec.choices))}")
             if spec.stamp and not _STAMP.match(value):
                 refuse(f"is {value!r}, not a timestamp in the ledger's format "
                        "(2026-01-31T12:00:00.000000Z)")
@@ -676,7 +679,7 @@ class _Reader:
         return self.ranged(spec, value, refuse), False
 
     @staticmethod
-    def ranged(spec: Field, value: Any, refuse: Callable[[str], None]) -> Any:
+    def ranged(spec: Field, value: Any, refuse: Callable[[str], NoReturn]) -> Any:
         if spec.choices is not None and value not in spec.choices:
             refuse(f"is {value!r}, not one of {', '.join(map(str, spec.choices))}")
         if spec.minimum is not None and not value >= spec.minimum:
@@ -686,7 +689,7 @@ class _Reader:
         return value
 
     def special(self, spec: Field, value: dict[str, Any],
-                refuse: Callable[[str], None]) -> tuple[Any, bool]:
+                refuse: Callable[[str], NoReturn]) -> tuple[Any, bool]:
         """An explicit form: {"$real": ...}, {"$text": base64}, {"$blob": base64}."""
         if len(value) != 1 or next(iter(value)) not in ("$real", "$text", "$blob"):
             refuse(f"holds an object {sorted(value)!r}: a value is text, a number, null, or "
@@ -720,7 +723,7 @@ class _Reader:
             return raw, True  # bytes that are not UTF-8: bound, then cast back to text
 
     @staticmethod
-    def json_text(spec: Field, value: str, refuse: Callable[[str], None]) -> None:
+    def json_text(spec: Field, value: str, refuse: Callable[[str], NoReturn]) -> None:
         try:
             document = _DECODE(value)
         except RecursionError:
@@ -733,8 +736,16 @@ class _Reader:
             refuse("must be a JSON array")
 
 
+class _Source(Protocol):
+    """An export file as an import reads it: line by line, from its start, twice."""
+
+    def seek(self, offset: int, /) -> object: ...
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+
 @contextmanager
-def _opened(source: Any, name: str | None = None) -> Iterator[tuple[BinaryIO, str]]:
+def _opened(source: Any, name: str | None = None) -> Iterator[tuple[_Source, str]]:
     """The file to read twice (a check, then the writes) and its name for messages (`name`,
     else the path, <stdin>, the stream's name): a path, or "-" / a stream that cannot seek,
     copied first to a temporary file."""
@@ -888,7 +899,7 @@ class _Importer:
         self.kept += kept
         self.renumbered += written - kept if record is EVENTS else 0
 
-    def insert(self, tx: Any, record: Record, items: list[_Item]) -> tuple[int, int]:
+    def insert(self, tx: Transaction, record: Record, items: list[_Item]) -> tuple[int, int]:
         """Write a batch (the records whose id is new, with `skip_existing`); returns how
         many were written and, of the events, how many kept their seq."""
         if self.skip_existing:
@@ -904,7 +915,7 @@ class _Importer:
             tx.run("reserve_event_seqs", (items[-1].params["seq"],))
         return len(items), kept
 
-    def after_insert(self, tx: Any, item: _Item) -> None:
+    def after_insert(self, tx: Transaction, item: _Item) -> None:
         record = item.record
         if item.depends_on:
             tx.run_many("insert_gate_dependency", [(item.key, d) for d in item.depends_on])
@@ -914,7 +925,7 @@ class _Importer:
                        f"WHERE {record.key} = {tx.placeholder}", (item.key,))
 
     @staticmethod
-    def number(tx: Any, items: list[_Item]) -> int:
+    def number(tx: Transaction, items: list[_Item]) -> int:
         """Each event keeps its exported seq when that is above every seq the ledger ever
         handed out, else takes the next one: the trail keeps its order, a seq is never
         handed out twice, and (other writers held off until the transaction ends) no
@@ -982,8 +993,8 @@ class _Importer:
                         with self.backend.transaction() as one:  # a savepoint
                             one.run(record.insert_query, item.params)
                             self.after_insert(one, item)
-                    except UetError as failed:
-                        culprit = (item, failed)
+                    except UetError as refused:
+                        culprit = (item, refused)
                         break
                 raise _Replayed  # rolls the replay back
         except _Replayed:
@@ -1026,7 +1037,7 @@ class _Replayed(Exception):
     """Rolls back the replay of a refused batch."""
 
 
-def _existing(run: Callable[..., list], record: Record, keys: list[Any]) -> set[Any]:
+def _existing(run: Callable[..., list[dict[str, Any]]], record: Record, keys: list[Any]) -> set[Any]:
     """Which of `keys` the ledger holds (`run`: a backend's `read` or a transaction's
     `rows`)."""
     found: set[Any] = set()

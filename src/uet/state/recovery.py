@@ -30,7 +30,7 @@ from typing import Any, Mapping, NamedTuple
 
 from uet.errors import (ConcurrentUpdateError, NotFoundError, StaleWorkerError, UetError,
                         ValidationError)
-from uet.state.contracts import positive_seconds
+from uet.state.contracts import WorkerRecord, positive_seconds
 from uet.state.db import Database
 from uet.state.events import RUN_CANCEL_REQUESTED, RUN_STATE_CHANGED
 from uet.state.ids import new_ulid
@@ -121,7 +121,7 @@ def is_owner(affinity: Mapping[str, Any]) -> bool:
     return _heartbeat_s(affinity) is not None and isinstance(affinity.get("pid"), int)
 
 
-def owner_lost(worker: Any, now: datetime | None = None) -> str | None:
+def owner_lost(worker: WorkerRecord, now: datetime | None = None) -> str | None:
     """Why a worker record's owner is gone (see the module's rules), or None."""
     affinity = worker.affinity
     if worker.state == "TERMINATED" or not is_owner(affinity):
@@ -130,6 +130,7 @@ def owner_lost(worker: Any, now: datetime | None = None) -> str | None:
     if gone is not None:
         return gone
     interval = _heartbeat_s(affinity)
+    assert interval is not None  # an owner declares its heartbeat interval (is_owner)
     last = worker.last_heartbeat or worker.created_at
     now = now or datetime.now(timezone.utc)
     try:
@@ -154,7 +155,7 @@ def recover(db: Database, *, now: datetime | None = None) -> list[Recovered]:
     """One reaper pass (see the module's docstring); returns what it recovered. Cheap: the
     owners not TERMINATED are read by an indexed query, and judged here."""
     workers = WorkerLifecycle(db)
-    recovered = []
+    recovered: list[Recovered] = []
     for state in OWNER_STATES:
         for worker in workers.get_workers_by_state(state):
             why = owner_lost(worker, now)
@@ -197,12 +198,13 @@ def _abandoned_pending(db: Database, workers: Any) -> list[Recovered]:
     return found
 
 
-def _command_groups(db: Database, run_ids: list[str], affinity: Mapping[str, Any]) -> list:
+def _command_groups(db: Database, run_ids: list[str],
+                    affinity: Mapping[str, Any]) -> list[int]:
     """The process groups of the commands the runs' running step attempts started, when
     they run on this host (recorded in the step attempt's metadata by `uet run`)."""
     if affinity.get("host") != socket.gethostname():
         return []
-    groups = []
+    groups: list[int] = []
     for run_id in run_ids:
         for step in db.list_step_attempts(run_id):
             meta = step["metadata"] if isinstance(step["metadata"], dict) else {}
@@ -250,7 +252,10 @@ def request_cancel(db: Database, run_id: str, *, by: str = "uet cancel") -> dict
                            {"state": "canceled", "error_log": reason}, expected="running")
             return change_row(tx, RUNS, run_id, {"state": "canceled", "error_message": reason},
                               expected="running")
-    return db.get_run(run_id)
+    run = db.get_run(run_id)
+    if run is None:  # deleted meanwhile
+        raise NotFoundError("run", run_id)
+    return run
 
 
 class RunNews(NamedTuple):
@@ -295,7 +300,9 @@ class Owner:
                  heartbeat_s: float = DEFAULT_HEARTBEAT_S,
                  worker_id: str | None = None) -> None:
         self.db, self.workers = db, WorkerLifecycle(db)
-        self.heartbeat_s = positive_seconds(heartbeat_s, "heartbeat_s")
+        interval = positive_seconds(heartbeat_s, "heartbeat_s")
+        assert interval is not None  # required: a number, never None
+        self.heartbeat_s = interval
         self.incarnation = new_ulid()
         # a given id is kept across restarts (each process a new incarnation of it)
         self.worker_id = worker_id or f"{worker_type}-{self.incarnation}"

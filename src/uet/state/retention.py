@@ -56,10 +56,11 @@ import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from uet.errors import UetError, ValidationError
 from uet.state import tables
+from uet.state.backends import Backend
 from uet.state.ids import normalize_timestamp
 from uet.state.machines import RUN
 
@@ -141,6 +142,23 @@ class GcResult:
                 "seconds": round(self.seconds, 3), "vacuum": self.vacuum}
 
 
+class Ledger(Protocol):
+    """What gc needs of the ledger it cleans: a `uet.state.Database` (which imports this
+    module, so it is not named here)."""
+
+    @property
+    def backend(self) -> Backend: ...
+
+    @property
+    def engine(self) -> str: ...
+
+    @property
+    def db_path(self) -> str: ...
+
+    @property
+    def in_atomic(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class _Plan:
     cutoff: str
@@ -205,7 +223,7 @@ def _back_from(now: datetime, age: timedelta, given: object) -> str:
                               field="older_than") from None
 
 
-def states_of(states: str | Iterable[str] | None) -> tuple[str, ...]:
+def states_of(states: object) -> tuple[str, ...]:
     """The finished run states selected, in machine order: all of them for None; a
     comma-separated text or an iterable of names narrows them. Unknown names and pending or
     running (never deleted) raise ValidationError (field states)."""
@@ -221,7 +239,7 @@ def states_of(states: str | Iterable[str] | None) -> tuple[str, ...]:
     if not names or all(name == "" for name in names):
         raise ValidationError("states names no state; leave it out for every finished state "
                               f"({', '.join(FINISHED_STATES)})", field="states")
-    chosen = set()
+    chosen: set[str] = set()
     for name in names:
         if not isinstance(name, str) or name not in RUN.states:
             raise ValidationError(f"unknown run state {name!r} in states; the finished ones "
@@ -247,7 +265,7 @@ def _plan(older_than: object, states: object, project_id: object, keep_last: obj
     """Every argument checked (ValidationError naming the first bad one) before anything is
     read or written."""
     cutoff = cutoff_of(older_than)
-    chosen = states_of(states)  # type: ignore[arg-type]
+    chosen = states_of(states)
     project = tables.text(project_id, "project_id", required=False)
     keep = None if keep_last is None else _count(keep_last, "keep_last", 0, MAX_KEEP_LAST)
     for flag, name in ((dry_run, "dry_run"), (vacuum, "vacuum")):
@@ -258,12 +276,12 @@ def _plan(older_than: object, states: object, project_id: object, keep_last: obj
         raise ValidationError(f"progress must be a callable or None, got {progress!r}",
                               field="progress")
     return _Plan(cutoff, chosen, project, keep or None, bool(dry_run), size, bool(vacuum),
-                 progress)  # type: ignore[arg-type]
+                 progress)
 
 
 # -- the work --------------------------------------------------------------------------
 
-def gc(db: Any, older_than: object, *, states: object = None, project_id: object = None,
+def gc(db: Ledger, older_than: object, *, states: object = None, project_id: object = None,
        keep_last: object = None, dry_run: object = False,
        batch_size: object = DEFAULT_BATCH_SIZE, vacuum: object = False,
        progress: object = None) -> GcResult:
@@ -294,7 +312,7 @@ def gc(db: Any, older_than: object, *, states: object = None, project_id: object
     return result
 
 
-def _collect(backend: Any, plan: _Plan, result: GcResult,
+def _collect(backend: Backend, plan: _Plan, result: GcResult,
              newest: dict[str, tuple[Any, Any]] | None, yields: bool,
              checkpoint: Callable[[], None]) -> None:
     """The batches: each state's candidates, oldest first, deleted (or counted)."""
@@ -308,7 +326,7 @@ def _collect(backend: Any, plan: _Plan, result: GcResult,
                 break
             after = (rows[-1]["created_at"], rows[-1]["run_id"])
             result.examined += len(rows)
-            chosen = []
+            chosen: list[str] = []
             for row in rows:
                 ended = row["ended_at"] if row["ended_at"] is not None else row["created_at"]
                 if _sortable(ended) >= _sortable(plan.cutoff):
@@ -337,7 +355,7 @@ def _collect(backend: Any, plan: _Plan, result: GcResult,
 
 
 @contextmanager
-def _checkpoints_between_batches(backend: Any, enabled: bool) -> Iterator[Callable[[], None]]:
+def _checkpoints_between_batches(backend: Backend, enabled: bool) -> Iterator[Callable[[], None]]:
     """SQLite: while gc runs, its connection copies the write-ahead log back into the file
     between batches (a PASSIVE checkpoint, which holds no lock writers wait for) instead of
     at the commit that fills it (SQLite's automatic checkpoint, which runs inside that
@@ -349,14 +367,18 @@ def _checkpoints_between_batches(backend: Any, enabled: bool) -> Iterator[Callab
         return
     previous = int(backend.query_value(_AUTOCHECKPOINT))
     backend.query(_AUTOCHECKPOINT + "=0")
+
+    def checkpoint() -> None:
+        backend.query(_CHECKPOINT)  # busy (another checkpoints): a row says so
+
     try:
-        yield lambda: backend.query(_CHECKPOINT)  # busy (another checkpoints): a row says so
+        yield checkpoint
     finally:
         with suppress(UetError):  # a connection that is gone has lost the setting anyway
             backend.query(f"{_AUTOCHECKPOINT}={previous}")  # an integer SQLite gave
 
 
-def _candidates(backend: Any, plan: _Plan, state: str, after: tuple[str, str],
+def _candidates(backend: Backend, plan: _Plan, state: str, after: tuple[str, str],
                 limit: int) -> list[dict[str, Any]]:
     params: dict[str, Any] = {"state": state, "cutoff": plan.cutoff, "after_created": after[0],
                               "after_run": after[1], "limit": limit}
@@ -365,15 +387,18 @@ def _candidates(backend: Any, plan: _Plan, state: str, after: tuple[str, str],
     return backend.read("gc_candidates_of_project", {**params, "project_id": plan.project_id})
 
 
-def _candidate_count(backend: Any, plan: _Plan, state: str) -> int:
+def _candidate_count(backend: Backend, plan: _Plan, state: str) -> int:
     params: dict[str, Any] = {"state": state, "cutoff": plan.cutoff}
     if plan.project_id is None:
-        return backend.read("gc_count_candidates", params)[0]["n"]
-    return backend.read("gc_count_candidates_of_project",
-                        {**params, "project_id": plan.project_id})[0]["n"]
+        rows = backend.read("gc_count_candidates", params)
+    else:
+        rows = backend.read("gc_count_candidates_of_project",
+                            {**params, "project_id": plan.project_id})
+    count: int = rows[0]["n"]
+    return count
 
 
-def _keep_last_bounds(backend: Any, plan: _Plan) -> dict[str, tuple[Any, Any]]:
+def _keep_last_bounds(backend: Backend, plan: _Plan) -> dict[str, tuple[Any, Any]]:
     """For each project with at least `keep_last` runs in the selected states: the
     (created_at, run_id) of its keep_last-th newest. Runs at or above it are kept; so are
     all runs of a project not in the map (fewer than keep_last runs, or one that appeared
@@ -381,7 +406,7 @@ def _keep_last_bounds(backend: Any, plan: _Plan) -> dict[str, tuple[Any, Any]]:
     assert plan.keep_last is not None
     projects = ([plan.project_id] if plan.project_id is not None
                 else [r["project_id"] for r in backend.read("gc_projects")])
-    bounds = {}
+    bounds: dict[str, tuple[Any, Any]] = {}
     for project in projects:
         newest: list[tuple[Any, Any]] = []
         for state in plan.states:
@@ -409,10 +434,12 @@ def _sortable(value: object) -> tuple[int, Any]:
         return (1, value)
     if isinstance(value, str):
         return (2, value)
-    return (3, bytes(value))  # type: ignore[arg-type]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return (3, bytes(value))
+    return (4, repr(value))  # neither engine stores anything else: last, by its text
 
 
-def _batch(backend: Any, plan: _Plan, run_ids: list[str], result: GcResult) -> float:
+def _batch(backend: Backend, plan: _Plan, run_ids: list[str], result: GcResult) -> float:
     """Delete (or, dry, count) the runs of `run_ids` that still qualify, with their records,
     in one write transaction; the seconds it held it (for a dry run: the reads took)."""
     params = {"run_ids": json.dumps(run_ids), "states": json.dumps(list(plan.states)),
@@ -471,7 +498,7 @@ _CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
 _AUTO_VACUUM_MODES = {0: "none", 1: "full", 2: "incremental"}
 
 
-def _reclaim(db: Any, vacuum: bool) -> dict[str, Any] | None:
+def _reclaim(db: Ledger, vacuum: bool) -> dict[str, Any] | None:
     """Give freed space back where that is gc's job; what was done, or None (nothing to
     report: PostgreSQL or an in-memory ledger without `vacuum`)."""
     backend = db.backend

@@ -121,9 +121,9 @@ def to_psycopg_style(sql: str) -> str:
     statement, a literal or comment that does not end. (Dollar-quoted strings are not
     recognised: SQLite has none.)
     """
-    styles = set()
+    styles: set[str] = set()
 
-    def convert(token: re.Match) -> str:
+    def convert(token: re.Match[str]) -> str:
         kind = token.lastgroup
         if kind == "verbatim":
             return token.group().replace("%", "%%")

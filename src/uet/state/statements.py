@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from uet.state.tables import RUNS, Table
 
-_sql_cache: dict[tuple, str] = {}
+_sql_cache: dict[tuple[object, ...], str] = {}
 
 
 def update_sql(table: Table, columns: tuple[str, ...], mark: str) -> str:

@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping, Sequence, Set as AbstractSet
-from typing import Any
+from typing import Any, Literal, TypeAlias, overload
 
 from uet.errors import StorageError, ValidationError
 from uet.state.ids import new_ulid, normalize_timestamp, utc_now
@@ -63,6 +63,12 @@ class Table:
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_name", {c.name: c for c in self.columns})
         object.__setattr__(self, "names", tuple(c.name for c in self.columns))
+
+    @property
+    def state_machine(self) -> Machine:
+        """The machine of a table whose records have a state (runs, step attempts)."""
+        assert self.machine is not None, f"{self.name} records have no state"
+        return self.machine
 
 
 RUNS = Table("runs", "run", "run_id", (
@@ -265,17 +271,21 @@ def _text_fault(value: str) -> str | None:
     return _NUL if "\x00" in value else None
 
 
-def _first_bad_text(value: object) -> tuple[tuple, bool, str] | None:
+# a place inside a JSON value as (parent path, step): linked, so that deep values cost no
+# copying; the top-level value's path is None
+_LinkedPath: TypeAlias = "tuple[_LinkedPath | None, str | int]"
+
+
+def _first_bad_text(value: object) -> tuple[tuple[str | int, ...], bool, str] | None:
     """The first key or string value (in document order) of a JSON-serialisable value that
     breaks the text rule: (path as a tuple of keys and indexes, whether it is a key, why)."""
-    # each path is (parent path, step): linked, so that deep values cost no copying
-    stack: list[tuple[object, tuple | None, bool]] = [(value, None, False)]
+    stack: list[tuple[object, _LinkedPath | None, bool]] = [(value, None, False)]
     while stack:
         node, path, is_key = stack.pop()
         if isinstance(node, str):
             fault = _text_fault(node)
             if fault is not None:
-                steps = []
+                steps: list[str | int] = []
                 while path is not None:
                     path, step = path
                     steps.append(step)
@@ -294,7 +304,8 @@ def _first_bad_text(value: object) -> tuple[tuple, bool, str] | None:
 
 def _key_text(key: object) -> str:
     """The text JSON writes for a key that is not a string (1 -> "1", None -> "null")."""
-    return next(iter(json.loads(json.dumps({key: None}))))
+    written: str = next(iter(json.loads(json.dumps({key: None}))))
+    return written
 
 
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -331,6 +342,14 @@ def _check_text(value: str, what: str, field: str) -> None:
         raise ValidationError(f"{what} is larger than {MAX_VALUE_BYTES:,} bytes", field=field)
 
 
+@overload
+def text(value: object, field: str, *, required: Literal[True] = ...) -> str: ...
+
+
+@overload
+def text(value: object, field: str, *, required: bool) -> str | None: ...
+
+
 def text(value: object, field: str, *, required: bool = True) -> str | None:
     """A non-empty string (or None when not required)."""
     if value is None and not required:
@@ -343,9 +362,10 @@ def text(value: object, field: str, *, required: bool = True) -> str | None:
 
 def _too_deep(value: object) -> bool:
     """Whether a JSON-serialisable value nests lists/dicts deeper than MAX_JSON_DEPTH."""
-    stack = [(value, 1)]
+    stack: list[tuple[object, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
+        children: Iterable[object]
         if isinstance(node, Mapping):
             children = node.values()
         elif isinstance(node, (list, tuple)):
@@ -364,11 +384,11 @@ def _check_writable(table: Table, column: Column) -> None:
                               f"{column.managed_by}", field=column.name)
 
 
-def prepare_insert(table: Table, data: object) -> dict[str, object]:
+def prepare_insert(table: Table, data: object) -> dict[str, Any]:
     """Validate a create call's dict and return a full row (every column) to insert."""
     data = _check_mapping(data, f"{table.entity} data")
     _unknown(table, data, f"create_{table.entity}")
-    row: dict[str, object] = {}
+    row: dict[str, Any] = {}
     for column in table.columns:
         value = data.get(column.name)
         if value is not None:
@@ -382,7 +402,7 @@ def prepare_insert(table: Table, data: object) -> dict[str, object]:
             raise ValidationError(f"missing required {table.entity} field {column.name!r}",
                                   field=column.name)
         elif column.kind == STATE:
-            row[column.name] = table.machine.initial[0]
+            row[column.name] = table.state_machine.initial[0]
         else:
             row[column.name] = None
     check_row_size(table, row)
@@ -406,11 +426,11 @@ def check_row_size(table: Table, row: Mapping[str, object]) -> None:
             "keep large output outside the ledger and store a reference", field=largest)
 
 
-def prepare_update(table: Table, entity_id: str, updates: object) -> dict[str, object]:
+def prepare_update(table: Table, entity_id: str, updates: object) -> dict[str, Any]:
     """Validate an update call's dict; return {column: stored value} (state unchecked here)."""
     updates = _check_mapping(updates, f"{table.entity} updates")
     _unknown(table, updates.keys(), f"update_{table.entity}")
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     for name, value in updates.items():
         column = table.by_name[name]
         _check_writable(table, column)
@@ -435,6 +455,9 @@ def _decoded(name: str, text: object) -> object:
     if text is None or text == "":
         return {}
     try:
+        if not isinstance(text, (str, bytes, bytearray)):  # what json.loads says of it
+            raise TypeError(f"the JSON object must be str, bytes or bytearray, "
+                            f"not {type(text).__name__}")
         return json.loads(text)
     except (ValueError, TypeError, RecursionError) as exc:
         raise StorageError(
@@ -494,7 +517,7 @@ def prepare_filters(table: Table, filters: object) -> list[tuple[str, object]]:
         return []
     filters = _check_mapping(filters, "filters")
     _unknown(table, filters.keys(), "filters")
-    result = []
+    result: list[tuple[str, object]] = []
     for name, value in filters.items():
         column = table.by_name[name]
         if value is None:

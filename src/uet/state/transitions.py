@@ -7,7 +7,7 @@ every event the ledger writes itself goes through `record_event`.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from uet.errors import (ConcurrentUpdateError, NotFoundError, StaleWorkerError,
                         ValidationError)
@@ -19,29 +19,33 @@ from uet.state.machines import WORKER
 from uet.state.statements import update_sql
 from uet.state.tables import RUN_EVENTS, RUNS, STEP_ATTEMPTS, Table
 
+if TYPE_CHECKING:
+    from uet.state.backends.common import Transaction
+
 
 def stamp(table: Table, state: str, changes: dict[str, object],
           current: Mapping[str, Any]) -> None:
     """Add to `changes` the timestamp the table's machine stamps on entering `state`."""
-    changes.update(table.machine.stamps_entering(state, current, changes, utc_now()))
+    changes.update(table.state_machine.stamps_entering(state, current, changes, utc_now()))
 
 
-def locked_row(tx, table: Table, entity_id: str, expected: object = None) -> dict[str, Any]:
+def locked_row(tx: Transaction, table: Table, entity_id: str,
+               expected: object = None) -> dict[str, Any]:
     """The record, locked for the caller's transaction (NotFoundError when there is none);
     with `expected`, compare-and-set: a record no longer in that state raises
     ConcurrentUpdateError."""
-    if expected is not None:
-        table.machine.check_state(expected, "expected")
+    wanted = (None if expected is None
+              else table.state_machine.check_state(expected, "expected"))
     found = tx.rows(f"lock_{table.entity}", (entity_id,))
     if not found:
         raise NotFoundError(table.entity, entity_id)
     current = found[0]
-    if expected is not None and current["state"] != expected:
-        raise ConcurrentUpdateError(table.entity, entity_id, expected, current["state"])
+    if wanted is not None and current["state"] != wanted:
+        raise ConcurrentUpdateError(table.entity, entity_id, wanted, current["state"])
     return current
 
 
-def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
+def change_row(tx: Transaction, table: Table, entity_id: str, changes: dict[str, Any], *,
                expected: object = None, event_data: Mapping[str, Any] | None = None,
                record_changes: bool = False) -> dict[str, Any]:
     """Change a run or step attempt inside the caller's transaction; returns the new row.
@@ -54,7 +58,7 @@ def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
     changes nothing writes no event. (Timestamps stamped for the state entered are not listed:
     the state-change event says when.)
     """
-    machine = table.machine
+    machine = table.state_machine
     current = locked_row(tx, table, entity_id, expected)
     old_state = current["state"]
     changed = tables.describe_changes(table, current, changes)
@@ -85,14 +89,14 @@ def change_row(tx, table: Table, entity_id: str, changes: dict[str, object], *,
     return row
 
 
-def redrive_row(tx, table: Table, entity_id: str, target: str, reason: str, *,
+def redrive_row(tx: Transaction, table: Table, entity_id: str, target: str, reason: str, *,
                 expected: object = None, also: Mapping[str, object] | None = None,
                 event_data: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Move a record back to `target` under its machine's re-drive table, inside the caller's
     transaction; returns the new row. The columns the machine clears are emptied (and those
     of `also`, known columns set by the ledger itself, set), and the state-change event
     (`redrive: true`) keeps their previous values, the reason and `event_data`."""
-    machine = table.machine
+    machine = table.state_machine
     current = locked_row(tx, table, entity_id, expected)
     machine.check_redrive(entity_id, current["state"], target)
     cleared = {name: current[name] for name in machine.redrive_clears
@@ -109,7 +113,7 @@ def redrive_row(tx, table: Table, entity_id: str, target: str, reason: str, *,
     return row
 
 
-def redrive_run_row(tx, run_id: str, reason: str, *, expected: object = None,
+def redrive_run_row(tx: Transaction, run_id: str, reason: str, *, expected: object = None,
                     also: Mapping[str, object] | None = None,
                     event_data: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Send a run back to pending inside the caller's transaction (`Database.redrive_run`):
@@ -144,7 +148,7 @@ def check_incarnation(worker: Mapping[str, Any] | None, worker_id: str,
                                "(stopped, or reaped as lost after missing its heartbeats)")
 
 
-def check_worker_can_work(tx, worker_id: str) -> None:
+def check_worker_can_work(tx: Transaction, worker_id: str) -> None:
     """Work may be recorded for an existing worker that is not in a terminal state."""
     found = tx.rows("get_worker", (worker_id,))
     if not found:
@@ -154,7 +158,7 @@ def check_worker_can_work(tx, worker_id: str) -> None:
                               "attempt", field="worker_id")
 
 
-def record_event(tx, run_id: str | None, event_type: str, data: dict[str, Any]) -> None:
+def record_event(tx: Transaction, run_id: str | None, event_type: str, data: dict[str, Any]) -> None:
     """Append one of the ledger's own events inside the caller's transaction.
 
     Records that belong to no run (workers, most patches and gates) write run_id None: their

@@ -40,7 +40,7 @@ _SUMS = ("COUNT(*) AS attempts,"
 _MARKS = ("?", "%s")  # the engines' parameter marks
 _LAST_MOMENT = "'9999-12-31T23:59:59.999999Z'"  # the latest timestamp a ledger holds
 
-_sql_cache: dict[tuple, str] = {}
+_sql_cache: dict[tuple[object, ...], str] = {}
 
 
 def usage_rollup(db: Database, *, project_id: str | None = None,
@@ -88,7 +88,7 @@ def usage_totals(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     row has the value) and every model named."""
     total: dict[str, Any] = {"attempts": 0, "input_tokens": None, "output_tokens": None,
                              "cost_usd": None}
-    models: set = set()
+    models: set[Any] = set()
     for row in rows:
         total["attempts"] += row["attempts"]
         for name in ("input_tokens", "output_tokens", "cost_usd"):
@@ -174,7 +174,7 @@ def _rows(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(groups.values(), key=_order_of_row)
 
 
-def _order_of_value(value: Any) -> tuple:
+def _order_of_value(value: Any) -> tuple[int, Any]:
     """A sort key for any stored value (raw SQL may have stored a BLOB or a number where
     text belongs): text first, then anything else by its repr, None last."""
     if value is None:
@@ -182,7 +182,7 @@ def _order_of_value(value: Any) -> tuple:
     return (0, value) if isinstance(value, str) else (1, repr(value))
 
 
-def _order_of_row(row: Mapping[str, Any]) -> tuple:
+def _order_of_row(row: Mapping[str, Any]) -> tuple[float, Any, tuple[int, Any]]:
     cost = row["cost_usd"]
     cost = 0.0 if cost is None else float(cost)
     if math.isnan(cost):  # only raw SQL can store one; it must not break the order

@@ -7,18 +7,19 @@ step attempts it held, in the same transaction, with an error that names the wor
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Mapping
+from typing import Any, Mapping, overload
 
 from uet.errors import (AlreadyExistsError, ConstraintViolation, NotFoundError,
                         StaleWorkerError, ValidationError)
+from uet.state.backends import Backend, Transaction
 from uet.state.db import Database
 from uet.state.transitions import check_incarnation, change_row, record_event, redrive_run_row
 from uet.state.events import WORKER_SPAWNED, WORKER_STATE_CHANGED
 from uet.state.ids import utc_now
 from uet.state.machines import WORKER
 from uet.state.contracts import (WorkerRecord, json_object, moment, positive_seconds, stamp,
-                              state_value, text, worker_from_row)
-from uet.state.tables import RUNS, STEP_ATTEMPTS
+                              state_value, worker_from_row)
+from uet.state.tables import RUNS, STEP_ATTEMPTS, text
 
 DEFAULT_MAX_RECOVERIES = 3
 
@@ -34,7 +35,7 @@ class WorkerLifecycle:
         self._db = db
 
     @property
-    def _backend(self):
+    def _backend(self) -> Backend:
         return self._db.backend
 
     # -- registration and state ----------------------------------------------------------
@@ -57,7 +58,7 @@ class WorkerLifecycle:
         if incarnation is not None:
             incarnation = text(incarnation, "incarnation")
         affinity_json = json_object({} if affinity is None else affinity, "affinity")
-        event = {"worker_id": worker_id, "worker_type": worker_type,
+        event: dict[str, Any] = {"worker_id": worker_id, "worker_type": worker_type,
                  "affinity": affinity or {}, "state": "SPAWNING"}
         if incarnation is not None:
             event["incarnation"] = incarnation
@@ -128,6 +129,15 @@ class WorkerLifecycle:
 
     # -- work ----------------------------------------------------------------------------
 
+    @overload
+    def claim_run(self, worker_id: str, run_id: str, *, incarnation: str | None = None,
+                  queued: bool = False) -> dict[str, Any]: ...
+
+    @overload
+    def claim_run(self, worker_id: str, run_id: None = None, *,
+                  incarnation: str | None = None,
+                  queued: bool = False) -> dict[str, Any] | None: ...
+
     def claim_run(self, worker_id: str, run_id: str | None = None, *,
                   incarnation: str | None = None,
                   queued: bool = False) -> dict[str, Any] | None:
@@ -165,7 +175,8 @@ class WorkerLifecycle:
 
     # -- staleness -----------------------------------------------------------------------
 
-    def find_stale(self, heartbeat_interval_s: float, now=None) -> list[WorkerRecord]:
+    def find_stale(self, heartbeat_interval_s: float,
+                   now: object = None) -> list[WorkerRecord]:
         """IDLE, BUSY (and DRAINING, which still hold work) workers whose last heartbeat is
         older than two intervals before `now` (an aware UTC datetime; default the clock).
         Entering IDLE or BUSY counts as a heartbeat."""
@@ -173,11 +184,11 @@ class WorkerLifecycle:
         return [worker_from_row(r)
                 for r in self._backend.read("stale_workers", (cutoff,))]
 
-    def reap_stale(self, heartbeat_interval_s: float, now=None) -> list[str]:
+    def reap_stale(self, heartbeat_interval_s: float, now: object = None) -> list[str]:
         """Terminate the stale workers and fail the runs and step attempts they held, all in
         one transaction; returns the ids of the reaped workers."""
         cutoff = self._cutoff(heartbeat_interval_s, now)
-        reaped = []
+        reaped: list[str] = []
         with self._backend.transaction() as tx:
             for worker in tx.rows("stale_workers", (cutoff,)):
                 self._transition(tx, worker, "TERMINATED", reason=(
@@ -230,8 +241,9 @@ class WorkerLifecycle:
     # -- internals -----------------------------------------------------------------------
 
     @staticmethod
-    def _cutoff(heartbeat_interval_s: float, now) -> str:
+    def _cutoff(heartbeat_interval_s: float, now: object) -> str:
         interval = positive_seconds(heartbeat_interval_s, "heartbeat_interval_s")
+        assert interval is not None  # required: a number, never None
         try:
             return stamp(moment(now) - timedelta(seconds=2 * interval))
         except OverflowError:
@@ -239,7 +251,7 @@ class WorkerLifecycle:
                                   field="now") from None
 
     @staticmethod
-    def _fetch(tx, worker_id: str, incarnation: str | None = None) -> dict[str, Any]:
+    def _fetch(tx: Transaction, worker_id: str, incarnation: str | None = None) -> dict[str, Any]:
         rows = tx.rows("lock_worker", (worker_id,))
         if not rows:
             raise NotFoundError("worker", worker_id)
@@ -247,8 +259,8 @@ class WorkerLifecycle:
             check_incarnation(rows[0], worker_id, text(incarnation, "incarnation"))
         return rows[0]
 
-    def _transition(self, tx, worker: dict[str, Any], target: str, *, run_id: str | None = None,
-                    reason: str | None = None) -> dict[str, Any]:
+    def _transition(self, tx: Transaction, worker: dict[str, Any], target: str, *,
+                    run_id: str | None = None, reason: str | None = None) -> dict[str, Any]:
         worker_id, current = worker["worker_id"], worker["state"]
         WORKER.check_transition(worker_id, current, target)
         if target == "IDLE" and current == "BUSY":
@@ -269,7 +281,7 @@ class WorkerLifecycle:
             "current_run_id": held_run, "worker_id": worker_id,
             # a worker that becomes IDLE or takes work is alive: its staleness starts now
             "heartbeat": now if target in ("IDLE", "BUSY") else None})[0]
-        data = {"worker_id": worker_id, "from": current, "to": target}
+        data: dict[str, Any] = {"worker_id": worker_id, "from": current, "to": target}
         if run_id is not None:
             data["run_id"] = run_id
         if reason:
@@ -278,7 +290,7 @@ class WorkerLifecycle:
         return row
 
     @staticmethod
-    def _fail_held_work(tx, worker_id: str, reason: str) -> None:
+    def _fail_held_work(tx: Transaction, worker_id: str, reason: str) -> None:
         """The work of a worker that is terminated: its running step attempts failed, and
         each running run either re-queued for the pool (`requeue_verdict`) or failed."""
         steps = [r[0] for r in tx.run("running_steps_of_worker", {"worker_id": worker_id})]

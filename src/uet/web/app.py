@@ -23,7 +23,7 @@ import json
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import anyio
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -37,7 +37,7 @@ from starlette.staticfiles import StaticFiles
 
 from uet import __version__
 from uet.errors import NotFoundError, UetError, ValidationError
-from uet.state import GateLedger, PatchLedger
+from uet.state import Database, GateLedger, PatchLedger
 from uet.state.machines import MACHINES
 from uet.state.names import display_name, redact
 from uet.state.views import (owners_lost, run_document, seconds_between, since_timestamp,
@@ -147,7 +147,7 @@ def _environment() -> Environment:
 class Dashboard:
     """The routes' shared state: the ledger, the templates, how streams poll."""
 
-    def __init__(self, db: Any, *, poll_interval: float = 0.25) -> None:
+    def __init__(self, db: Database, *, poll_interval: float = 0.25) -> None:
         self.db = db
         self.env = _environment()
         self.poll_interval = poll_interval
@@ -192,7 +192,8 @@ def _secrets_of(db_path: str) -> list[str]:
     return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
 
 
-def page(handler: Callable) -> Callable:
+def page(handler: Callable[[Dashboard, Request], Response]
+         ) -> Callable[[Request], Awaitable[Response]]:
     """A route: runs the (blocking) ledger reads in a worker thread; a bad filter is a
     400 page, an unknown record a 404, any other failure a 500 page — each one line a
     person can act on, with no password in it, and the JSON routes answer in JSON."""
@@ -267,7 +268,7 @@ def runs_query(request: Request) -> dict[str, Any]:
             "limit": limit}
 
 
-def runs_document(db: Any, query: dict[str, Any]) -> dict[str, Any]:
+def runs_document(db: Database, query: dict[str, Any]) -> dict[str, Any]:
     """A page of runs (the rows `uet runs --json` prints), the cursor of the next page,
     and how many runs each state has under the same filters (each count stops at
     COUNT_CAP)."""
@@ -327,8 +328,8 @@ def _ordered_gates(gates: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if id(gate) in done or id(gate) in visiting:
             return
         visiting.add(id(gate))
-        deps = gate.get("depends_on") if isinstance(gate.get("depends_on"), list) else []
-        for name in deps:
+        deps = gate.get("depends_on")
+        for name in deps if isinstance(deps, list) else []:
             for other in by_name.get(name, []) if isinstance(name, str) else []:
                 place(other)
         visiting.discard(id(gate))
@@ -341,12 +342,13 @@ def _ordered_gates(gates: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _tails(step: dict[str, Any]) -> dict[str, str]:
-    meta = step.get("metadata") if isinstance(step.get("metadata"), dict) else {}
+    found = step.get("metadata")
+    meta = found if isinstance(found, dict) else {}
     return {k: _block(meta[f"{k}_tail"]) for k in ("stdout", "stderr")
             if isinstance(meta.get(f"{k}_tail"), str) and meta.get(f"{k}_tail")}
 
 
-def _patches_view(db: Any, patches: list[dict[str, Any]],
+def _patches_view(db: Database, patches: list[dict[str, Any]],
                   events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ledger = PatchLedger(db)
     shown = []
@@ -463,9 +465,11 @@ def healthz(app: Dashboard, request: Request) -> Response:
 
 
 def pygments_css(request: Request) -> Response:
+    from pygments.formatter import Formatter
     from pygments.formatters import HtmlFormatter
-    return Response(HtmlFormatter(style="default").get_style_defs(".diff"),
-                    media_type="text/css")
+    # typed as the base class, whose stub annotates get_style_defs (HtmlFormatter's does not)
+    formatter: Formatter[str] = HtmlFormatter(style="default")
+    return Response(formatter.get_style_defs(".diff"), media_type="text/css")
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
@@ -494,11 +498,12 @@ def _wire_event(event: dict[str, Any]) -> str:
 
 
 def _finishes(event: dict[str, Any]) -> bool:
-    data = event.get("data") if isinstance(event.get("data"), dict) else {}
+    found = event.get("data")
+    data = found if isinstance(found, dict) else {}
     return event.get("event_type") == "run.state_changed" and data.get("to") in FINISHED
 
 
-def _start_cursor(request: Request, db: Any) -> int:
+def _start_cursor(request: Request, db: Database) -> int:
     for text in (request.headers.get("last-event-id"), request.query_params.get("after")):
         if text and text.strip().isdigit() and len(text.strip()) < 20:
             return int(text.strip())
@@ -521,7 +526,7 @@ async def stream(request: Request) -> Response:
 
     shutdown = anyio.Event()  # set by sse-starlette when the server shuts down
 
-    async def messages():
+    async def messages() -> AsyncIterator[dict[str, str]]:
         nonlocal cursor
         while not shutdown.is_set():
             batch = await anyio.to_thread.run_sync(
@@ -546,7 +551,7 @@ async def stream(request: Request) -> Response:
                                headers={"cache-control": "no-store"})
 
 
-def create_app(db: Any, *, host: str = "127.0.0.1", token: str | None = None,
+def create_app(db: Database, *, host: str = "127.0.0.1", token: str | None = None,
                allow_hosts: tuple[str, ...] = (), poll_interval: float = 0.25) -> Guard:
     """The dashboard over an open ledger `db`, behind its guard (`uet.web.guard`): the
     address it is served on (`host`, for the Host header check), its token (None: no

@@ -28,7 +28,7 @@ import ipaddress
 import logging
 import socket
 from http.cookies import CookieError, SimpleCookie
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, MutableMapping
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 LOG = logging.getLogger("uet.web")
@@ -46,9 +46,13 @@ SECURITY_HEADERS = [
 ]
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "ip6-localhost")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# ASGI, as Starlette and uvicorn type it
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Header = tuple[bytes, bytes]
 
 
 def is_loopback(host: str) -> bool:
@@ -107,7 +111,7 @@ def host_of(header: str) -> str | None:
 class Guard:
     """The ASGI layer described in this module's docstring."""
 
-    def __init__(self, app: Callable, *, bound_host: str, token: str | None = None,
+    def __init__(self, app: ASGIApp, *, bound_host: str, token: str | None = None,
                  allow_hosts: Iterable[str] = ()) -> None:
         self.app = app
         self.token = token
@@ -121,7 +125,7 @@ class Guard:
         path = scope.get("path", "")
         status_seen: list[int] = []
 
-        async def send_secured(message: dict[str, Any]) -> None:
+        async def send_secured(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_seen.append(message["status"])
                 extra = list(SECURITY_HEADERS)
@@ -144,7 +148,8 @@ class Guard:
             LOG.info("%s %s %s", scope.get("method"), path[:200],
                      status_seen[0] if status_seen else "-")
 
-    def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str, list] | None:
+    def _refusal(self, scope: Scope, headers: dict[str, str]
+                 ) -> tuple[int, str, list[Header]] | None:
         host = host_of(headers.get("host", ""))
         if host is None or not (host in self.hosts
                                 or (self.any_ip and _is_ip_literal(host))):
@@ -218,7 +223,7 @@ def _header_value(text: str) -> bytes:
     return text.encode("latin-1", "replace")
 
 
-async def _plain(send: Send, status: int, text: str, headers: list) -> None:
+async def _plain(send: Send, status: int, text: str, headers: list[Header]) -> None:
     body = text.encode("utf-8")
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),

@@ -63,7 +63,7 @@ def _moment(value: Any) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _sort_key(step: dict[str, Any]) -> tuple:
+def _sort_key(step: dict[str, Any]) -> tuple[float, float, str]:
     def number(value: Any) -> float:
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) \
             else float("inf")
@@ -90,7 +90,7 @@ def layout(steps: Sequence[dict[str, Any]], now: datetime | None = None) -> Time
     total = max((finish - origin).total_seconds(), 1e-3)
     chart = WIDTH - LABEL_WIDTH
     bars = []
-    seen_sequences: set = set()
+    seen_sequences: set[str] = set()
     for index, (step, (start, end)) in enumerate(zip(shown, spans)):
         y = AXIS_HEIGHT + index * ROW_HEIGHT
         sequence = step.get("sequence")

@@ -4,18 +4,61 @@ statements of an open write transaction and rows as dicts. The engines themselve
 
 from __future__ import annotations
 
-from typing import (Any, Callable, ContextManager, Mapping, Protocol, Sequence,
-                    runtime_checkable)
+from typing import (Any, Callable, ContextManager, Iterable, Iterator, Mapping, Protocol,
+                    Sequence, TypeAlias, runtime_checkable)
 
 from uet.state.tables import JSON_COLUMNS, decode_row
 
+Params: TypeAlias = Sequence[Any] | Mapping[str, Any]
+"""The parameters of one statement: positional (a sequence) or named (a mapping)."""
 
-def rows_of(cursor) -> list[dict[str, Any]]:
+
+class Cursor(Protocol):
+    """What a statement returns: a DB-API cursor of either engine's driver, its rows tuples
+    of the values as stored."""
+
+    @property
+    def description(self) -> Sequence[Sequence[Any]] | None: ...
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> tuple[Any, ...] | None: ...
+
+    def fetchall(self) -> list[tuple[Any, ...]]: ...
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]: ...
+
+
+class BatchCursor(Protocol):
+    """A cursor that runs one statement for many parameter sets."""
+
+    def executemany(self, sql: str, params: Iterable[Params], /) -> object: ...
+
+
+class Connection(Protocol):
+    """A DB-API connection of either engine's driver (sqlite3's, psycopg's), as the
+    statements of a `Transaction` use it."""
+
+    def execute(self, sql: str, params: Params = ..., /) -> Cursor: ...
+
+    def cursor(self) -> BatchCursor: ...
+
+
+def one_row(cursor: Cursor) -> tuple[Any, ...]:
+    """The row of a statement that always returns exactly one (an aggregate, a function
+    call, an INSERT ... RETURNING of one row)."""
+    row = cursor.fetchone()
+    assert row is not None, "a statement that returns one row returned none"
+    return row
+
+
+def rows_of(cursor: Cursor) -> list[dict[str, Any]]:
     """A DB-API cursor's rows as plain dicts (JSON columns decoded)."""
     rows = cursor.fetchall()
     if not rows:
         return []
-    names = [d[0] for d in cursor.description]
+    names = [d[0] for d in cursor.description or ()]
     json_names = [name for name in names if name in JSON_COLUMNS]
     return [decode_row(names, values, json_names) for values in rows]
 
@@ -48,13 +91,13 @@ class Backend(Protocol):
         """Call `callback` after the calling thread's open transaction commits (never if it,
         or the savepoint it was registered in, rolls back)."""
 
-    def read(self, name: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+    def read(self, name: str, params: Params = ()) -> list[dict[str, Any]]:
         """Run a named read query; rows as dicts (JSON columns decoded)."""
 
-    def query(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+    def query(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
         """Run one read statement (built from whitelisted names); rows as dicts."""
 
-    def query_value(self, sql: str, params: Sequence[Any] | dict = ()) -> Any:
+    def query_value(self, sql: str, params: Params = ()) -> Any:
         """Run one read statement; the first column of its first row, or None."""
 
     def transaction(self) -> ContextManager["Transaction"]:
@@ -93,8 +136,8 @@ class Backend(Protocol):
 class Snapshot(Protocol):
     """What a backend's `snapshot()` yields."""
 
-    def rows(self, name: str, params: Sequence[Any] | dict = ()
-             ) -> tuple[list[str], list[tuple]]:
+    def rows(self, name: str, params: Params = ()
+             ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run a named read query in the snapshot: (its column names, its rows as tuples of
         the values as stored — JSON columns as their text, not decoded)."""
 
@@ -108,21 +151,21 @@ class Transaction:
     queries: Mapping[str, str] = {}
     placeholder = "?"
 
-    def __init__(self, conn) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def run(self, name: str, params: Sequence[Any] | dict = ()):
+    def run(self, name: str, params: Params = ()) -> Cursor:
         return self.conn.execute(self.queries[name], params)
 
-    def rows(self, name: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+    def rows(self, name: str, params: Params = ()) -> list[dict[str, Any]]:
         return rows_of(self.conn.execute(self.queries[name], params))
 
-    def run_many(self, name: str, params: Sequence[Sequence[Any] | dict]) -> None:
+    def run_many(self, name: str, params: Sequence[Params]) -> None:
         """Run a named statement once for each parameter set (the driver batches them)."""
         self.conn.cursor().executemany(self.queries[name], params)
 
-    def execute(self, sql: str, params: Sequence[Any] | dict = ()):
+    def execute(self, sql: str, params: Params = ()) -> Cursor:
         return self.conn.execute(sql, params)
 
-    def query(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+    def query(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
         return rows_of(self.conn.execute(sql, params))

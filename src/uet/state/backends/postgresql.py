@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import psycopg
 import psycopg_pool
@@ -31,7 +31,7 @@ from psycopg.types.string import TextLoader
 
 from uet.errors import ConstraintViolation, NotALedgerError, StorageError, UetError
 from uet.state import schema_versions
-from uet.state.backends.common import Transaction, rows_of
+from uet.state.backends.common import Params, Transaction, one_row, rows_of
 from uet.state.backends.postgresql_errors import (POOL_MAX_SIZE, constraint_violation,
                                                   pool_wait, translate_error)
 from uet.state.names import redact
@@ -105,7 +105,7 @@ class PostgresBackend:
         self._own_lock = threading.Lock()
         self._begin = ""       # BEGIN of a write transaction, once the schema is checked
         # called with each outermost write transaction once it began (the Database's fence)
-        self.on_begin: Callable[[Any], None] | None = None
+        self.on_begin: Callable[[Transaction], None] | None = None
         self._channel = ""     # the LISTEN channel of the ledger's event trail
         # per thread: the connection of its open write transaction and the nesting depth
         self._local = threading.local()
@@ -249,16 +249,16 @@ class PostgresBackend:
 
     # -- statements ----------------------------------------------------------------------
 
-    def query(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+    def query(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
         """Run one read statement; rows as dicts with JSON columns decoded."""
         with self._connection() as conn:
             return rows_of(conn.execute(sql, params))
 
-    def read(self, name: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+    def read(self, name: str, params: Params = ()) -> list[dict[str, Any]]:
         """Run a named read query (`queries`); rows as dicts."""
         return self.query(QUERIES[name], params)
 
-    def query_value(self, sql: str, params: Sequence[Any] | dict = ()) -> Any:
+    def query_value(self, sql: str, params: Params = ()) -> Any:
         """Run one read statement and return the first column of its first row (or None)."""
         with self._connection() as conn:
             row = conn.execute(sql, params).fetchone()
@@ -301,7 +301,8 @@ class PostgresBackend:
         for callback in callbacks:  # committed: the block's after-commit work, in order
             callback()
 
-    def _savepoint(self, conn: psycopg.Connection, local: dict) -> Iterator[PostgresTx]:
+    def _savepoint(self, conn: psycopg.Connection, local: dict[str, Any]
+                   ) -> Iterator[PostgresTx]:
         name = f"uet_{local['depth']}"  # from a counter, never from a caller
         try:
             conn.execute(f"SAVEPOINT {name}")
@@ -403,7 +404,8 @@ class PostgresBackend:
         if schema is None:
             raise StorageError(f"ledger {self.path}: its search_path names no schema that "
                                "exists; create the schema or fix the URL's options")
-        key = (_LOCK_CLASS << 32) | schema[0]
+        oid: int = schema[0]
+        key = (_LOCK_CLASS << 32) | oid
         return key - (1 << 64) if key >= 1 << 63 else key  # the signed bigint it takes
 
     # -- schema --------------------------------------------------------------------------
@@ -422,7 +424,7 @@ class PostgresBackend:
                 "WHERE table_schema = current_schema() AND table_name = 'schema_migrations'")}
             version = None
             if columns == {"version", "name", "applied_at"}:
-                version = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+                version = one_row(conn.execute("SELECT max(version) FROM schema_migrations"))[0]
             if isinstance(version, int) and version >= 1:
                 return version
         raise NotALedgerError(
@@ -487,7 +489,7 @@ class PostgresBackend:
 
     @staticmethod
     def _events_channel(conn: psycopg.Connection) -> str:
-        oid = conn.execute("SELECT 'run_events'::regclass::oid::bigint").fetchone()[0]
+        oid = one_row(conn.execute("SELECT 'run_events'::regclass::oid::bigint"))[0]
         return f"uet_events_{int(oid)}"
 
     # -- following -----------------------------------------------------------------------
@@ -544,7 +546,7 @@ class PostgresBackend:
         this ledger's URL, the schema the ledger lives in. Never the password: pg_dump takes
         it from $PGPASSWORD or ~/.pgpass, or asks."""
         with self._connection() as conn:
-            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            schema = one_row(conn.execute("SELECT current_schema()"))[0]
             info = conn.info
             host, port, user, dbname = info.host, info.port, info.user, info.dbname
         if schema is None:
@@ -563,10 +565,10 @@ class PostgresBackend:
     def diagnostics(self) -> dict[str, Any]:
         """Server facts, integrity and row counts, for `uet doctor`."""
         with self._connection() as conn:
-            version, server, database, schema, synchronous = conn.execute(
+            version, server, database, schema, synchronous = one_row(conn.execute(
                 "SELECT (SELECT max(version) FROM schema_migrations), "
                 "current_setting('server_version'), current_database(), current_schema(), "
-                "current_setting('synchronous_commit')").fetchone()
+                "current_setting('synchronous_commit')"))
             found = {kind: [r[0] for r in conn.execute(sql)]
                      for kind, (_, sql) in _CATALOG_CHECKS.items()}
             tables = [r[0] for r in conn.execute(
@@ -574,8 +576,8 @@ class PostgresBackend:
                 "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' "
                 "ORDER BY table_name")]
             # table names come from the catalog, quoted as identifiers
-            counts = {t: conn.execute(pg_sql.SQL("SELECT count(*) FROM {}").format(
-                pg_sql.Identifier(t))).fetchone()[0] for t in tables}
+            counts = {t: one_row(conn.execute(pg_sql.SQL("SELECT count(*) FROM {}").format(
+                pg_sql.Identifier(t))))[0] for t in tables}
         problems = [_CATALOG_CHECKS[kind][0].format(name)
                     for kind, names in found.items() for name in names]
         return {
@@ -599,12 +601,12 @@ class PostgresSnapshot:
     def __init__(self, conn: psycopg.Connection, backend: PostgresBackend) -> None:
         self._conn, self._backend = conn, backend
 
-    def rows(self, name: str, params: Sequence[Any] | dict = ()
-             ) -> tuple[list[str], list[tuple]]:
+    def rows(self, name: str, params: Params = ()
+             ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run the named query: (its column names, its rows)."""
         try:
             cursor = self._conn.execute(QUERIES[name], params)
-            return [d[0] for d in cursor.description], cursor.fetchall()
+            return [d[0] for d in cursor.description or ()], cursor.fetchall()
         except psycopg.Error as exc:
             raise translate_error(exc, self._backend.path,
                                   self._backend.busy_timeout) from None

@@ -13,17 +13,18 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, TypeVar
 
 from uet.errors import NotALedgerError, StorageError, UetError
 import uet.state.backends.sqlite_schema as sqlite_schema
-from uet.state.backends.common import Transaction, rows_of
+from uet.state.backends.common import Params, Transaction, rows_of
 from uet.state.backends.sqlite_errors import DRIVER_ERRORS, rollback, translate_error
 from uet.state.locations import missing_folders, remove_folders
 from uet.state.names import MEMORY
 from uet.state.sqlfiles import load_queries
 
 QUERIES = load_queries("sqlite")
+_T = TypeVar("_T")
 
 DURABILITY = {
     # WAL + NORMAL: a commit survives the process being killed at any instant; only a power
@@ -98,7 +99,7 @@ class SQLiteBackend:
         self._closed = False
         self._depth = 0  # nesting of the open write transaction (its thread holds _lock)
         # called with each outermost write transaction once it began (the Database's fence)
-        self.on_begin: Callable[[Any], None] | None = None
+        self.on_begin: Callable[[Transaction], None] | None = None
         self._tx_thread = 0  # the thread of that transaction
         self._callbacks: list[list[Callable[[], None]]] = []  # per level: run after commit
         _live_backends.add(self)
@@ -161,7 +162,8 @@ class SQLiteBackend:
             with open(self.path, "rb") as f:
                 header = f.read(20)
             return "wal" if header[18:20] == b"\x02\x02" else "delete"
-        return conn.execute("PRAGMA journal_mode").fetchone()[0]
+        mode: str = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        return mode
 
     def _unchangeable(self) -> bool:
         """A ledger that nothing can be writing: in a folder this process may not write (a
@@ -200,7 +202,9 @@ class SQLiteBackend:
         if self.is_memory:
             return "memory"
         with self._lock:
-            return self._run(lambda c: c.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            mode: str = self._run(
+                lambda c: c.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            return mode
 
     def close(self) -> None:
         with self._lock:
@@ -230,13 +234,13 @@ class SQLiteBackend:
 
     # -- statements ----------------------------------------------------------------------
 
-    def _run(self, action):
+    def _run(self, action: Callable[[sqlite3.Connection], _T]) -> _T:
         try:
             return action(self.connect())
         except DRIVER_ERRORS as exc:
             raise translate_error(exc, self.path, self.busy_timeout) from None
 
-    def query(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+    def query(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
         """Run one read statement; rows as dicts with JSON columns decoded. Text that is not
         UTF-8 (stored past uet's checks: raw SQL, another program) is read with its bad
         bytes as lone surrogates (U+DC80-U+DCFF), which the command line shows escaped."""
@@ -254,11 +258,11 @@ class SQLiteBackend:
         with self._lock:
             return self._run(rows)
 
-    def read(self, name: str, params: Sequence[Any] | dict = ()) -> list[dict[str, Any]]:
+    def read(self, name: str, params: Params = ()) -> list[dict[str, Any]]:
         """Run a named read query (`queries`); rows as dicts."""
         return self.query(QUERIES[name], params)
 
-    def query_value(self, sql: str, params: Sequence[Any] | dict = ()) -> Any:
+    def query_value(self, sql: str, params: Params = ()) -> Any:
         """Run one read statement and return the first column of its first row (or None)."""
         with self._lock:
             row = self._run(lambda c: c.execute(sql, params).fetchone())
@@ -456,8 +460,8 @@ class SQLiteSnapshot:
     def __init__(self, conn: sqlite3.Connection, backend: SQLiteBackend) -> None:
         self._conn, self._backend = conn, backend
 
-    def rows(self, name: str, params: Sequence[Any] | dict = ()
-             ) -> tuple[list[str], list[tuple]]:
+    def rows(self, name: str, params: Params = ()
+             ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run the named query: (its column names, its rows)."""
         conn, sql = self._conn, QUERIES[name]
         try:
@@ -549,7 +553,7 @@ class _Transaction:
                         pass  # the outer block's COMMIT or ROLLBACK settles what is left
                 if isinstance(exc, DRIVER_ERRORS):
                     raise translate_error(exc, backend.path, backend.busy_timeout) from None
-                if exc_type is None:
+                if exc_type is None and exc is not None:
                     raise exc  # COMMIT itself was interrupted (KeyboardInterrupt)
         finally:
             callbacks = backend._callbacks.pop()

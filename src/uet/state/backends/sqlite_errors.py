@@ -74,12 +74,14 @@ _COLUMNS_FAILED = re.compile(r"^(?:UNIQUE|NOT NULL) constraint failed: (.+)$")
 _CHECK_FAILED = re.compile(r"^CHECK constraint failed: (.+)$", re.DOTALL)
 
 
-def constraint_violation(exc: sqlite3.Error, code: int) -> ConstraintViolation:
+def constraint_violation(exc: BaseException, code: int) -> ConstraintViolation:
     """A constraint failure with its kind, table, columns and constraint name as SQLite
     reports them (foreign keys: SQLite names neither table nor column)."""
     text = str(exc)
     kind = _CONSTRAINT_KINDS.get(code, "other")
-    table, columns, constraint = None, (), None
+    table: str | None = None
+    columns: tuple[str, ...] = ()
+    constraint: str | None = None
     match = _COLUMNS_FAILED.match(text)
     if match:
         pairs = [part.strip().partition(".") for part in match.group(1).split(",")]

@@ -9,12 +9,31 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from typing import ContextManager, Protocol, TypeAlias
 
 from uet.errors import MigrationError, NotALedgerError
 from uet.state import schema_versions
 from uet.state.ids import normalize_timestamp, utc_now
 from uet.state.sqlfiles import Migration, load_migrations
 from uet.state.backends.sqlite_errors import DRIVER_ERRORS, rollback, translate_error
+
+# a value as SQLite stores it
+_SQLValue: TypeAlias = str | bytes | int | float | None
+
+
+class SQLiteLedger(Protocol):
+    """What the migrations need of the SQLite backend (`sqlite.SQLiteBackend`, which imports
+    this module)."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def busy_timeout(self) -> float: ...
+
+    def locked_connection(self) -> ContextManager[sqlite3.Connection]: ...
+
+    def enable_wal(self) -> str: ...
 
 MIGRATIONS = load_migrations("sqlite")
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -94,7 +113,7 @@ def peek_version(path: str) -> int | None:
         raise translate_error(exc, path, 0) from None
 
 
-def check_current(backend) -> int:
+def check_current(backend: SQLiteLedger) -> int:
     """For a read-only open: the ledger must exist and be at this code's version."""
     with backend.locked_connection() as conn:
         try:
@@ -105,7 +124,7 @@ def check_current(backend) -> int:
                                            nothing_there="is empty, not a ledger yet")
 
 
-def migrate(backend) -> tuple[int | None, int]:
+def migrate(backend: SQLiteLedger) -> tuple[int | None, int]:
     """Bring the ledger up to LATEST_VERSION; returns (version before, version after).
 
     A newer ledger, or a file that is not a ledger, is refused before anything is written;
@@ -128,7 +147,7 @@ def migrate(backend) -> tuple[int | None, int]:
         return result
 
 
-def _apply(backend, conn: sqlite3.Connection, migration: Migration, *,
+def _apply(backend: SQLiteLedger, conn: sqlite3.Connection, migration: Migration, *,
            adopt_seed: bool) -> int:
     # Rebuilding tables needs foreign-key enforcement off, and SQLite only lets that change
     # outside a transaction; `PRAGMA foreign_key_check` stands in for it before COMMIT.
@@ -167,7 +186,7 @@ def _apply(backend, conn: sqlite3.Connection, migration: Migration, *,
             translate_error(exc, backend.path, backend.busy_timeout)) from None
 
 
-def _seed_timestamp(value: object) -> object:
+def _seed_timestamp(value: _SQLValue) -> _SQLValue:
     """A seed timestamp in the ledger's format; a value that is no timestamp stays as it was."""
     if not isinstance(value, str):
         return value
