@@ -42,7 +42,8 @@ def ledger_in_folder(tmp_path) -> Path:
     path = tmp_path / "ledger" / "framework.db"
     with init_db(str(path)) as db:
         db.create_run({"run_id": "r", "project_id": "p", "phase_id": "ph"})
-    assert sorted(os.listdir(path.parent)) == ["framework.db"]  # closed: no WAL left
+    # closed: no WAL left (beside the .gitignore uet puts in a folder it creates)
+    assert sorted(os.listdir(path.parent)) == [".gitignore", "framework.db"]
     return path
 
 
@@ -59,7 +60,7 @@ def test_a_ledger_in_a_folder_nobody_can_write_is_read_as_it_is(ledger_in_folder
             result = uet(*args, "--db", str(ledger_in_folder), cwd=tmp_path)
             assert result.returncode == 0, (args, result.stderr)
             assert "r" in result.stdout and result.stderr == "", (args, result.stderr)
-    assert sorted(os.listdir(ledger_in_folder.parent)) == ["framework.db"]
+    assert sorted(os.listdir(ledger_in_folder.parent)) == [".gitignore", "framework.db"]
     assert _digest(ledger_in_folder) == before
 
 

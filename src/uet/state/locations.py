@@ -62,6 +62,30 @@ def missing_folders(path: str) -> list[str]:
 
 
 
+LEDGER_FOLDER = ".ledger"
+GITIGNORE = ("# uet's ledger folder: its files are never committed (written by uet)\n"
+             "*\n")
+
+
+def keep_out_of_git(path: str, created: list[str]) -> None:
+    """Give the folder of a SQLite ledger a `.gitignore` that ignores everything in it, so
+    that the ledger never shows as untracked in the repository around it: when this open
+    created the folder (`created`: missing_folders' list), or the folder is uet's default
+    `.ledger`. An existing `.gitignore` is left as it is; one that cannot be written is no
+    error (the ledger works without it)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder not in created and os.path.basename(folder) != LEDGER_FOLDER:
+        return
+    target = os.path.join(folder, ".gitignore")
+    if os.path.lexists(target):
+        return
+    try:
+        with open(target, "x", encoding="utf-8") as f:
+            f.write(GITIGNORE)
+    except OSError:
+        pass
+
+
 def remove_folders(folders: list[str]) -> None:
     """Remove folders an open created (deepest first), those that are still empty."""
     for folder in folders:

@@ -19,7 +19,7 @@ from uet.errors import NotALedgerError, StorageError, UetError
 import uet.state.backends.sqlite_schema as sqlite_schema
 from uet.state.backends.common import Params, Transaction, rows_of
 from uet.state.backends.sqlite_errors import DRIVER_ERRORS, rollback, translate_error
-from uet.state.locations import missing_folders, remove_folders
+from uet.state.locations import keep_out_of_git, missing_folders, remove_folders
 from uet.state.names import MEMORY
 from uet.state.sqlfiles import load_queries
 
@@ -153,6 +153,8 @@ class SQLiteBackend:
             raise self._blocked(exc) or translate_error(exc, self.path,
                                                         self.busy_timeout) from None
         self._conn = conn
+        if not self.is_memory and not self.read_only:
+            keep_out_of_git(self.path, made)
         return conn
 
     def _journal_mode(self, conn: sqlite3.Connection) -> str:
@@ -207,6 +209,8 @@ class SQLiteBackend:
             return mode
 
     def close(self) -> None:
+        """Close the connection, once a call or transaction of another thread has ended;
+        later calls raise StorageError. An in-memory ledger is gone with it."""
         with self._lock:
             self._closed = True
             conn, self._conn = self._conn, None
@@ -215,6 +219,7 @@ class SQLiteBackend:
 
     @property
     def closed(self) -> bool:
+        """Whether `close()` was called (for good: later calls raise StorageError)."""
         return self._closed
 
     def _close_for_fork(self) -> None:
