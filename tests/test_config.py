@@ -160,3 +160,23 @@ def test_a_broken_file_stops_the_command_with_one_line(tmp_path):
     assert not (tmp_path / ".ledger").exists()
     # a command given its ledger does not need the file
     assert uet("init", "--db", "x.db", cwd=tmp_path).returncode == 0
+
+
+def test_runs_are_recorded_under_the_configured_ids_unless_an_option_says_otherwise(tmp_path):
+    tree(tmp_path, {"uet.toml": 'project = "api"\nphase = "PH-2"\nworkstream = "WS-7"\n'
+                                'database = "ledger.db"\n', "sub/.keep": ""})
+    sub = tmp_path / "sub"
+    assert uet("run", "--", sys.executable, "-c", "pass", cwd=sub).returncode == 0
+    assert uet("run", "--project", "other", "--phase", "PH-9", "--", sys.executable, "-c",
+               "pass", cwd=sub).returncode == 0
+    runs = json.loads(uet("runs", "--json", cwd=sub).stdout)
+    got = sorted((r["project_id"], r["phase_id"], r["workstream_id"]) for r in runs)
+    assert got == [("api", "PH-2", "WS-7"), ("other", "PH-9", "WS-7")]
+    # without the file: the built-in defaults
+    (tmp_path / "uet.toml").unlink()
+    assert uet("run", "--db", str(tmp_path / "ledger.db"), "--", sys.executable, "-c", "pass",
+               cwd=sub).returncode == 0
+    runs = json.loads(uet("runs", "--json", "--db", str(tmp_path / "ledger.db"),
+                          cwd=sub).stdout)
+    assert ("default", "default", None) in [(r["project_id"], r["phase_id"],
+                                             r["workstream_id"]) for r in runs]

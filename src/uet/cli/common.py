@@ -12,7 +12,7 @@ import functools
 import os
 import sys
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, overload
 
 import click
 
@@ -66,6 +66,12 @@ class Context:
             from uet.config import load_config
             self._config = load_config()
         return self._config
+
+    @overload
+    def default(self, key: str, given: str | None, fallback: str) -> str: ...
+
+    @overload
+    def default(self, key: str, given: str | None, fallback: None = None) -> str | None: ...
 
     def default(self, key: str, given: str | None, fallback: str | None = None) -> str | None:
         """An option's value: as given, else the configuration file's, else `fallback`."""

@@ -23,9 +23,12 @@ from uet.errors import NotFoundError, UetError
                 "own exit code; 124 on timeout, 126/127 when it cannot be started, 128+N when "
                 "canceled by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP, 131 SIGQUIT), 143 "
                 "when canceled by `uet cancel`.")
-@click.option("--project", default="default", show_default=True, help="Project id.")
-@click.option("--phase", default="default", show_default=True, help="Phase id.")
-@click.option("--workstream", default=None, help="Workstream id.")
+@click.option("--project", default=None,
+              help="Project id (default: the configuration file's, else 'default').")
+@click.option("--phase", default=None,
+              help="Phase id (default: the configuration file's, else 'default').")
+@click.option("--workstream", default=None,
+              help="Workstream id (default: the configuration file's, else none).")
 @click.option("--tool", default=None, help="Tool id (default: the command's name).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=31_536_000),
               default=None, callback=finite,
@@ -55,7 +58,8 @@ from uet.errors import NotFoundError, UetError
                    "in the ledger.")
 @click.argument("command_argv", nargs=-1, required=True, type=click.UNPROCESSED,
                 metavar="WORKSTREAM.yaml | --plan PLAN.json WS-ID | -- CMD [ARGS]...")
-def run(ctx: Context, project: str, phase: str, workstream: str | None, tool: str | None,
+def run(ctx: Context, project: str | None, phase: str | None, workstream: str | None,
+        tool: str | None,
         timeout: float | None, heartbeat: float, finish_timeout: float, repo: str | None,
         parallel: int, keep_failed: bool, plan_file: str | None, skip_tests: tuple[str, ...],
         ignore_dependencies: bool, command_argv: tuple[str, ...]) -> None:
@@ -84,8 +88,11 @@ def run(ctx: Context, project: str, phase: str, workstream: str | None, tool: st
     # --json: stdout holds the one JSON document, so the command's output goes to stderr
     output = {"stdout": _binary(sys.stderr)} if ctx.as_json else {}
     with ctx.open(create=True) as db:
-        result = run_command(db, list(command_argv), project_id=project, phase_id=phase,
-                             workstream_id=workstream, tool_id=tool, timeout=timeout,
+        result = run_command(db, list(command_argv),
+                             project_id=ctx.default("project", project, "default"),
+                             phase_id=ctx.default("phase", phase, "default"),
+                             workstream_id=ctx.default("workstream", workstream),
+                             tool_id=tool, timeout=timeout,
                              heartbeat_s=heartbeat, finish_timeout=finish_timeout, **output)
     why = f": {result.error}" if result.error and result.state != "succeeded" else ""
     # the error quotes the command line: escaped like everything else uet prints
@@ -105,14 +112,16 @@ def _is_workstream(argv: tuple[str, ...]) -> bool:
             and os.path.isfile(argv[0]))
 
 
-def _run_plan_workstream(ctx: Context, plan_file: str, workstream_id: str, project: str,
+def _run_plan_workstream(ctx: Context, plan_file: str, workstream_id: str,
+                         project: str | None,
                          repo: str | None, parallel: int, keep_failed: bool, heartbeat: float,
                          skip_tests: tuple[str, ...], ignore_dependencies: bool) -> None:
     from uet.engine.orchestrator import run_workstream
     from uet.plan import load_plan
     from uet.plan.workstreams import plan_workstream
     mapped = plan_workstream(load_plan(plan_file), workstream_id, plan_path=plan_file,
-                             project_id=None if project == "default" else project,
+                             project_id=project,
+                             default_project=ctx.default("project", None),
                              repo=repo, skip_tests=skip_tests)
     ws = mapped.workstream
     with ctx.open(create=True) as db:
@@ -133,13 +142,15 @@ def _run_plan_workstream(ctx: Context, plan_file: str, workstream_id: str, proje
     _report(ctx, result)
 
 
-def _run_workstream(ctx: Context, path: str, project: str, phase: str, repo: str | None,
+def _run_workstream(ctx: Context, path: str, project: str | None, phase: str | None,
+                    repo: str | None,
                     parallel: int, keep_failed: bool, heartbeat: float) -> None:
     from uet.engine.orchestrator import run_workstream
     from uet.engine.workstream import load_workstream
-    # --project/--phase fill in what the file leaves out; --repo replaces the file's
-    ws = load_workstream(path, project_id=None if project == "default" else project,
-                         phase_id=None if phase == "default" else phase,
+    # --project/--phase (else the configuration file's) fill in what the file leaves out;
+    # --repo replaces the file's
+    ws = load_workstream(path, project_id=ctx.default("project", project),
+                         phase_id=ctx.default("phase", phase),
                          # --repo is a path the user typed: relative to where they are
                          repo=os.path.abspath(repo) if repo else None)
     with ctx.open(create=True) as db:

@@ -32,8 +32,10 @@ def _say(line: str) -> None:
 @click.option("--priority", type=click.IntRange(-1_000_000, 1_000_000), default=0,
               show_default=True, help="Higher runs are claimed first; equal ones oldest "
                                       "first.")
-@click.option("--project", default=None, help="Project id, when the file has none.")
-@click.option("--phase", default=None, help="Phase id, when the file has none.")
+@click.option("--project", default=None,
+              help="Project id, when the file has none (default: the configuration file's).")
+@click.option("--phase", default=None,
+              help="Phase id, when the file has none (default: the configuration file's).")
 @click.option("--wait", is_flag=True,
               help="Follow the run until it ends and exit with its outcome (0 succeeded, 1 "
                    "failed, 130 canceled).")
@@ -44,7 +46,8 @@ def submit(ctx: Context, workstream_file: str, repo: str | None, priority: int,
     repository and the base commit as they are now."""
     from uet.engine.pool import submit as queue
     from uet.engine.workstream import load_workstream
-    ws = load_workstream(workstream_file, project_id=project, phase_id=phase,
+    ws = load_workstream(workstream_file, project_id=ctx.default("project", project),
+                         phase_id=ctx.default("phase", phase),
                          repo=os.path.abspath(repo) if repo else None)
     with ctx.open(create=True) as db:
         run = queue(db, ws, priority=priority)

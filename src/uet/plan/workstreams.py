@@ -67,9 +67,11 @@ class PlanWorkstream:
 
 def plan_workstream(plan: dict[str, Any], workstream_id: str, *, plan_path: str,
                     project_id: str | None = None, repo: str | None = None,
-                    skip_tests: Iterable[str] = ()) -> PlanWorkstream:
+                    skip_tests: Iterable[str] = (),
+                    default_project: str | None = None) -> PlanWorkstream:
     """The plan's workstream `workstream_id` as a runnable Workstream (see the module's
-    docstring). Raises PlanError when the plan has problems, has no such workstream, or a
+    docstring); `default_project` is the project when neither `project_id` nor the plan
+    names one (else "default"). Raises PlanError when the plan has problems, has no such workstream, or a
     field cannot be mapped — each problem at its place in the plan."""
     source = os.fspath(plan_path)
     problems = plan_problems(plan)
@@ -103,7 +105,7 @@ def plan_workstream(plan: dict[str, Any], workstream_id: str, *, plan_path: str,
     gates = builder.workstream_gates(ws.get("acceptance_tests"), f"{node.path}/acceptance_tests",
                                      None) + gates
     doc: dict[str, Any] = {"workstream_id": node.key, "phase_id": phase_id,
-                           "project_id": project_id or _project(meta),
+                           "project_id": project_id or _project(meta, default_project),
                            "tools": tools, "tasks": tasks}
     if isinstance(ws.get("name"), str):
         doc["name"] = ws["name"]
@@ -135,7 +137,7 @@ def plan_workstream(plan: dict[str, Any], workstream_id: str, *, plan_path: str,
                           node.path)
 
 
-def _project(meta: dict[str, Any]) -> str:
+def _project(meta: dict[str, Any], default: str | None) -> str:
     project = meta.get("project")
     if isinstance(project, dict) and isinstance(project.get("project_id"), str):
         project_id: str = project["project_id"]
@@ -143,7 +145,7 @@ def _project(meta: dict[str, Any]) -> str:
     plan_id = meta.get("plan_id")
     if isinstance(plan_id, str):
         return plan_id
-    return "default"
+    return default or "default"
 
 
 def _policy(constraints: Any, own: Any) -> dict[str, Any]:
