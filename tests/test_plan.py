@@ -490,14 +490,16 @@ def test_generated_patches_apply_as_rfc6902_or_refuse_and_change_nothing(seed, c
         assert doc == pristine
         return
     assert doc == pristine
-    expected = jsonpatch.apply_patch(doc, ops)
+    # the patch's own `add /meta/patch_metadata` is merged into the record, not applied:
+    # every other operation is applied exactly as RFC 6902 says
+    changes = [op for op in ops if not (op["op"] == "add"
+                                        and op["path"] == "/meta/patch_metadata")]
+    expected = jsonpatch.apply_patch(doc, changes)
     got = copy.deepcopy(result.plan)
-    entry = got["meta"]["patch_metadata"].pop("gen")
+    entry = got["meta"]["patch_metadata"].pop(p.patch_id)
     assert entry["content_sha256"] == p.sha256
+    assert entry["operations_applied"] == len(changes)
     assert got == expected
-    # what uet accepts, RFC 6902 accepts; never an `add` over an existing key
-    for op in ops:
-        assert op["path"] != "/meta/patch_metadata"
 
 
 # -- hostile input: any JSON at all is judged, never crashes ---------------------------------
