@@ -23,10 +23,14 @@ __all__ = ["CELL_LIMIT", "FIELD_LIMIT", "MESSAGE_LIMIT", "UNSAFE", "cell", "clip
 
 
 def emit_json(document: Any) -> None:
+    """`document` on stdout as one indented JSON document (a command's `--json`), valid
+    whatever its values hold (`to_json`)."""
     sys.stdout.write(to_json(document, indent=2) + "\n")
 
 
 def emit_json_line(document: Any) -> None:
+    """`document` on stdout as one line of JSON (JSON lines: a followed stream), flushed at
+    once so that a reader sees it as it comes."""
     sys.stdout.write(to_json(document) + "\n")
     sys.stdout.flush()
 

@@ -70,6 +70,7 @@ class TaskOutcome:
 
     @property
     def done(self) -> bool:
+        """Whether the task succeeded: committed, or empty (allowed to change nothing)."""
         return self.outcome in ("committed", "empty")
 
 

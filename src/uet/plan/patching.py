@@ -79,10 +79,12 @@ class ApplyResult:
 
     @property
     def applied(self) -> list[PatchOutcome]:
+        """The outcomes of the patches applied now (not those already applied), in order."""
         return [o for o in self.outcomes if o.status == "applied"]
 
     @property
     def changed(self) -> bool:
+        """Whether any patch was applied now; if not, the plan is the input's."""
         return bool(self.applied)
 
 

@@ -18,6 +18,8 @@ from uet.state.tables import encode_json, text
 
 
 class WorkerState(str, enum.Enum):
+    """A worker's state (a str enum: a member equals its stored value); the moves between
+    them are `uet.state.machines.WORKER`'s, TERMINATED the final one."""
     SPAWNING = "SPAWNING"
     IDLE = "IDLE"
     BUSY = "BUSY"
@@ -26,6 +28,8 @@ class WorkerState(str, enum.Enum):
 
 
 class PatchState(str, enum.Enum):
+    """A patch ledger entry's state, lower case as stored; the moves between them are
+    `uet.state.machines.PATCH`'s (rolled_back and dropped are final)."""
     CREATED = "created"
     VALIDATED = "validated"
     QUEUED = "queued"
@@ -39,6 +43,9 @@ class PatchState(str, enum.Enum):
 
 
 class GateState(str, enum.Enum):
+    """A test gate's state; the moves between them are `uet.state.machines.GATE`'s (PASSED
+    and FAILED are final; a BLOCKED gate returns to PENDING once the gate that blocked it
+    passes on a re-run)."""
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     PASSED = "PASSED"
@@ -47,6 +54,7 @@ class GateState(str, enum.Enum):
 
 
 class GateType(str, enum.Enum):
+    """What a test gate checks: lint, unit tests, integration tests or security."""
     LINT = "LINT"
     UNIT = "UNIT"
     INTEGRATION = "INTEGRATION"
@@ -61,6 +69,10 @@ assert [s.value for s in GateState] == list(GATE.states)
 
 @dataclass(frozen=True)
 class WorkerRecord:
+    """A worker as `WorkerLifecycle` returns it: its `affinity` (fixed once it leaves
+    SPAWNING), its last heartbeat (None: none yet), when it was terminated (None until it
+    is TERMINATED) and the run it holds (None: none). Timestamps are the ledger's UTC
+    text."""
     worker_id: str
     worker_type: str
     state: WorkerState
@@ -75,6 +87,9 @@ class WorkerRecord:
 
 @dataclass(frozen=True)
 class PatchArtifact:
+    """A stored patch (`PatchLedger.record_patch`): the unified diff, its sha256 (hex) and
+    size in bytes (UTF-8), the files it touches in order of appearance, and the run and step
+    attempt that produced it (None: not recorded)."""
     patch_id: str
     diff: str
     sha256: str
@@ -87,6 +102,10 @@ class PatchArtifact:
 
 @dataclass(frozen=True)
 class PatchLedgerEntry:
+    """One patch's way through the patch machine (`PatchLedger`): its state, the validation
+    flags (None: not checked yet), the reason it was quarantined (None: it was not),
+    `state_history` (each state entered, oldest first: {"state", "at", "reason"}) and
+    `version`, which every change increments (the compare-and-set of `expected_version`)."""
     ledger_id: str
     patch_id: str
     state: PatchState
@@ -154,6 +173,7 @@ class ValidationResult:
 
 
 def worker_from_row(row: Mapping[str, Any]) -> WorkerRecord:
+    """A `workers` row (its affinity JSON text) as a WorkerRecord."""
     return WorkerRecord(
         worker_id=row["worker_id"], worker_type=row["worker_type"],
         state=WorkerState(row["state"]), affinity=json.loads(row["affinity"]),
@@ -163,6 +183,7 @@ def worker_from_row(row: Mapping[str, Any]) -> WorkerRecord:
 
 
 def patch_from_row(row: Mapping[str, Any]) -> PatchArtifact:
+    """A `patches` row (its files JSON text) as a PatchArtifact."""
     return PatchArtifact(
         patch_id=row["patch_id"], diff=row["diff"], sha256=row["sha256"],
         files=json.loads(row["files"]), size_bytes=row["size_bytes"], run_id=row["run_id"],
@@ -174,6 +195,8 @@ def _flag(value: int | None) -> bool | None:
 
 
 def entry_from_row(row: Mapping[str, Any]) -> PatchLedgerEntry:
+    """A `patch_ledger_entries` row as a PatchLedgerEntry: the stored 0/1 flags as booleans
+    (None kept), state_history decoded."""
     return PatchLedgerEntry(
         ledger_id=row["ledger_id"], patch_id=row["patch_id"], state=PatchState(row["state"]),
         phase_id=row["phase_id"], workstream_id=row["workstream_id"],
@@ -203,6 +226,7 @@ def output(value: object, field: str) -> str | None:
 
 
 def flag(value: object, field: str) -> int | None:
+    """A validation flag: True, False or None (not checked), as stored (1, 0 or None)."""
     if value is None:
         return None
     if not isinstance(value, bool):
@@ -212,6 +236,8 @@ def flag(value: object, field: str) -> int | None:
 
 
 def positive_seconds(value: object, field: str, *, required: bool = True) -> float | None:
+    """A duration in seconds as a float: a number above 0 and below 10**9 (no bool); None
+    only when not `required`."""
     if value is None and not required:
         return None
     if (not isinstance(value, (int, float)) or isinstance(value, bool)
@@ -222,6 +248,7 @@ def positive_seconds(value: object, field: str, *, required: bool = True) -> flo
 
 
 def json_object(value: object, field: str) -> str:
+    """A dict as the JSON text stored in `field` (the checks of `encode_json`)."""
     return encode_json(value, field, field)
 
 
@@ -240,6 +267,7 @@ def moment(now: object) -> datetime:
 
 
 def stamp(when: datetime) -> str:
+    """An aware datetime (see `moment`) as a stored timestamp, in the ledger's format."""
     return normalize_timestamp(when, "now")
 
 
@@ -250,4 +278,5 @@ def parse_stamp(value: str) -> datetime:
 
 
 def seconds_between(start: str, end: str) -> float:
+    """The seconds from one stored timestamp to another; 0.0 when `end` is the earlier."""
     return max(0.0, (parse_stamp(end) - parse_stamp(start)) / timedelta(seconds=1))

@@ -18,7 +18,8 @@ class Closable(Protocol):
                  busy_timeout: float = ...) -> None: ...
 
     @property
-    def closed(self) -> bool: ...
+    def closed(self) -> bool:
+        """Whether the instance was closed (the cache then makes a new one)."""
 
 
 class _Options(TypedDict, total=False):

@@ -50,6 +50,7 @@ class Machine:
         return tuple(s for s in self.states if s in targets)
 
     def can(self, current: str, requested: str) -> bool:
+        """Whether current -> requested is an ordinary transition (re-drives are not)."""
         return requested in self.transitions.get(current, ())
 
     def stamps_entering(self, state: str, current: Mapping[str, object],

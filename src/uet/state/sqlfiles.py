@@ -152,6 +152,8 @@ def to_psycopg_style(sql: str) -> str:
 
 @dataclass(frozen=True)
 class Migration:
+    """One numbered migration of an engine (`sql/<engine>/migrations/NNNN_name.sql`): its
+    version (NNNN), name and SQL script."""
     version: int
     name: str
     sql: str

@@ -39,6 +39,9 @@ SHOWN_CHARS = 200
 
 @dataclass(frozen=True)
 class Column:
+    """One column of a table and what a caller's value for it must be: its `kind` (TEXT,
+    INT, NUMBER, JSON, TIMESTAMP or STATE; checked by `encode_value`) and the rules below.
+    A column that is not `updatable` is set on create only."""
     name: str
     kind: str
     required: bool = False   # must be given (and not None) on create
@@ -52,6 +55,10 @@ class Column:
 
 @dataclass(frozen=True)
 class Table:
+    """One of the seed's tables (`RUNS`, `STEP_ATTEMPTS`, `RUN_EVENTS`) as data: its name,
+    the entity messages call a record ("run"), its key column, its columns (the only field
+    names a caller may give; `by_name` and `names` are derived from them) and the machine
+    of its `state` column (None: its records have no state)."""
     name: str
     entity: str
     key: str

@@ -113,6 +113,8 @@ def _url(base: str, *segments: Any, **query: Any) -> Markup:
 
 
 def run_url(run_id: Any) -> Markup:
+    """The link to a run's page (`/runs/<id>`, the id one percent-encoded segment), escaped
+    for an attribute; a filter and a global of the templates."""
     return _url("/runs", run_id)
 
 
@@ -157,12 +159,14 @@ class Dashboard:
     # -- responses ---------------------------------------------------------------------
 
     def html(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
+        """A page: `template` rendered with `values` (and the ledger's name)."""
         text = self.env.get_template(template).render(ledger_name=self.ledger_name,
                                                       **values)
         return HTMLResponse(text, status_code=status)
 
     @staticmethod
     def json(document: Any, status: int = 200) -> Response:
+        """`document` as a JSON response, valid whatever it holds (`to_json`)."""
         return Response(to_json(document), status_code=status,
                         media_type="application/json")
 
@@ -228,11 +232,15 @@ def _one(request: Request, name: str) -> str | None:
 
 
 def encode_cursor(row: dict[str, Any]) -> str:
+    """The `before` cursor of the runs page that follows `row` (the last run shown): its
+    created_at and run_id as URL-safe base64 of JSON, without padding."""
     raw = json.dumps([row["created_at"], row["run_id"]], ensure_ascii=True).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(text: str) -> tuple[str, str]:
+    """The (created_at, run_id) of a cursor `encode_cursor` made; anything else raises
+    ValidationError (a 400 page)."""
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         value = json.loads(raw)
@@ -294,6 +302,8 @@ def _run_row(row: dict[str, Any], lost: dict[str, str]) -> dict[str, Any]:
 
 @page
 def runs_page(app: Dashboard, request: Request) -> Response:
+    """`/runs` and `/api/runs`: a page of runs under the query's filters (`runs_query`)
+    with the counts per state; the HTML page follows the trail live."""
     query = runs_query(request)
     after = app.db.latest_event_seq()  # before the rows: no change in between is missed
     document = runs_document(app.db, query)
@@ -371,6 +381,9 @@ def _patches_view(db: Database, patches: list[dict[str, Any]],
 
 @page
 def run_page(app: Dashboard, request: Request) -> Response:
+    """`/runs/{id}` and `/api/runs/{id}`: one run's document (`run_document`); the page
+    adds its timeline, output tails, patches and gates, and follows the run while it is
+    not finished. A prefix of an id redirects to the whole id."""
     db = app.db
     wanted = request.path_params["run_id"]
     run_id = db.resolve_run_id(wanted)
@@ -406,6 +419,7 @@ def run_page(app: Dashboard, request: Request) -> Response:
 
 @page
 def workers_page(app: Dashboard, request: Request) -> Response:
+    """`/workers` and `/api/workers`: every worker, or those in the query's `state`."""
     state = _one(request, "state")
     if state is not None:
         MACHINES["worker"].check_state(state, "state")
@@ -420,6 +434,9 @@ def workers_page(app: Dashboard, request: Request) -> Response:
 
 @page
 def patches_page(app: Dashboard, request: Request) -> Response:
+    """`/patches` and `/api/patches`: the patch ledger entries, optionally of one `state`
+    and `phase`; the page shows the newest LIST_LIMIT (with each one's run and files), the
+    API all of them."""
     state, phase = _one(request, "state"), _one(request, "phase")
     if state is not None:
         MACHINES["patch_entry"].check_state(state, "state")
@@ -442,6 +459,9 @@ def patches_page(app: Dashboard, request: Request) -> Response:
 
 @page
 def gates_page(app: Dashboard, request: Request) -> Response:
+    """`/gates` and `/api/gates`: the test gates, optionally of one `state`, `phase` and
+    `run` (an id or its prefix); the page shows the newest LIST_LIMIT, the API all of
+    them."""
     state, phase, run = _one(request, "state"), _one(request, "phase"), _one(request, "run")
     if state is not None:
         MACHINES["gate"].check_state(state, "state")
@@ -460,11 +480,14 @@ def gates_page(app: Dashboard, request: Request) -> Response:
 
 @page
 def healthz(app: Dashboard, request: Request) -> Response:
+    """`/healthz`: the server answers and reads the ledger (its name, its schema version,
+    uet's version), as JSON."""
     return app.json({"status": "ok", "ledger": app.ledger_name,
                      "schema_version": app.db.schema_version(), "version": __version__})
 
 
 def pygments_css(request: Request) -> Response:
+    """`/static/pygments.css`: the style sheet of the highlighted diffs (class `diff`)."""
     from pygments.formatter import Formatter
     from pygments.formatters import HtmlFormatter
     # typed as the base class, whose stub annotates get_style_defs (HtmlFormatter's does not)
@@ -483,6 +506,7 @@ async def not_found(request: Request, exc: Exception) -> Response:
 
 
 async def home(request: Request) -> Response:
+    """`/`: a redirect to the runs page."""
     return RedirectResponse("/runs", status_code=307)
 
 

@@ -23,6 +23,8 @@ MAX_ROWS = 500       # a run with more attempts shows its first 500 (the table h
 
 @dataclass(frozen=True)
 class Bar:
+    """One attempt's row: the attempt as stored (any value: raw SQL can store anything), the
+    row's top `y`, and its bar from `x` over `width` (SVG user units)."""
     step_attempt_id: Any
     sequence: Any
     attempt: Any
@@ -37,12 +39,16 @@ class Bar:
 
 @dataclass(frozen=True)
 class Tick:
+    """A mark of the time axis: where it is (`x`, SVG user units) and the time since the
+    first start it stands for ("1.5s", "3m")."""
     x: float
     label: str
 
 
 @dataclass(frozen=True)
 class Timeline:
+    """The laid-out chart (`layout`): its rows and axis marks, its size and that of its
+    label column and chart area (SVG user units), and the seconds the chart spans."""
     bars: list[Bar]
     ticks: list[Tick]
     width: float

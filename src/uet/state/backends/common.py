@@ -18,14 +18,19 @@ class Cursor(Protocol):
     of the values as stored."""
 
     @property
-    def description(self) -> Sequence[Sequence[Any]] | None: ...
+    def description(self) -> Sequence[Sequence[Any]] | None:
+        """The result's columns, one sequence each whose first item is the column's name
+        (DB-API); None for a statement that returns no rows."""
 
     @property
-    def rowcount(self) -> int: ...
+    def rowcount(self) -> int:
+        """How many rows the statement changed (an INSERT, UPDATE or DELETE)."""
 
-    def fetchone(self) -> tuple[Any, ...] | None: ...
+    def fetchone(self) -> tuple[Any, ...] | None:
+        """The next row, or None when there is none left."""
 
-    def fetchall(self) -> list[tuple[Any, ...]]: ...
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        """Every row not fetched yet."""
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]: ...
 
@@ -33,16 +38,19 @@ class Cursor(Protocol):
 class BatchCursor(Protocol):
     """A cursor that runs one statement for many parameter sets."""
 
-    def executemany(self, sql: str, params: Iterable[Params], /) -> object: ...
+    def executemany(self, sql: str, params: Iterable[Params], /) -> object:
+        """Run `sql` once for each parameter set (what it returns is not used)."""
 
 
 class Connection(Protocol):
     """A DB-API connection of either engine's driver (sqlite3's, psycopg's), as the
     statements of a `Transaction` use it."""
 
-    def execute(self, sql: str, params: Params = ..., /) -> Cursor: ...
+    def execute(self, sql: str, params: Params = ..., /) -> Cursor:
+        """Run one statement, written in the driver's parameter style; its cursor."""
 
-    def cursor(self) -> BatchCursor: ...
+    def cursor(self) -> BatchCursor:
+        """A new cursor, for the statements run once per parameter set (`run_many`)."""
 
 
 def one_row(cursor: Cursor) -> tuple[Any, ...]:
@@ -81,7 +89,8 @@ class Backend(Protocol):
     queries: Mapping[str, str]    # the named statements, in this engine's parameter style
 
     @property
-    def closed(self) -> bool: ...
+    def closed(self) -> bool:
+        """Whether `close()` was called (for good: every later call raises StorageError)."""
 
     @property
     def in_transaction(self) -> bool:
@@ -155,9 +164,11 @@ class Transaction:
         self.conn = conn
 
     def run(self, name: str, params: Params = ()) -> Cursor:
+        """Run a named statement (`queries`); its cursor (rows as stored, `rowcount`)."""
         return self.conn.execute(self.queries[name], params)
 
     def rows(self, name: str, params: Params = ()) -> list[dict[str, Any]]:
+        """Run a named statement; its rows as dicts (JSON columns decoded)."""
         return rows_of(self.conn.execute(self.queries[name], params))
 
     def run_many(self, name: str, params: Sequence[Params]) -> None:
@@ -165,7 +176,11 @@ class Transaction:
         self.conn.cursor().executemany(self.queries[name], params)
 
     def execute(self, sql: str, params: Params = ()) -> Cursor:
+        """Run a statement assembled from whitelisted names (`placeholder` marks); its
+        cursor."""
         return self.conn.execute(sql, params)
 
     def query(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
+        """Run a statement assembled from whitelisted names; its rows as dicts (JSON columns
+        decoded)."""
         return rows_of(self.conn.execute(sql, params))

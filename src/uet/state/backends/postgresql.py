@@ -237,6 +237,7 @@ class PostgresBackend:
 
     @property
     def closed(self) -> bool:
+        """Whether `close()` was called (for good: later calls raise StorageError)."""
         return self._closed
 
     def _after_fork(self) -> None:

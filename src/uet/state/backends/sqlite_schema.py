@@ -26,14 +26,19 @@ class SQLiteLedger(Protocol):
     this module)."""
 
     @property
-    def path(self) -> str: ...
+    def path(self) -> str:
+        """The ledger file, as messages name it."""
 
     @property
-    def busy_timeout(self) -> float: ...
+    def busy_timeout(self) -> float:
+        """How long a statement waits for a lock another connection holds, in seconds."""
 
-    def locked_connection(self) -> ContextManager[sqlite3.Connection]: ...
+    def locked_connection(self) -> ContextManager[sqlite3.Connection]:
+        """The backend's own connection, held for the block (other threads wait)."""
 
-    def enable_wal(self) -> str: ...
+    def enable_wal(self) -> str:
+        """Switch the file to WAL once it is known to be a ledger; the journal mode in
+        force."""
 
 MIGRATIONS = load_migrations("sqlite")
 LATEST_VERSION = MIGRATIONS[-1].version
