@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from typing import Any
+from collections.abc import Generator
+from typing import Any, TypeGuard, cast
 
 import click
 
@@ -35,7 +36,8 @@ FINISHED = ("succeeded", "failed", "canceled", "quarantined")
 @click.option("--since", help="Only runs created since: an ISO timestamp or an age (30m, 2h, "
                               "7d).")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-def runs(ctx: Context, project, phase, workstream, state, since, limit) -> None:
+def runs(ctx: Context, project: str | None, phase: str | None, workstream: str | None,
+         state: str | None, since: str | None, limit: int) -> None:
     """List runs, newest first."""
     filters = {k: v for k, v in (("project_id", project), ("phase_id", phase),
                                  ("workstream_id", workstream), ("state", state)) if v}
@@ -67,7 +69,7 @@ def duration(row: dict[str, Any]) -> str | None:
     return None if seconds is None else f"{seconds:.2f}s"
 
 
-def _owner_lost(db, rows: list) -> dict[str, str]:
+def _owner_lost(db: Any, rows: list[dict[str, Any]]) -> dict[str, str]:
     from uet.state.views import owners_lost
     return owners_lost(db, rows)
 
@@ -96,7 +98,8 @@ def show(ctx: Context, run_id: str | None) -> None:
     emit_fields(f"run {run_id}", [(k, v) for k, v in run_row.items()
                                   if k != "run_id" and not _queue_default(k, v)]
                 + [("duration", duration(run_row))]
-                + ([("usage", usage_line(usage))] if usage else []))
+                + ([("usage", usage_line(usage))] if usage else [])
+                + git_fields(document["run"].get("metadata")))
     emit_table("step attempts", ["sequence", "attempt", "step_attempt_id", "tool_id", "state",
                                  "exit_code", "duration"],
                ([s["sequence"], s["attempt"], s["step_attempt_id"], s["tool_id"], s["state"],
@@ -127,14 +130,110 @@ def _queue_default(name: str, value: object) -> bool:
 
 def _summarised(run: dict[str, Any]) -> dict[str, Any]:
     """The run as `uet show` prints it: a workstream run's metadata keeps the workstream
-    file it ran (for `uet resume`); the table names its size, `--json` has it whole."""
+    file it ran (for `uet resume`); the table names its size, `--json` has it whole. The
+    git context of `uet run -- CMD` is shown on lines of its own (`git_fields`)."""
     meta = run.get("metadata")
-    spec = meta.get("workstream") if isinstance(meta, dict) else None
-    if not isinstance(spec, dict) or not isinstance(spec.get("content"), str):
+    if not isinstance(meta, dict):
         return run
-    size = len(spec["content"].encode("utf-8", "surrogatepass"))
-    return {**run, "metadata": {**meta, "workstream": {
-        **spec, "content": f"<the workstream file, {size:,} bytes: uet show --json>"}}}
+    if isinstance(meta.get("git"), dict):
+        meta = {**meta, "git": "<the git lines below: uet show --json>"}
+    spec = meta.get("workstream")
+    if isinstance(spec, dict) and isinstance(spec.get("content"), str):
+        size = len(spec["content"].encode("utf-8", "surrogatepass"))
+        meta = {**meta, "workstream": {
+            **spec, "content": f"<the workstream file, {size:,} bytes: uet show --json>"}}
+    return {**run, "metadata": meta}
+
+
+GIT_PATHS_SHOWN = 10  # changed paths `uet show` lists (--json has every one recorded)
+
+
+def git_fields(metadata: object) -> list[tuple[str, str]]:
+    """The git context a run recorded (`metadata.git`, see uet.engine.git.CommandGitContext)
+    as `uet show` fields: one line
+
+        git  main @ 1a2b3c4 (dirty before: no, after: yes) — 3 files changed, +10 -2
+
+    then the first changed paths, one per line (`M  src/app.py  +8 -2`), and git's error
+    when there was one. Nothing when the run recorded none; whatever a ledger holds (the
+    record may be damaged or hand-written) is shown, never a reason to fail."""
+    git = metadata.get("git") if isinstance(metadata, dict) else None
+    if not isinstance(git, dict):
+        return []
+    fields: list[tuple[str, str]] = []
+    if any(key in git for key in ("commit", "branch", "dirty_before")):
+        fields.append(("git", _git_line(git)))
+        changed = git.get("changed")
+        listed = changed.get("paths") if isinstance(changed, dict) else None
+        paths = [p for p in listed if isinstance(p, dict)] if isinstance(listed, list) else []
+        fields += [("", _path_line(p)) for p in paths[:GIT_PATHS_SHOWN]]
+        files = changed.get("files") if isinstance(changed, dict) else None
+        total = files if _count(files) else len(paths)
+        more = total - len(paths[:GIT_PATHS_SHOWN])
+        if more > 0:
+            where = "uet show --json" if len(paths) >= total else \
+                f"uet show --json lists the first {len(paths):,}"
+            fields.append(("", f"… and {more:,} more ({where})"))
+    if git.get("error") is not None:
+        fields.append(("" if fields else "git", f"error: {git['error']}"))
+    warnings = git.get("warnings")
+    fields += [("", f"warning: {w}") for w in (warnings if isinstance(warnings, list) else [])]
+    return fields
+
+
+def _count(value: object) -> TypeGuard[int]:
+    """Whether `value` is a count (a whole number >= 0, not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _short(sha: object) -> str:
+    return sha[:7] if isinstance(sha, str) and sha else "(no commit yet)"
+
+
+def _yes_no(value: object) -> str:
+    return "yes" if value is True else "no" if value is False else "?"
+
+
+def _git_line(git: dict[str, Any]) -> str:
+    """`main @ 1a2b3c4 (dirty before: no, after: yes) — 3 files changed, +10 -2`; a HEAD
+    the command moved shows both commits (`@ 1a2b3c4 → 9f8e7d6`), a detached one
+    `detached HEAD`, an unborn branch `(no commit yet)`."""
+    branch = git.get("branch")
+    where = branch if isinstance(branch, str) and branch else "detached HEAD"
+    if "branch_after" in git:
+        after = git["branch_after"]
+        where += f" → {after if isinstance(after, str) and after else 'detached HEAD'}"
+    where += f" @ {_short(git.get('commit'))}"
+    if "commit_after" in git:
+        where += f" → {_short(git['commit_after'])}"
+    line = (f"{where} (dirty before: {_yes_no(git.get('dirty_before'))}, after: "
+            f"{_yes_no(git.get('dirty_after'))})")
+    changed = git.get("changed")
+    if isinstance(changed, dict):
+        files = changed.get("files")
+        files = files if _count(files) else 0
+        line += (f" — {files:,} file{'' if files == 1 else 's'} changed, "
+                 f"+{_number(changed.get('insertions'))} -{_number(changed.get('deletions'))}")
+    return line
+
+
+def _number(value: object) -> str:
+    return f"{value:,}" if _count(value) else "?"
+
+
+def _path_line(entry: dict[str, Any]) -> str:
+    """One changed path: `M   src/app.py  +8 -2`, `R   new.py (from old.py)  +0 -0`,
+    `??  data.bin  binary`."""
+    status = entry.get("status")
+    path = entry.get("path")
+    line = (f"{status if isinstance(status, str) else '?':<3} "
+            f"{path if isinstance(path, str) else '?'}")
+    old = entry.get("old_path")
+    if isinstance(old, str):
+        line += f" (from {old})"
+    if entry.get("binary") is True:
+        return f"{line}  binary"
+    return f"{line}  +{_number(entry.get('insertions'))} -{_number(entry.get('deletions'))}"
 
 
 @command("logs", epilog="\b\nExamples:\n  uet logs            # the newest run's output\n"
@@ -174,15 +273,15 @@ def _tail(step: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _run_or_newest(db, run_id: str | None) -> str:
+def _run_or_newest(db: Any, run_id: str | None) -> str:
     """The run named by a unique id prefix, or the newest run."""
     if run_id is None:
         newest = db.list_runs(limit=1)
         if not newest:
             raise UetError(f"the ledger {display_name(db.db_path)} has no runs yet; "
                            "record one with `uet run -- CMD`")
-        return newest[0]["run_id"]
-    return db.resolve_run_id(run_id)
+        return str(newest[0]["run_id"])
+    return str(db.resolve_run_id(run_id))
 
 
 # -- the event trail -------------------------------------------------------------------
@@ -207,7 +306,8 @@ def events(ctx: Context, run_id: str | None, follow: bool, since_seq: int,
     with ctx.open() as db:
         if run_id is not None:
             run_id = db.resolve_run_id(run_id)
-            follow = follow and db.get_run(run_id)["state"] not in FINISHED
+            run = db.get_run(run_id)
+            follow = follow and run is not None and run["state"] not in FINISHED
         if follow:
             # Ctrl-C (SIGINT) ends following, even when the shell that started uet in the
             # background set SIGINT to be ignored (Python then never raises
@@ -215,8 +315,9 @@ def events(ctx: Context, run_id: str | None, follow: bool, since_seq: int,
             signal.signal(signal.SIGINT, signal.default_int_handler)
             # contextlib.closing: the follower's connection (LISTEN on PostgreSQL) is
             # released when the command stops
-            with contextlib.closing(db.follow_events(since_seq, run_id=run_id,
-                                                     poll_interval=interval)) as trail:
+            following = cast("Generator[dict[str, Any], None, None]", db.follow_events(
+                since_seq, run_id=run_id, poll_interval=interval))  # a generator: closable
+            with contextlib.closing(following) as trail:
                 try:
                     for event in trail:
                         _print_event(ctx, event)

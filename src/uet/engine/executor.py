@@ -15,6 +15,12 @@ command left in its process group.
 The command may report what it used (model, tokens, cost) by writing JSON to the file named
 by `$UET_USAGE_FILE` (`uet.engine.usage`): a fresh path in a private temporary folder,
 removed afterwards; what it wrote is stored on the step attempt with its end.
+
+Run inside a git work tree, the run's `metadata.git` records the git context: the commit
+and branch, whether the work tree was dirty before and after, and what the command changed
+in it (`uet.engine.git.CommandGitContext`: snapshots taken right before the command starts
+and after it ends, however it ends; the user's index, stash and files are never written).
+A problem with git is recorded there as `{"error": ...}`, never a reason to fail the run.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Callable
+from typing import IO, Any, BinaryIO, Callable
 
+from uet.engine.git import GIT_CONTEXT_TIMEOUT_S, CommandGitContext
 from uet.engine.usage import read_usage
 from uet.errors import DatabaseBusyError, StorageError, UetError, ValidationError
 from uet.state import Database
@@ -53,10 +60,15 @@ EXIT_CANCELED = 143  # canceled through the ledger (`uet cancel`): as by SIGTERM
 EXIT_TIMEOUT = 124
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
+# Seconds each step of the git context (a snapshot, the diff) may take; 0 turns it off.
+GIT_TIMEOUT_VAR = "UET_GIT_CONTEXT_TIMEOUT"
+SQLITE_SIDE_FILES = ("", "-wal", "-shm", "-journal")  # a SQLite ledger's files on disk
 
 
 @dataclass(frozen=True)
 class CommandResult:
+    """How a recorded command ended: its run and step attempt, the run's final `state`,
+    the `exit_code` `uet run` exits with, the command's duration and the error recorded."""
     run_id: str
     step_attempt_id: str
     state: str            # the run's final state: succeeded, failed or canceled
@@ -68,8 +80,8 @@ class CommandResult:
 class _Pump(threading.Thread):
     """Copies one of the child's streams to ours as it comes, keeping the last bytes."""
 
-    def __init__(self, source: BinaryIO, sink: BinaryIO | None, keep: int,
-                 on_broken_sink) -> None:
+    def __init__(self, source: IO[bytes], sink: BinaryIO | None, keep: int,
+                 on_broken_sink: Callable[[], None]) -> None:
         super().__init__(daemon=True)
         self.source, self.sink, self.keep = source, sink, keep
         self.on_broken_sink = on_broken_sink
@@ -103,8 +115,9 @@ class _Signals:
 
     def __init__(self) -> None:
         self.received: int | None = None
-        self.child: subprocess.Popen | None = None
+        self.child: subprocess.Popen[bytes] | None = None
         self.own_group = False
+        self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_Signals":
         # Python lets only the main thread set handlers; elsewhere the caller's own
@@ -118,7 +131,7 @@ class _Signals:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
-    def _handle(self, signum: int, _frame) -> None:
+    def _handle(self, signum: int, _frame: object) -> None:
         if self.received is None:
             self.received = signum
             if self.child is not None:
@@ -147,7 +160,7 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
-def send(child: subprocess.Popen, signum: int, own_group: bool) -> None:
+def send(child: subprocess.Popen[bytes], signum: int, own_group: bool) -> None:
     """Signal the command (its whole process group when it has its own)."""
     try:
         if own_group:
@@ -163,7 +176,8 @@ def run_command(db: Database, argv: list[str], *, project_id: str, phase_id: str
                 timeout: float | None = None, stdout: BinaryIO | None = None,
                 stderr: BinaryIO | None = None, tail_bytes: int = TAIL_BYTES,
                 heartbeat_s: float = DEFAULT_HEARTBEAT_S,
-                finish_timeout: float = FINISH_TIMEOUT) -> CommandResult:
+                finish_timeout: float = FINISH_TIMEOUT,
+                git_timeout: float | None = None) -> CommandResult:
     """Run `argv`, recording it as a run with one step attempt; returns how it ended.
 
     The child's output is copied to `stdout`/`stderr` (default: this process's) while the
@@ -182,6 +196,11 @@ def run_command(db: Database, argv: list[str], *, project_id: str, phase_id: str
     (`uet.engine.usage.read_usage`); the valid values are stored in the step attempt's
     `model`, `input_tokens`, `output_tokens` and `cost_usd`, and a problem with the file
     in its `metadata.usage_error`.
+
+    When the working directory is inside a git work tree, the run's `metadata.git` records
+    its git context (`uet.engine.git.CommandGitContext`), each step of it (a snapshot, the
+    diff) taking at most `git_timeout` seconds (default: $UET_GIT_CONTEXT_TIMEOUT, else
+    GIT_CONTEXT_TIMEOUT_S; 0: no git context).
     """
     if not argv or not isinstance(argv[0], str) or not argv[0]:
         raise ValidationError("uet run needs a command to run", field="command")
@@ -190,56 +209,94 @@ def run_command(db: Database, argv: list[str], *, project_id: str, phase_id: str
     stderr = stderr if stderr is not None else getattr(sys.stderr, "buffer", None)
     command_line = shlex.join(argv)
     owner = Owner(db, "cli", heartbeat_s=heartbeat_s)
+    cwd = os.getcwd()
     run_data = {"project_id": project_id, "phase_id": phase_id, "workstream_id": workstream_id,
-                "metadata": {"command": argv, "cwd": os.getcwd(),
-                             "uet_owner": owner.worker_id}}
+                "metadata": {"command": argv, "cwd": cwd, "uet_owner": owner.worker_id}}
     prepare_insert(RUNS, run_data)  # bad input is refused before anything is written
     with _Signals() as signals:
         recover(db)
-        owner.register()
+        # the work tree as it is before the command starts: taken before this process owns
+        # a run (whose owner's heartbeat only beats once the command runs), so that a slow
+        # snapshot cannot get the run reaped
+        git_context = _git_context(db, cwd, git_timeout)
         try:
-            run_id = db.create_run(run_data)
-            owner.claim(run_id)
+            owner.register()
             try:
-                step_id = db.create_step_attempt({"run_id": run_id, "sequence": 1,
-                                                  "tool_id": tool,
-                                                  "metadata": {"command": argv}})
-            except UetError:
-                db.transition_run(run_id, "canceled", error_message="could not record the step")
+                run_id = db.create_run(run_data)
+                owner.claim(run_id)
+                try:
+                    step_id = db.create_step_attempt({"run_id": run_id, "sequence": 1,
+                                                      "tool_id": tool,
+                                                      "metadata": {"command": argv}})
+                except UetError:
+                    db.transition_run(run_id, "canceled",
+                                      error_message="could not record the step")
+                    raise
+                usage_dir, usage_error = _usage_folder()
+                usage_file = None if usage_dir is None \
+                    else os.path.join(usage_dir, "usage.json")
+                git = None
+                try:
+                    started = time.monotonic()
+                    state, code, error, outcome, pumps = _execute(
+                        db, owner, run_id, step_id, argv, command_line, timeout, signals,
+                        stdout, stderr, tail_bytes, usage_file)
+                    duration = round(time.monotonic() - started, 6)
+                    # the work tree once the command has ended, however it ended
+                    if git_context is not None:
+                        git = git_context.finish()
+                    usage: dict[str, Any] = {}
+                    if usage_file is not None:
+                        usage, usage_error = read_usage(usage_file)
+                finally:
+                    if usage_dir is not None:
+                        shutil.rmtree(usage_dir, ignore_errors=True)
+                metadata: dict[str, Any] = {"command": argv, "duration_sec": duration}
+                if usage_error is not None:
+                    metadata["usage_error"] = usage_error
+                error_log = error
+                if pumps is not None:
+                    metadata["stdout_tail"] = pumps[0].text()
+                    metadata["stderr_tail"] = pumps[1].text()
+                    error_log = "\n".join(p for p in (pumps[1].text(), error) if p) or None
+                _finish(db, run_id, step_id, state, code, error, error_log, metadata, usage,
+                        finish_timeout, git)
+            except RunNotClosedError:
+                owner.stop_heartbeat()  # the ledger is out of reach: the reaper retires it
                 raise
-            usage_dir, usage_error = _usage_folder()
-            usage_file = None if usage_dir is None else os.path.join(usage_dir, "usage.json")
-            try:
-                started = time.monotonic()
-                state, code, error, outcome, pumps = _execute(
-                    db, owner, run_id, step_id, argv, command_line, timeout, signals, stdout,
-                    stderr, tail_bytes, usage_file)
-                duration = round(time.monotonic() - started, 6)
-                usage = {}
-                if usage_file is not None:
-                    usage, usage_error = read_usage(usage_file)
             finally:
-                if usage_dir is not None:
-                    shutil.rmtree(usage_dir, ignore_errors=True)
-            metadata = {"command": argv, "duration_sec": duration}
-            if usage_error is not None:
-                metadata["usage_error"] = usage_error
-            error_log = error
-            if pumps is not None:
-                metadata["stdout_tail"] = pumps[0].text()
-                metadata["stderr_tail"] = pumps[1].text()
-                error_log = "\n".join(p for p in (pumps[1].text(), error) if p) or None
-            _finish(db, run_id, step_id, state, code, error, error_log, metadata, usage,
-                    finish_timeout)
-        except RunNotClosedError:
-            owner.stop_heartbeat()  # the ledger is out of reach: the reaper retires it later
-            raise
+                try:
+                    owner.close()
+                except UetError:
+                    pass  # the ledger is out of reach: the reaper retires the worker later
         finally:
-            try:
-                owner.close()
-            except UetError:
-                pass  # the ledger is out of reach: the reaper retires the worker later
+            if git_context is not None:
+                git_context.close()  # its temporary files, however the run ended
     return CommandResult(run_id, step_id, state, outcome, duration, error)
+
+
+def _git_context(db: Database, folder: str,
+                 timeout: float | None) -> CommandGitContext | None:
+    """The git context of the command about to run in `folder` (None: not in a git work
+    tree, or turned off); the ledger's own files, should they be in the work tree, are not
+    part of it (uet writes them while the command runs)."""
+    given = f"git_timeout={timeout!r}"
+    if timeout is None:
+        value = os.environ.get(GIT_TIMEOUT_VAR, "").strip()
+        given = f"${GIT_TIMEOUT_VAR} is {value[:100]!r}"
+        try:
+            timeout = float(value) if value else GIT_CONTEXT_TIMEOUT_S
+        except ValueError:
+            timeout = -1.0
+    if not 0 <= timeout < float("inf"):
+        return CommandGitContext({"error": f"{given}, not a number of seconds (0 turns the "
+                                           "git context off)"})
+    if timeout == 0:
+        return None
+    ledger = db.db_path
+    files = [os.path.abspath(ledger + suffix) for suffix in SQLITE_SIDE_FILES] \
+        if db.engine == "sqlite" and os.path.isfile(ledger) else []
+    return CommandGitContext.start(folder, exclude=files, timeout=timeout)
 
 
 def _usage_folder() -> tuple[str | None, str | None]:
@@ -253,8 +310,13 @@ def _usage_folder() -> tuple[str | None, str | None]:
                       f"({exc.strerror or exc})")
 
 
-def _execute(db, owner, run_id, step_id, argv, command_line, timeout, signals, stdout,
-             stderr, tail_bytes, usage_file):
+Outcome = tuple[str, "int | None", "str | None", int, "tuple[_Pump, _Pump] | None"]
+
+
+def _execute(db: Database, owner: Owner, run_id: str, step_id: str, argv: list[str],
+             command_line: str, timeout: float | None, signals: _Signals,
+             stdout: BinaryIO | None, stderr: BinaryIO | None, tail_bytes: int,
+             usage_file: str | None) -> Outcome:
     """Run the command (with `$UET_USAGE_FILE` naming `usage_file`); (state, recorded exit
     code, error, uet's exit code, pumps)."""
     if signals.received is not None:
@@ -282,6 +344,7 @@ def _execute(db, owner, run_id, step_id, argv, command_line, timeout, signals, s
         "pgid": child.pid if own_group else None}})
     owner.start_heartbeat()  # only now: no thread of ours may hold a lock across the fork
     broken = threading.Event()
+    assert child.stdout is not None and child.stderr is not None  # both are pipes
     pumps = (_Pump(child.stdout, stdout, tail_bytes, broken.set),
              _Pump(child.stderr, stderr, tail_bytes, broken.set))
     for pump in pumps:
@@ -341,7 +404,7 @@ def _execute(db, owner, run_id, step_id, argv, command_line, timeout, signals, s
     return "failed", code, f"exited with {code}: {command_line}", code, pumps
 
 
-def _asked_to_cancel(db, run_id, seen: int) -> tuple[str | None, int]:
+def _asked_to_cancel(db: Database, run_id: str, seen: int) -> tuple[str | None, int]:
     """Why the ledger asks for the run to stop (`uet cancel`), or None, and the events read;
     a ledger out of reach asks nothing (the command goes on; the final write retries)."""
     try:
@@ -354,24 +417,30 @@ class RunNotClosedError(UetError):
     """The run's end could not be written within the finish timeout."""
 
 
-def _finish(db, run_id, step_id, state, code, error, error_log, metadata, usage,
-            finish_timeout: float) -> None:
-    """Record the end (with the `usage` columns the command reported), retrying with
-    backoff while the ledger is busy or out of reach: a run must not stay running. Past
-    `finish_timeout`, RunNotClosedError (the reaper fails the run once the ledger is
-    reachable again)."""
+def _finish(db: Database, run_id: str, step_id: str, state: str, code: int | None,
+            error: str | None, error_log: str | None, metadata: dict[str, Any],
+            usage: dict[str, Any], finish_timeout: float,
+            git: dict[str, Any] | None = None) -> None:
+    """Record the end (with the `usage` columns the command reported, and the `git`
+    context in the run's metadata when given), retrying with backoff while the ledger is
+    busy or out of reach: a run must not stay running. Past `finish_timeout`,
+    RunNotClosedError (the reaper fails the run once the ledger is reachable again)."""
     deadline = time.monotonic() + finish_timeout
     pause = 0.1
     while True:
         try:
             with db.atomic():  # the step and its run end in one commit
                 step = db.get_step_attempt(step_id)
-                if step["state"] == "running":
+                if step is not None and step["state"] == "running":
                     db.update_step_attempt(step_id, {**usage, "state": state,
                                                      "exit_code": code,
                                                      "error_log": error_log,
                                                      "metadata": metadata})
-                if db.get_run(run_id)["state"] == "running":
+                run = db.get_run(run_id)
+                if run is not None and run["state"] == "running":
+                    if git is not None:
+                        known = run["metadata"] if isinstance(run["metadata"], dict) else {}
+                        db.update_run(run_id, {"metadata": {**known, "git": git}})
                     db.transition_run(run_id, state, exit_code=code, error_message=error)
             return
         except (DatabaseBusyError, StorageError) as exc:  # out of reach: worth a retry
@@ -385,7 +454,7 @@ def _finish(db, run_id, step_id, state, code, error, error_log, metadata, usage,
             pause = min(pause * 2, 5.0)
 
 
-def _drain(pumps) -> None:
+def _drain(pumps: tuple[_Pump, _Pump]) -> None:
     deadline = time.monotonic() + DRAIN_SECONDS
     for pump in pumps:
         pump.join(max(0.0, deadline - time.monotonic()))

@@ -12,9 +12,11 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from uet.errors import UetError, ValidationError
 
@@ -151,10 +153,13 @@ def _text(data: bytes) -> str:
 
 def run_git(cwd: str | os.PathLike[str], args: Sequence[str], *, input: bytes | None = None,
             env: Mapping[str, str] | None = None, config: Sequence[str] = (),
-            ok_codes: Sequence[int] = (0,)) -> subprocess.CompletedProcess[bytes]:
+            ok_codes: Sequence[int] = (0,),
+            timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run `git -C cwd <pinned settings> args` and return the finished process (stdout and
     stderr as bytes). An exit code outside `ok_codes` raises GitError with the command,
-    the code and git's stderr; no git on PATH raises GitUnavailableError."""
+    the code and git's stderr; no git on PATH raises GitUnavailableError; a call still
+    running after `timeout` seconds (default GIT_TIMEOUT_S) is killed and raises GitError."""
+    limit = GIT_TIMEOUT_S if timeout is None else timeout
     command = [GIT, "--no-pager", "-C", os.fspath(cwd), *_config_args(config), *args]
     try:
         process = subprocess.Popen(
@@ -175,7 +180,7 @@ def run_git(cwd: str | os.PathLike[str], args: Sequence[str], *, input: bytes | 
         expired.set()
         process.kill()
 
-    timer = threading.Timer(GIT_TIMEOUT_S, stop)
+    timer = threading.Timer(limit, stop)
     timer.daemon = True
     timer.start()
     try:
@@ -186,7 +191,7 @@ def run_git(cwd: str | os.PathLike[str], args: Sequence[str], *, input: bytes | 
             process.kill()
             process.wait()
     if expired.is_set():
-        raise GitError(f"git {args[0] if args else ''} took longer than {GIT_TIMEOUT_S:.0f} s "
+        raise GitError(f"git {args[0] if args else ''} took longer than {limit:g} s "
                        f"in {cwd}: {' '.join(command)}", command=command)
     done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr_bytes)
     if done.returncode not in ok_codes:
@@ -197,7 +202,7 @@ def run_git(cwd: str | os.PathLike[str], args: Sequence[str], *, input: bytes | 
     return done
 
 
-def _out(cwd: str | os.PathLike[str], args: Sequence[str], **kwargs) -> str:
+def _out(cwd: str | os.PathLike[str], args: Sequence[str], **kwargs: Any) -> str:
     return run_git(cwd, args, **kwargs).stdout.decode("utf-8", "surrogateescape").strip()
 
 
@@ -316,6 +321,7 @@ class FileChange:
 
     @property
     def mode_changed(self) -> bool:
+        """Whether a modified or renamed file's mode changed (made executable, say)."""
         return self.status in (MODIFIED, RENAMED) and self.old_mode != self.new_mode
 
 
@@ -326,10 +332,12 @@ class DiffStat:
 
     @property
     def lines_added(self) -> int:
+        """Lines added, in all files."""
         return sum(f.lines_added for f in self.files)
 
     @property
     def lines_removed(self) -> int:
+        """Lines removed, in all files."""
         return sum(f.lines_removed for f in self.files)
 
     @property
@@ -340,6 +348,7 @@ class DiffStat:
 
     @property
     def binary(self) -> bool:
+        """Whether any of the files is binary."""
         return any(f.binary for f in self.files)
 
 
@@ -354,10 +363,12 @@ class CapturedChange:
 
     @property
     def is_empty(self) -> bool:
+        """Whether the tool changed nothing."""
         return not self.stat.files
 
     @property
     def files(self) -> tuple[FileChange, ...]:
+        """The changed files (`stat.files`)."""
         return self.stat.files
 
 
@@ -670,7 +681,8 @@ class Repository:
         from the repository alone, without any record of where they were put."""
         return self.common_dir / WORKTREE_DIR
 
-    def git(self, args: Sequence[str], **kwargs) -> subprocess.CompletedProcess[bytes]:
+    def git(self, args: Sequence[str],
+            **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
         """Run git in the repository's top level (see `run_git`)."""
         return run_git(self.toplevel, args, **kwargs)
 
@@ -759,7 +771,7 @@ class Repository:
             if ref in ignore or old == new:
                 continue
             if old is None:
-                found.append(f"{ref}: made at {new[:12]}")
+                found.append(f"{ref}: made at {(new or '')[:12]}")
             elif new is None:
                 found.append(f"{ref}: deleted (was {old[:12]})")
             else:
@@ -826,8 +838,8 @@ class Repository:
         """The newest commit of `branch` after `since` whose `Uet-Entry` trailer is exactly
         `entry_id` (not a prefix or substring of another id), or None: the check that keeps
         a crash between commit and ledger from committing a patch twice."""
-        return (self.entry_commits(branch, since=since).get(_trailer_value(entry_id))
-                or [None])[0]
+        shas = self.entry_commits(branch, since=since).get(_trailer_value(entry_id))
+        return shas[0] if shas else None
 
     def diff_stat(self, old: str, new: str) -> DiffStat:
         """The files changed between commits `old` and `new` (renames detected), with
@@ -865,7 +877,7 @@ class Repository:
         return Worktree(path=path, head=self.branch_head(branch), branch=ref)
 
     @contextlib.contextmanager
-    def worktree_lock(self):
+    def worktree_lock(self) -> Iterator[None]:
         """Held while uet adds, removes or lists worktrees: git's own bookkeeping of
         worktrees is not safe against a concurrent add or remove (`git worktree list` fails
         reading a record another process is writing), and several `uet worker` processes
@@ -1005,6 +1017,339 @@ def open_repository(path: str | os.PathLike[str]) -> Repository:
                       common_dir=Path(common_dir))
 
 
+
+# -- what a command changed in the work tree it ran in --------------------------------------
+
+# `uet run -- CMD` records the git context of the folder it runs in: where HEAD was, whether
+# the work tree was dirty, and what the command changed in it. Each side is a snapshot of
+# the work tree as a tree object: every file git does not ignore, tracked or not, as
+# `git add -A` stages it. It is built in a temporary index (a copy of the user's, whose
+# stat data spares rehashing unchanged files), and the objects it writes go to a temporary
+# object directory that has the repository's own as an alternate: the user's index, stash,
+# refs, work tree and object store are never written. What the command changed is the diff
+# between the two trees, so what was dirty before it ran is not attributed to it.
+
+# The most one step of it (a snapshot; the diff of two) may take, all its git calls
+# together: a huge work tree, or a hung filter, costs the run this much, never more.
+GIT_CONTEXT_TIMEOUT_S = 60.0
+CHANGED_PATHS_LIMIT = 50      # paths listed in a record of changes ("truncated" beyond)
+UNTRACKED = "??"              # the status of an added file the user's index does not have
+# the empty tree of each object format, by the length of its id (dirty on an unborn branch
+# is: the work tree has files)
+_EMPTY_TREES = {40: "4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+                64: "6ef19b41225c5369f1c104d45d8d85efa9b057b53b14b4b9b939dd74decc5321"}
+_LETTERS = {ADDED: "A", MODIFIED: "M", DELETED: "D", RENAMED: "R", COPIED: "C",
+            TYPE_CHANGED: "T"}
+# The snapshot's own settings: the whole index in the temporary file (a split index would
+# write its shared part into the git dir); no advice about an embedded repository.
+SNAPSHOT_CONFIG = ("core.splitIndex=false", "advice.addEmbeddedRepo=false")
+# Pathspecs mean what uet writes, whatever the caller's environment says.
+_PATHSPEC_ENV = {"GIT_LITERAL_PATHSPECS": "0", "GIT_GLOB_PATHSPECS": "0",
+                 "GIT_NOGLOB_PATHSPECS": "0", "GIT_ICASE_PATHSPECS": "0"}
+
+
+class _Deadline:
+    """A time budget shared by several git calls."""
+
+    def __init__(self, seconds: float, what: str) -> None:
+        self.seconds, self.what = seconds, what
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise GitError(f"{self.what} took longer than {self.seconds:g} s")
+        return left
+
+
+def display_text(value: str | os.PathLike[str]) -> str:
+    """A path or a name from git as text a ledger can store (bytes that are not UTF-8,
+    kept by fsdecode as lone surrogates, become U+FFFD)."""
+    return os.fsencode(value).decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class WorkTreeLocation:
+    """A git work tree: its top level (`root`), its index file and its object directory."""
+    root: Path
+    index: Path
+    objects: Path
+
+
+def _dot_git_above(folder: Path) -> Path | None:
+    """The `.git` (folder or file) of `folder` or of its nearest parent that has one."""
+    for candidate in (folder, *folder.parents):
+        if os.path.lexists(candidate / ".git"):
+            return candidate / ".git"
+    return None
+
+
+def locate_work_tree(folder: str | os.PathLike[str], *,
+                     timeout: float = GIT_CONTEXT_TIMEOUT_S) -> WorkTreeLocation | None:
+    """The git work tree `folder` is in, or None when it is in none (no repository, a bare
+    one, inside a `.git` folder). GitError when it looks like one (a `.git` in it or in a
+    parent) that git cannot read: no git, a corrupt repository, a safe.directory refusal."""
+    path = Path(folder).absolute()
+    try:
+        done = run_git(path, ["rev-parse", "--is-inside-work-tree", "--path-format=absolute",
+                              "--git-path", "index", "--git-path", "objects",
+                              "--show-toplevel"], ok_codes=range(256), timeout=timeout)
+    except GitError:
+        if _dot_git_above(path) is None:
+            return None     # no git, and nothing that looks like a repository either
+        raise
+    lines = done.stdout.decode("utf-8", "surrogateescape").splitlines()
+    if done.returncode == 0 and len(lines) == 4 and lines[0] == "true":
+        return WorkTreeLocation(root=Path(lines[3]), index=Path(lines[1]),
+                                objects=Path(lines[2]))
+    if lines[:1] == ["false"]:
+        return None         # in a git dir, or a bare repository: no work tree
+    dot_git = _dot_git_above(path)
+    if dot_git is None:
+        return None
+    stderr = _text(done.stderr)
+    raise GitError(f"git cannot read the repository of {dot_git} (exit {done.returncode}): "
+                   f"{stderr or 'no message'}", command=["rev-parse"],
+                   returncode=done.returncode, stderr=stderr)
+
+
+@dataclass(frozen=True)
+class WorkTreeSnapshot:
+    """A work tree at one moment: HEAD's `commit` (None on an unborn branch) and its
+    tree, the `branch` HEAD names (short; None when detached), and `tree`, the work tree's
+    files (all that git does not ignore) as a tree. `warnings`: files git could not read
+    (left out of the tree)."""
+    commit: str | None
+    branch: str | None
+    head_tree: str | None
+    tree: str
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def dirty(self) -> bool:
+        """Whether the files differ from HEAD's (on an unborn branch: whether there are
+        any)."""
+        return self.tree != (self.head_tree or _EMPTY_TREES.get(len(self.tree)))
+
+
+def _alternate(path: Path) -> str:
+    """`path` as one entry of GIT_ALTERNATE_OBJECT_DIRECTORIES (C-quoted when it holds the
+    separator or a quote, which git unquotes)."""
+    text = os.fspath(path)
+    if os.pathsep in text or '"' in text or "\\" in text:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+class WorkTreeRecorder:
+    """Snapshots of one work tree and the changes between them, made in a private temporary
+    folder (the snapshots' index files and the objects they write) that `close()` removes.
+    `exclude`: paths (relative to the root, POSIX) never snapshotted, e.g. a ledger file
+    that uet itself writes in the work tree meanwhile."""
+
+    def __init__(self, location: WorkTreeLocation, *, exclude: Sequence[str] = (),
+                 timeout: float = GIT_CONTEXT_TIMEOUT_S) -> None:
+        self.location = location
+        self.exclude = tuple(exclude)
+        self.timeout = timeout
+        self._scratch = Path(tempfile.mkdtemp(prefix="uet-git-"))
+        objects = self._scratch / "objects"
+        for sub in ("pack", "info"):
+            (objects / sub).mkdir(parents=True)
+        self._env = {**_PATHSPEC_ENV, "GIT_OBJECT_DIRECTORY": os.fspath(objects),
+                     "GIT_ALTERNATE_OBJECT_DIRECTORIES": _alternate(location.objects)}
+        self._count = 0
+
+    def __enter__(self) -> "WorkTreeRecorder":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the temporary folder (the snapshots' trees cannot be read after)."""
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def _git(self, args: Sequence[str], deadline: _Deadline, *, input: bytes | None = None,
+             env: Mapping[str, str] | None = None,
+             ok_codes: Sequence[int] = (0,)) -> subprocess.CompletedProcess[bytes]:
+        return run_git(self.location.root, args, input=input, env={**self._env, **(env or {})},
+                       config=SNAPSHOT_CONFIG, ok_codes=ok_codes, timeout=deadline.left())
+
+    def snapshot(self) -> WorkTreeSnapshot:
+        """The work tree now (see WorkTreeSnapshot)."""
+        deadline = _Deadline(self.timeout, f"the git snapshot of {self.location.root}")
+        head = self._git(["cat-file", "--batch-check=%(objectname) %(objecttype)"], deadline,
+                         input=b"HEAD\nHEAD^{tree}\n").stdout.decode().split("\n")
+        commit = head[0].split(" ")[0] if head[0].endswith(" commit") else None
+        head_tree = head[1].split(" ")[0] if commit and len(head) > 1 \
+            and head[1].endswith(" tree") else None
+        ref = self._git(["symbolic-ref", "-q", "HEAD"], deadline, ok_codes=(0, 1))
+        name = ref.stdout.decode("utf-8", "surrogateescape").strip()
+        branch = (name.removeprefix("refs/heads/") or None) if ref.returncode == 0 else None
+        self._count += 1
+        index = self._scratch / f"index-{self._count}"
+        try:
+            # copy2 keeps the modification time, by which git tells the entries it must
+            # look at again (written in the index's last second) from those it may trust
+            shutil.copy2(self.location.index, index)
+        except FileNotFoundError:
+            pass        # no index yet (a new repository): git starts an empty one
+        except OSError as exc:
+            raise GitError(f"cannot read the index {self.location.index}: "
+                           f"{exc.strerror or exc}") from None
+        with_index = {"GIT_INDEX_FILE": os.fspath(index)}
+        # --ignore-errors: a file git cannot add (unreadable; an embedded repository
+        # without a commit) is left out and named, not the end of the snapshot
+        added = self._git(["add", "-A", "--ignore-errors", "--", ".",
+                           *(f":(exclude,literal){p}" for p in self.exclude)],
+                          deadline, env=with_index, ok_codes=(0, 1))
+        warnings = tuple(dict.fromkeys(
+            line for line in _text(added.stderr).splitlines()
+            if line.startswith(("error:", "fatal:")))) if added.returncode else ()
+        tree = self._git(["write-tree"], deadline, env=with_index).stdout.decode().strip()
+        return WorkTreeSnapshot(commit=commit, branch=display_text(branch) if branch else None,
+                                head_tree=head_tree, tree=tree, warnings=warnings)
+
+    def changes(self, before: WorkTreeSnapshot, after: WorkTreeSnapshot, *,
+                limit: int = CHANGED_PATHS_LIMIT) -> dict[str, Any]:
+        """What changed in the work tree from `before` to `after`, as `git diff --stat`
+        counts it (renames detected): {"files", "insertions", "deletions", "paths": the
+        first `limit` files as {"path", "status", "insertions", "deletions"} (with
+        "old_path" for a rename or a copy, "binary" for a binary file), and "truncated":
+        true when there were more}. The status is a letter of `git diff --name-status`
+        (A M D R C T), or "??" for an added file the user's index does not have
+        (untracked)."""
+        deadline = _Deadline(self.timeout, f"the git diff of {self.location.root}")
+        files: tuple[FileChange, ...] = ()
+        if before.tree != after.tree:
+            files = _parse_raw_numstat(self._git(
+                ["diff", "--raw", "--numstat", "-z", "--no-abbrev", *DIFF_OPTIONS,
+                 before.tree, after.tree, "--"], deadline).stdout)[0]
+        listed = files[:limit]
+        added = [f.path for f in listed if f.status == ADDED]
+        tracked: set[str] = set()
+        if added:       # the user's own index says which of them it tracks
+            tracked = set(_paths(self._git(["ls-files", "-z", "--cached", "--full-name", "--",
+                                            *added], deadline,
+                                           env={"GIT_LITERAL_PATHSPECS": "1"}).stdout))
+        paths: list[dict[str, Any]] = []
+        for change in listed:
+            entry: dict[str, Any] = {
+                "path": display_text(change.path),
+                "status": UNTRACKED if change.status == ADDED and change.path not in tracked
+                else _LETTERS[change.status],
+                "insertions": change.lines_added, "deletions": change.lines_removed}
+            if change.old_path is not None:
+                entry["old_path"] = display_text(change.old_path)
+            if change.binary:
+                entry["binary"] = True
+            paths.append(entry)
+        record: dict[str, Any] = {
+            "files": len(files), "insertions": sum(f.lines_added for f in files),
+            "deletions": sum(f.lines_removed for f in files), "paths": paths}
+        if len(files) > limit:
+            record["truncated"] = True
+        return record
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, UetError) else f"{type(exc).__name__}: {exc}"
+    return display_text(text) or type(exc).__name__
+
+
+def _relative_inside(root: Path, paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Those of `paths` inside `root`, relative to it (POSIX); the others are left out."""
+    top = os.path.realpath(root)
+    inside = []
+    for path in paths:
+        real = os.path.realpath(path)
+        if os.path.commonpath([top, real]) == top and real != top:
+            inside.append(Path(os.path.relpath(real, top)).as_posix())
+    return inside
+
+
+class CommandGitContext:
+    """The git context of a command run in a folder inside a git work tree: `start()`
+    before the command runs, `finish()` once it has ended (however it ended) returns the
+    record stored as a run's `metadata.git`:
+
+        {"root", "commit" (None: unborn branch), "branch" (None: detached HEAD),
+         "dirty_before", "dirty_after", "changed": WorkTreeRecorder.changes(),
+         "commit_after" / "branch_after" (only when HEAD moved / another branch is out),
+         "warnings" (files git could not read, when there were)}
+
+    Never raises: whatever goes wrong with git (none installed, a corrupt repository, a
+    call past its time budget) becomes {"error": "..."} in the record, next to what was
+    learnt before it."""
+
+    def __init__(self, record: dict[str, Any], recorder: WorkTreeRecorder | None = None,
+                 before: WorkTreeSnapshot | None = None) -> None:
+        self._record = record
+        self._recorder = recorder
+        self._before = before
+
+    @classmethod
+    def start(cls, folder: str | os.PathLike[str], *,
+              exclude: Sequence[str | os.PathLike[str]] = (),
+              timeout: float = GIT_CONTEXT_TIMEOUT_S) -> "CommandGitContext | None":
+        """The snapshot before the command: None when `folder` is in no git work tree.
+        `exclude`: files (any path) that are not the command's work, left out wherever
+        they are in the work tree."""
+        record: dict[str, Any] = {}
+        recorder = None
+        try:
+            location = locate_work_tree(folder, timeout=timeout)
+            if location is None:
+                return None
+            record["root"] = display_text(location.root)
+            recorder = WorkTreeRecorder(location, timeout=timeout,
+                                        exclude=_relative_inside(location.root, exclude))
+            before = recorder.snapshot()
+        except Exception as exc:  # git must never fail the run
+            if recorder is not None:
+                recorder.close()
+            return cls({**record, "error": _why(exc)})
+        record.update(commit=before.commit, branch=before.branch, dirty_before=before.dirty)
+        return cls(record, recorder, before)
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """What is known so far (before `finish()`: the side before the command)."""
+        return dict(self._record)
+
+    def finish(self) -> dict[str, Any]:
+        """The snapshot after the command and the record (see the class); a second call
+        returns the same record."""
+        recorder, before = self._recorder, self._before
+        if recorder is None or before is None:
+            return self.record
+        self._recorder = None
+        record = self._record
+        try:
+            after = recorder.snapshot()
+            record["dirty_after"] = after.dirty
+            if after.commit != before.commit:
+                record["commit_after"] = after.commit
+            if after.branch != before.branch:
+                record["branch_after"] = after.branch
+            record["changed"] = recorder.changes(before, after)
+            warnings = list(dict.fromkeys((*before.warnings, *after.warnings)))
+            if warnings:
+                record["warnings"] = [display_text(w) for w in warnings[:10]]
+        except Exception as exc:  # git must never fail the run
+            record["error"] = _why(exc)
+        finally:
+            recorder.close()
+        return self.record
+
+    def close(self) -> None:
+        """Drop the snapshot's temporary files without finishing (nothing is recorded)."""
+        if self._recorder is not None:
+            self._recorder.close()
+            self._recorder = None
+
+
 __all__ = [
     "GitError", "GitUnavailableError", "NotARepositoryError", "BareRepositoryError",
     "BranchConflictError", "ApplyConflictError",
@@ -1013,4 +1358,7 @@ __all__ = [
     "ENTRY_TRAILER", "LOCAL_ENV_VARS", "open_repository", "run_git", "git_environment",
     "without_repository_variables", "branch_ref",
     "capture_change", "check_patch", "apply_patch", "reset_worktree", "commit_change",
+    "GIT_CONTEXT_TIMEOUT_S", "CHANGED_PATHS_LIMIT", "UNTRACKED", "WorkTreeLocation",
+    "WorkTreeSnapshot", "WorkTreeRecorder", "CommandGitContext", "locate_work_tree",
+    "display_text",
 ]
