@@ -8,6 +8,7 @@ engines, and with `PRAGMA foreign_key_check` on SQLite.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
@@ -495,3 +496,37 @@ def test_values_stored_past_uets_checks_do_not_break_gc(request, ledger_fixture)
     # and of the two, keep_last keeps the newest (by created_at, then run_id): `plain`
     assert result.runs == 0 and db.get_run(odd) and db.get_run(plain)
     assert db.gc("30d").runs == 1 and db.get_run(odd) and not db.get_run(plain)
+
+
+def test_gc_starts_the_write_ahead_log_over_and_gives_its_space_back(file_db, monkeypatch):
+    """While a reader stays in the write-ahead log, no checkpoint can start it over and every
+    batch makes it longer (with writers going on that is all the time: a 1,000,000-run gc
+    grew it past 40 GB). Once the log is long, gc's RESTART checkpoint starts it over as
+    soon as the reader leaves; at the end a TRUNCATE gives the file's space back."""
+    from uet.state import retention
+    monkeypatch.setattr(retention, "RESTART_FRAMES", 64)
+    runs = fill(file_db, 600)
+    big_metadata(file_db, runs)
+    file_db.backend.query("PRAGMA wal_checkpoint(TRUNCATE)")
+    wal = file_db.db_path + "-wal"
+    reader = sqlite3.connect(file_db.db_path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM runs").fetchone()   # a snapshot in the log
+    sizes = []
+
+    def progress(result):
+        if result.batches:
+            sizes.append(os.path.getsize(wal))
+        if result.batches == 3 and reader.in_transaction:
+            reader.execute("COMMIT")                         # the reader leaves
+
+    result = file_db.gc("30d", batch_size=50, progress=progress)
+    reader.close()
+    assert result.runs == 600 and result.batches > 6
+    # the log grew while the reader stayed, and stopped growing once it could start over
+    assert max(sizes[:3]) > 0
+    assert max(sizes[4:]) <= max(sizes[:4]) * 2
+    assert os.path.getsize(wal) == 0                         # its space given back
+    assert file_db.backend.query_value("PRAGMA busy_timeout") == 10_000
+    assert file_db.backend.query_value("PRAGMA wal_autocheckpoint") == 1000
+    assert file_db.doctor()["integrity_check"] == ["ok"]

@@ -32,10 +32,13 @@ took, so writers of other processes (whose busy handler polls for the lock) find
 least half the time, and at least `CONTENDED_PAUSE` (100 ms) when gc had to wait for the
 lock itself (writers are busy: each of them waiting looks for the lock at least once in
 that time; without it, four writers saturating the lock saw a rare call wait past the 10 s
-busy timeout during a 9-minute gc of 1,000,000 runs); in the pause it copies the write-ahead log back into the file (a
-PASSIVE checkpoint, which no writer waits for), which SQLite would otherwise do inside the
-next commit that fills the log. On PostgreSQL there is no ledger-wide lock: a writer waits for gc
-only if it touches one of the old runs a batch is deleting, so gc does not pause there.
+busy timeout during a 9-minute gc of 1,000,000 runs). Before the pause it copies the
+write-ahead log back into the file and starts the log over (a RESTART checkpoint, waiting at
+most `CHECKPOINT_WAIT` for the log's readers), which SQLite would otherwise try inside the
+next commit that fills the log — and, with other processes writing, never finish: the log
+would grow for as long as gc runs (see `_checkpoints_between_batches`). On PostgreSQL there
+is no ledger-wide lock: a writer waits for gc only if it touches one of the old runs a batch
+is deleting, so gc does not pause there.
 Killed at any moment, a call leaves whole batches deleted or not at all, and nothing else
 (no side table, no mark): the next call goes on from what is left.
 
@@ -87,6 +90,13 @@ YIELD_RATIO = 1.0
 # looks at least once while the lock is free
 CONTENDED_WAIT = 0.001
 CONTENDED_PAUSE = 0.1
+# SQLite: how long gc's RESTART checkpoint between batches may wait for the write lock (it
+# competes with the writers for it, as a batch does) and then for the readers of the
+# write-ahead log to move on, before it gives up until the next pause
+CHECKPOINT_WAIT = 2.0
+# ... which it runs once the log is longer than this many pages (64 MB at 4 KiB): alone,
+# gc's log starts over after each PASSIVE checkpoint and holds one batch, far less
+RESTART_FRAMES = 16384
 VACUUM_STEP_PAGES = 1_000     # pages per incremental-vacuum transaction (4 MB at 4 KiB)
 
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -357,22 +367,48 @@ def _collect(backend: Backend, plan: _Plan, result: GcResult,
 @contextmanager
 def _checkpoints_between_batches(backend: Backend, enabled: bool) -> Iterator[Callable[[], None]]:
     """SQLite: while gc runs, its connection copies the write-ahead log back into the file
-    between batches (a PASSIVE checkpoint, which holds no lock writers wait for) instead of
-    at the commit that fills it (SQLite's automatic checkpoint, which runs inside that
-    commit's call, after the lock is released, and would be timed as the batch's). The
-    connection's own setting is restored after. Yields the checkpoint (a no-op when not
+    between batches, and restarts the log from its beginning, instead of leaving that to
+    SQLite's automatic checkpoint.
+
+    Why: every batch rewrites many pages (index pages over and over), and the log only
+    starts over once a checkpoint has copied all of it while no reader still reads from it.
+    A PASSIVE checkpoint (SQLite's automatic one, at the commit that fills the log) never
+    gets there while other processes keep writing — there is always a reader in the log —
+    so during a gc of 1,000,000 runs with four writers the log grew past 40 GB and filled
+    the disk. So after each batch gc makes a PASSIVE checkpoint (no lock; alone, that is
+    all it takes), and once the log is longer than `RESTART_FRAMES` a RESTART checkpoint,
+    which waits for the readers of the log to move on and then makes the next writer start
+    the log over. It holds the write lock while it works, so it waits for readers at most
+    `CHECKPOINT_WAIT` (a short busy timeout), in gc's pause: the log then holds a few
+    batches, copied in milliseconds, and a checkpoint that cannot finish in time tries
+    again after the next batch. At the end a TRUNCATE checkpoint gives the log's space
+    back. The
+    connection's own settings are restored after. Yields the checkpoint (a no-op when not
     `enabled`)."""
     if not enabled:
         yield lambda: None
         return
     previous = int(backend.query_value(_AUTOCHECKPOINT))
+    timeout_ms = int(backend.query_value(_BUSY_TIMEOUT))
     backend.query(_AUTOCHECKPOINT + "=0")
 
-    def checkpoint() -> None:
-        backend.query(_CHECKPOINT)  # busy (another checkpoints): a row says so
+    def checkpoint(final: bool = False) -> None:
+        if not final:
+            # a PASSIVE checkpoint first: it holds no lock, and when nobody else writes the
+            # log starts over by itself after it; its row says how long the log is
+            rows = backend.query(_PASSIVE_CHECKPOINT)
+            if not rows or (rows[0].get("log") or 0) <= RESTART_FRAMES:
+                return
+        backend.query(f"{_BUSY_TIMEOUT}={int(CHECKPOINT_WAIT * 1000)}")
+        try:
+            # busy (readers stayed, another process checkpoints): a row says so, no error
+            backend.query(_FINAL_CHECKPOINT if final else _CHECKPOINT)
+        finally:
+            backend.query(f"{_BUSY_TIMEOUT}={timeout_ms}")
 
     try:
         yield checkpoint
+        checkpoint(final=True)
     finally:
         with suppress(UetError):  # a connection that is gone has lost the setting anyway
             backend.query(f"{_AUTOCHECKPOINT}={previous}")  # an integer SQLite gave
@@ -494,7 +530,10 @@ _FREELIST = "PRAGMA freelist_count"
 _INCREMENTAL = f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})"
 _VACUUM = "VACUUM"
 _AUTOCHECKPOINT = "PRAGMA wal_autocheckpoint"
-_CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
+_PASSIVE_CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
+_CHECKPOINT = "PRAGMA wal_checkpoint(RESTART)"
+_FINAL_CHECKPOINT = "PRAGMA wal_checkpoint(TRUNCATE)"
+_BUSY_TIMEOUT = "PRAGMA busy_timeout"
 _AUTO_VACUUM_MODES = {0: "none", 1: "full", 2: "incremental"}
 
 
