@@ -281,19 +281,30 @@ def timed_gc(ledger: str, batch: int) -> dict[str, Any]:
         started = time.perf_counter()
         result = db.gc(cutoff(), batch_size=batch, progress=progress)
         seconds = time.perf_counter() - started
-        problems = db.doctor()
     return {"runs": result.runs, "deleted": result.deleted, "seconds": seconds,
             "rate": result.runs / seconds if seconds else 0.0, "batches": result.batches,
-            "held": held, "longest": result.longest_batch_seconds,
-            "consistent": problems.get("foreign_key_violations", 0) == 0
-            and problems.get("integrity_check") == ["ok"]}
+            "held": held, "longest": result.longest_batch_seconds}
+
+
+def consistent(ledger: str) -> bool:
+    """The ledger after gc: integrity_check ok, no foreign-key violation. Run once the
+    writers have stopped: integrity_check reads the whole file in one long read, and while
+    a read lasts SQLite cannot start its write-ahead log over — writers going on meanwhile
+    grow the log by their every commit (on a 1M-run ledger, until the disk was full)."""
+    from uet.state import Database
+    with Database(ledger) as db:
+        problems = db.doctor()
+    return (problems.get("foreign_key_violations", 0) == 0
+            and problems.get("integrity_check") == ["ok"])
 
 
 def engine_round(engine: str, make_copy, writers: int, baseline_s: float, batch: int,
                  folder: str) -> dict[str, Any]:
     """gc alone, writers alone, gc with writers, each on a fresh copy of the ledger."""
     print(f"[{engine}] gc alone ...", flush=True)
-    alone = timed_gc(make_copy("alone"), batch)
+    first = make_copy("alone")
+    alone = timed_gc(first, batch)
+    alone["consistent"] = consistent(first)
     live = make_copy("live")
     print(f"[{engine}] {writers} writers alone for {baseline_s:g} s ...", flush=True)
     crew = Writers(live, writers, folder, "b")
@@ -303,11 +314,65 @@ def engine_round(engine: str, make_copy, writers: int, baseline_s: float, batch:
     print(f"[{engine}] gc with {writers} writers ...", flush=True)
     crew = Writers(live, writers, folder, "g")
     crew.start()
+    wal = WalWatch(live if engine == "sqlite" else None)
     try:
         during = timed_gc(live, batch)
     finally:
         concurrent = crew.stop()
+        wal.stop()
+    during["wal_peak"] = wal.peak
+    during["log_peak"] = wal.log_peak
+    during["consistent"] = consistent(live)
     return {"alone": alone, "baseline": baseline, "during": during, "writers": concurrent}
+
+
+class WalWatch:
+    """The largest size a SQLite ledger's write-ahead log file reaches while it is watched
+    (sampled every 0.2 s): what gc costs in disk space while others write; and the longest
+    the log in use got (its last frame, from the shared-memory index: the file keeps its
+    size when the log starts over, so the file is the high-water mark).
+
+    The watching is done by a separate process: closing any descriptor of a file drops
+    every POSIX lock this process holds on it, so opening the ledger's -shm file here, where
+    gc's connection holds its locks, would corrupt the ledger (it did)."""
+
+    PROGRAM = (
+        "import os, struct, sys, time\n"
+        "wal, stop, out = sys.argv[1:4]\n"
+        "shm = wal[:-4] + '-shm'\n"
+        "peak = log = 0\n"
+        "while not os.path.exists(stop):\n"
+        "    time.sleep(0.2)\n"
+        "    try:\n"
+        "        peak = max(peak, os.path.getsize(wal))\n"
+        "        with open(shm, 'rb') as f:\n"
+        "            h = f.read(24)\n"
+        "        page = struct.unpack_from('=H', h, 14)[0]\n"
+        "        page = 65536 if page == 1 else page\n"
+        "        log = max(log, struct.unpack_from('=I', h, 16)[0] * (page + 24))\n"
+        "    except (OSError, struct.error):\n"
+        "        pass\n"
+        "open(out, 'w').write(f'{peak} {log}')\n")
+
+    def __init__(self, ledger: str | None) -> None:
+        self.peak = self.log_peak = 0
+        self._child = None
+        if ledger is not None:
+            self._stop, self._out = ledger + ".watch-stop", ledger + ".watch-out"
+            for path in (self._stop, self._out):
+                if os.path.exists(path):
+                    os.remove(path)
+            self._child = subprocess.Popen([sys.executable, "-c", self.PROGRAM,
+                                            ledger + "-wal", self._stop, self._out])
+
+    def stop(self) -> None:
+        if self._child is None:
+            return
+        Path(self._stop).touch()
+        self._child.wait(timeout=60)
+        self.peak, self.log_peak = (int(v) for v in Path(self._out).read_text().split())
+        for path in (self._stop, self._out):
+            os.remove(path)
 
 
 def report(engine: str, size: int, figures: dict[str, Any]) -> bool:
@@ -333,7 +398,9 @@ def report(engine: str, size: int, figures: dict[str, Any]) -> bool:
     print(f"gc alone:          {alone['rate']:8,.0f} runs/s in {alone['seconds']:.1f} s, "
           f"{alone['batches']:,} batches; {held(alone)}")
     print(f"gc with writers:   {during['rate']:8,.0f} runs/s in {during['seconds']:.1f} s, "
-          f"{during['batches']:,} batches; {held(during)}")
+          f"{during['batches']:,} batches; {held(during)}"
+          + (f"; write-ahead log file at most {during['wal_peak'] / 1e6:,.0f} MB (log in use "
+             f"at most {during['log_peak'] / 1e6:,.0f} MB)" if during.get("wal_peak") else ""))
     print(f"writers alone:     {waits(base)}")
     print(f"writers during gc: {waits(busy)}")
     def ratio(a: float, b: float) -> str:
